@@ -1,0 +1,86 @@
+"""The one objective all per-chip passes minimise, and its vectorised cost matrices.
+
+The error of one weight is ``scale * (realised - q)`` where ``realised`` is the level difference
+the cell pair will really hold. With the fault map known, each pair is programmed optimally
+(:func:`best_levels`): a healthy pair realises ``q`` exactly; a pair with one stuck cell at level
+``f`` programs its healthy partner as close as the levels allow (``k_neg = clip(f - q)``); a pair
+with two stuck cells realises ``f_pos - f_neg`` whatever is written. The layer objective is
+``sum_ij r_i * scale_j^2 * (realised_ij - q_ij)^2`` with ``r_i = E[x_i^2]`` from calibration
+data, or 1.
+
+For cost matrices, stuck levels are coded as small integers (0 = healthy, 1 + round(level)
+otherwise) so that every cost matrix is a handful of dense matrix products, one per pair state
+present on the tile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cell_codes(stuck: np.ndarray) -> np.ndarray:
+    """int16 code of each cell: 0 healthy, ``1 + round(level)`` for a stuck cell."""
+    return np.where(np.isnan(stuck), 0, np.rint(np.nan_to_num(stuck)) + 1).astype(np.int16)
+
+
+def best_levels(
+    q: np.ndarray, sp: np.ndarray, sn: np.ndarray, top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Optimal target levels of a pair and the level error it leaves.
+
+    ``q``: wanted difference; ``sp``/``sn``: stuck level of the + / - cell (NaN = healthy).
+    Returns uint8 ``k_pos``, uint8 ``k_neg`` and float ``realised - q``. Healthy pairs take the
+    lowest common mode (least current). A stuck cell's own target is its stuck level, so the
+    pair stays consistent if the cell were ever to read as programmed.
+    """
+    q = np.asarray(q, np.float64)
+    hp, hn = np.isnan(sp), np.isnan(sn)
+    fp, fn = np.nan_to_num(sp), np.nan_to_num(sn)
+    kp = np.where(hp, np.where(hn, np.maximum(q, 0), np.clip(np.rint(q + fn), 0, top)), np.rint(fp))
+    kn = np.where(hn, np.where(hp, np.maximum(-q, 0), np.clip(np.rint(fp - q), 0, top)), np.rint(fn))
+    realised = np.where(hp, kp, fp) - np.where(hn, kn, fn)
+    return kp.astype(np.uint8), kn.astype(np.uint8), realised - q
+
+
+def error_table(codes_p: np.ndarray, codes_n: np.ndarray, top: int) -> np.ndarray:
+    """Squared level error ``[len(codes), 2*top+1]`` of each code pair for every q in -top..top."""
+    q = np.arange(-top, top + 1, dtype=np.float64)
+    sp = np.where(codes_p == 0, np.nan, codes_p - 1.0)[:, None]
+    sn = np.where(codes_n == 0, np.nan, codes_n - 1.0)[:, None]
+    _, _, e = best_levels(q[None, :], sp, sn, top)
+    return e**2
+
+
+def weighted_q(q: np.ndarray, r: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each q into an error table row, and the weight ``r_i * s_j^2`` of each entry."""
+    return q.astype(np.int64), (r[:, None] * (s.astype(np.float64) ** 2)[None, :])
+
+
+def pair_cost_by_state(
+    q: np.ndarray, w: np.ndarray, cp: np.ndarray, cn: np.ndarray, top: int
+) -> np.ndarray:
+    """Cost ``[n, P]`` of putting logical row i of output j ... summed over outputs.
+
+    Generic contraction used by the permutation passes:
+    ``cost[i, x] = sum_j w[i, j] * E[q[i, j], cp[x, j], cn[x, j]]`` for codes ``cp``/``cn`` of
+    shape ``[X, m]`` (x ranges over physical rows). One matrix product per pair state present.
+    """
+    states = cp.astype(np.int32) * 512 + cn.astype(np.int32)
+    present = np.unique(states)
+    present = present[present != 0]
+    if present.size == 0:
+        return np.zeros((q.shape[0], cp.shape[0]))
+    table = error_table(present // 512, present % 512, top)  # [K, 2*top+1]
+    qi = q.astype(np.int64) + top
+    cost = np.zeros((q.shape[0], cp.shape[0]))
+    for k, st in enumerate(present):
+        wk = w * table[k][qi]  # [n, m]
+        cost += wk @ (states == st).T.astype(np.float64)  # [n, m] @ [m, X]
+    return cost
+
+
+def realised_error(
+    q: np.ndarray, sp: np.ndarray, sn: np.ndarray, top: int
+) -> np.ndarray:
+    """Level error of every entry given the stuck levels of its + and - cells."""
+    return best_levels(q, sp, sn, top)[2]

@@ -1,0 +1,66 @@
+"""calibrate — digital corrections after programming: per-output gain and bias.
+
+Rules, per slice (block on a tile), with ``D`` the level differences the pair really holds
+(programmed levels, stuck cells at their stuck level) and ``r_i = E[x_i^2]`` (1 without
+calibration data):
+* ``gain``: the slice's digital scale becomes the weighted least-squares fit
+  ``s'_j = s_j * sum_i r_i q_ij D_ij / sum_i r_i D_ij^2`` (kept only if positive), which can
+  only lower the weighted error of that output;
+* ``bias`` (needs calibration data): the output's known mean error
+  ``sum_i E[x_i] (s'_j D_ij - s_j q_ij)`` is subtracted from the digital bias.
+Requires: levels. Guarantees: scales and biases finite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rcompile.ir import ChipMapping, Plan
+from rcompile.passes.place import block_q
+from rcompile.pipeline import CHIP, ChipContext, register
+
+
+@register
+@dataclass(frozen=True)
+class Calibrate:
+    name: ClassVar[str] = "calibrate"
+    stage: ClassVar[str] = CHIP
+    gain: bool = True
+    bias: bool = True
+
+    def run(
+        self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
+    ) -> tuple[ChipMapping, dict[str, Any]]:
+        bias = [b.astype(np.float64) for b in mapping.bias]
+        out = []
+        shift = 0.0
+        for pl in mapping.placements:
+            blk = plan.blocks[pl.block]
+            q = block_q(plan, pl.block).astype(np.float64)
+            lv = mapping.levels[pl.tile].astype(np.float64)
+            st = ctx.stuck[pl.tile]
+            lv = np.where(np.isnan(st), lv, st)[pl.phys_rows]
+            d = lv[:, pl.pos] - lv[:, pl.neg]  # [n, m]
+            if ctx.calib is not None:
+                power, mean = (a[blk.group][blk.rows].astype(np.float64) for a in ctx.calib[blk.layer])
+            else:
+                power, mean = np.ones(len(blk.rows)), None
+            s = pl.scale.astype(np.float64)
+            if self.gain:
+                num = np.einsum("i,ij,ij->j", power, q, d)
+                den = np.einsum("i,ij,ij->j", power, d, d)
+                ratio = np.divide(num, den, out=np.ones_like(num), where=den > 0)
+                s_new = np.where(ratio > 0, s * ratio, s)
+            else:
+                s_new = s
+            if self.bias and mean is not None:
+                err = mean @ (d * s_new[None, :] - q * s[None, :])  # [m]
+                outs = blk.group * plan.layers[blk.layer].op.outs + blk.outs
+                bias[blk.layer][outs] -= err
+                shift += float(np.abs(err).sum())
+            out.append(replace(pl, scale=s_new.astype(np.float32)))
+        new_bias = tuple(b.astype(np.float32) for b in bias)
+        return replace(mapping, placements=tuple(out), bias=new_bias), {"bias_shift": shift}

@@ -1,0 +1,139 @@
+"""pair — differential column assignment: which physical columns pair up, and which is ``+``.
+
+Three exact moves, each an OR-Tools linear assignment on the true objective of
+``passes/_objective.py`` with the other choices held fixed:
+* ``outputs -> pairs``: logical outputs onto the current pairs and onto pairs formed from unused
+  columns, each with the better polarity;
+* ``pos``: the ``+`` column of every output, among all columns not holding a ``-`` cell;
+* ``neg``: the ``-`` column likewise.
+The pass applies them in turn until the block cost stops falling (at most ``rounds`` times).
+Requires: placements. Guarantees: pairs stay disjoint; the objective never increases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rcompile.ir import ChipMapping, Placement, Plan
+from rcompile.passes._objective import cell_codes, error_table, pair_cost_by_state
+from rcompile.passes.place import block_q, block_weights
+from rcompile.pipeline import CHIP, ChipContext, register
+from rcompile.solvers import assign
+
+
+@dataclass
+class BlockProblem:
+    """One block on one tile: what every move needs."""
+
+    q: np.ndarray  # int [n, m]
+    w: np.ndarray  # float [n, m]: r_i * s_j^2
+    codes: np.ndarray  # int16 [R, C]
+    top: int
+
+    def cost(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+        sub = self.codes[rows]
+        cp, cn = sub[:, pos], sub[:, neg]  # [n, m]
+        states = cp.astype(np.int32) * 512 + cn
+        present = np.unique(states)
+        table = error_table(present // 512, present % 512, self.top)
+        k = np.searchsorted(present, states)
+        return float(np.sum(self.w * table[k, self.q.astype(np.int64) + self.top]))
+
+
+def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs onto current and spare pairs, polarity chosen per (output, pair)."""
+    used = np.zeros(bp.codes.shape[1], bool)
+    used[pos] = used[neg] = True
+    spare = np.flatnonzero(~used)
+    a = np.concatenate([pos, spare[0 : len(spare) // 2 * 2 : 2]])
+    b = np.concatenate([neg, spare[1 : len(spare) // 2 * 2 : 2]])
+    sub = bp.codes[rows]  # [n, C]
+    fwd = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, a].T, sub[:, b].T, bp.top)  # [m, P]
+    rev = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, b].T, sub[:, a].T, bp.top)
+    choice = assign(np.minimum(fwd, rev))
+    flip = rev[np.arange(len(choice)), choice] < fwd[np.arange(len(choice)), choice]
+    return np.where(flip, b[choice], a[choice]).astype(np.int32), np.where(
+        flip, a[choice], b[choice]
+    ).astype(np.int32)
+
+
+def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.ndarray,
+              move_is_pos: bool) -> np.ndarray:
+    """New columns for one side of every pair, the other side held fixed."""
+    free = np.setdiff1d(np.arange(bp.codes.shape[1]), fixed)
+    sub = bp.codes[rows]  # [n, C]
+    cand = sub[:, free]  # [n, A]
+    fix = sub[:, fixed]  # [n, m]
+    present = np.unique(np.concatenate([np.unique(cand), np.unique(fix)]))
+    pp, nn = np.meshgrid(present, present, indexing="ij")
+    table = error_table(pp.ravel(), nn.ravel(), bp.top).reshape(len(present), len(present), -1)
+    fidx = np.searchsorted(present, fix)
+    qi = bp.q.astype(np.int64) + bp.top
+    cost = np.zeros((bp.q.shape[1], len(free)))
+    for ci, c in enumerate(present):
+        mask = cand == c
+        if not mask.any():
+            continue
+        e = table[ci, fidx, qi] if move_is_pos else table[fidx, ci, qi]  # [n, m]
+        cost += (bp.w * e).T @ mask.astype(np.float64)
+    return free[assign(cost)].astype(np.int32)
+
+
+def improve_columns(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, float]:
+    """One pass of the three column moves, each kept only if it lowers the cost."""
+    best = bp.cost(rows, pos, neg)
+    for step in ("pairs", "pos", "neg"):
+        if step == "pairs":
+            p2, n2 = move_pairs(bp, rows, pos, neg)
+        elif step == "pos":
+            p2, n2 = move_side(bp, rows, pos, neg, True), neg
+        else:
+            p2, n2 = pos, move_side(bp, rows, neg, pos, False)
+        c = bp.cost(rows, p2, n2)
+        if c < best:
+            best, pos, neg = c, p2, n2
+    return pos, neg, best
+
+
+def problem(plan: Plan, ctx: ChipContext, pl: Placement) -> BlockProblem:
+    return BlockProblem(
+        q=block_q(plan, pl.block),
+        w=block_weights(plan, ctx, pl.block),
+        codes=cell_codes(ctx.stuck[pl.tile]),
+        top=ctx.device.max_level,
+    )
+
+
+@register
+@dataclass(frozen=True)
+class Pair:
+    name: ClassVar[str] = "pair"
+    stage: ClassVar[str] = CHIP
+    rounds: int = 3
+
+    def run(
+        self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
+    ) -> tuple[ChipMapping, dict[str, Any]]:
+        out = []
+        before = after = 0.0
+        for pl in mapping.placements:
+            if np.isnan(ctx.stuck[pl.tile]).all():
+                out.append(pl)  # a clean tile costs nothing to solve
+                continue
+            bp = problem(plan, ctx, pl)
+            pos, neg = pl.pos, pl.neg
+            start = cost = bp.cost(pl.phys_rows, pos, neg)
+            for _ in range(self.rounds):
+                pos, neg, new = improve_columns(bp, pl.phys_rows, pos, neg)
+                if new >= cost:
+                    break
+                cost = new
+            before += start
+            after += cost
+            out.append(replace(pl, pos=pos, neg=neg))
+        return replace(mapping, placements=tuple(out)), {"cost_before": before, "cost_after": after}

@@ -1,0 +1,71 @@
+"""program — target level of every cell of every used tile.
+
+Schemes:
+* ``two-column`` (baseline, fault-agnostic): ``w > 0`` on ``G+`` with ``G- = g_min``, the reverse
+  for ``w < 0``.
+* ``differential`` (fault-agnostic, pruning + differential-mapping paper): the pair's common
+  mode sits at the state faults favour: ``high`` (idle cell at the top level, so zero and pruned
+  weights absorb stuck-on cells) when the chip's stuck-on cells outnumber stuck-off ones
+  (``common=auto``), else ``low``; ``common=high|low`` forces it. Only the aggregate ratio of
+  the process is used, never where the faults are.
+* ``transform``: each pair's common mode as chosen by ``transform`` (``Placement.high``).
+* ``compensate``: with the fault map, each pair is programmed optimally
+  (``passes/_objective.best_levels``): a stuck cell's healthy partner is set so that
+  ``G+ - G-`` comes as close as the levels allow to the weight.
+Unused cells stay at level 0 (least current).
+Requires: placements. Guarantees: ``levels`` for every used tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rcompile.ir import ChipMapping, Plan
+from rcompile.passes._objective import best_levels
+from rcompile.passes.place import block_q
+from rcompile.passes.transform import scheme_levels
+from rcompile.pipeline import CHIP, ChipContext, register
+
+SCHEMES = ("two-column", "differential", "transform", "compensate")
+
+
+@register
+@dataclass(frozen=True)
+class Program:
+    name: ClassVar[str] = "program"
+    stage: ClassVar[str] = CHIP
+    scheme: str = "compensate"
+    common: str = "auto"
+    """For ``differential``: auto | high | low."""
+
+    def run(
+        self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
+    ) -> tuple[ChipMapping, dict[str, Any]]:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {self.scheme!r}; expected one of {SCHEMES}")
+        top = ctx.device.max_level
+        rows, cols = ctx.geometry.rows, ctx.geometry.cols
+        levels: dict[int, np.ndarray] = {}
+        high_all = self._common_high(ctx)
+        for pl in mapping.placements:
+            lv = levels.setdefault(pl.tile, np.zeros((rows, cols), np.uint8))
+            q = block_q(plan, pl.block)
+            r = pl.phys_rows[:, None]
+            if self.scheme == "compensate":
+                st = ctx.stuck[pl.tile]
+                kp, kn, _ = best_levels(q, st[r, pl.pos], st[r, pl.neg], top)
+            else:
+                high = {"two-column": False, "differential": high_all}.get(self.scheme, pl.high)
+                kp, kn = scheme_levels(q, np.broadcast_to(high, q.shape[1:]), top)
+            lv[r, pl.pos] = kp
+            lv[r, pl.neg] = kn
+        return replace(mapping, levels=levels), {"tiles_programmed": len(levels)}
+
+    def _common_high(self, ctx: ChipContext) -> bool:
+        if self.common in ("high", "low"):
+            return self.common == "high"
+        stuck = ctx.stuck[~np.isnan(ctx.stuck)]
+        return bool(np.sum(stuck > ctx.device.max_level / 2) > np.sum(stuck <= ctx.device.max_level / 2))

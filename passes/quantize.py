@@ -1,0 +1,39 @@
+"""quantize — trained weights to cell-level differences, per-output scale.
+
+Rule: for each output ``j`` of each group, ``scale_j = max_i |W_ij| / (L-1)`` and
+``q_ij = round(W_ij / scale_j)``, so ``|q| <= L-1`` and the largest weight of every output is
+exact. An all-zero output gets scale 1 and q = 0.
+Requires: the plan's float matrices. Guarantees: ``layers`` set, one per op, same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rcompile.ir import Layer, Plan
+from rcompile.pipeline import PLAN, PlanContext, register
+
+
+@register
+@dataclass(frozen=True)
+class Quantize:
+    name: ClassVar[str] = "quantize"
+    stage: ClassVar[str] = PLAN
+
+    def run(self, plan: Plan, ctx: PlanContext) -> tuple[Plan, dict[str, Any]]:
+        top = ctx.device.max_level
+        layers = []
+        err = 0.0
+        total = 0.0
+        for op, w, b in zip(plan.ops, plan.float_mats, plan.biases, strict=True):
+            peak = np.abs(w).max(axis=1)  # [groups, outs]
+            scale = np.where(peak > 0, peak / top, 1.0).astype(np.float32)
+            q = np.clip(np.rint(w / scale[:, None, :]), -top, top).astype(np.int8)
+            layers.append(Layer(op=op, q=q, scale=scale, bias=b.astype(np.float32)))
+            err += float(np.sum((q * scale[:, None, :] - w) ** 2))
+            total += float(np.sum(w.astype(np.float64) ** 2))
+        rel = (err / total) ** 0.5 if total else 0.0
+        return replace(plan, layers=tuple(layers)), {"rel_quant_error": rel}

@@ -1,0 +1,266 @@
+"""The Python API; the CLI is a thin shell over it.
+
+One line per stage, in processing order::
+
+    plan  = make_plan("model.onnx", tile_rows=128, tile_cols=128)   # chip-independent, once a lot
+    image = build(plan, faultmap.load("chip.npz"), strategy="full").image   # per chip
+    report = runtime.verify(image, faultmap, data)                   # independent check
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import onnx
+
+import rcompile
+from rcompile import pipeline as pl
+from rcompile.device import Device, Geometry
+from rcompile.errors import BadData, BadFaultMap
+from rcompile.faultmap import FaultMap
+from rcompile.frontend import load_model
+from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
+from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, to_matrices
+
+#: Strategies by name: the per-chip pipeline each runs.
+STRATEGIES: dict[str, str] = {
+    "two-column": "place,program{scheme=two-column}",
+    "differential": "place,program{scheme=differential}",
+    "mt": "place{order=assign},transform,program{scheme=transform}",
+    "full": "place{order=assign},permute,program,calibrate",
+}
+DEFAULT_STRATEGY = "full"
+PLAN_PIPELINE = "quantize,tile"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: Image
+    mapping: ChipMapping
+    log: list[dict[str, Any]]
+
+
+def make_plan(
+    model_path: str,
+    *,
+    tile_rows: int = 128,
+    tile_cols: int = 128,
+    device: Device | None = None,
+    calib: dict[str, np.ndarray] | None = None,
+    pipeline: str = PLAN_PIPELINE,
+) -> tuple[Plan, pl.PlanContext, list[dict[str, Any]]]:
+    """Chip-independent stage: load and normalise the model, quantise, tile."""
+    device = device or Device()
+    fe = load_model(model_path)
+    mats = tuple(to_matrices(op, w) for op, w in zip(fe.ops, fe.weights, strict=True))
+    stats = calib_stats(fe.model, fe.ops, calib, model_path) if calib is not None else None
+    plan = Plan(
+        model=fe.model,
+        model_sha256=fe.sha256,
+        tile_rows=tile_rows,
+        tile_cols=tile_cols,
+        device=device,
+        ops=fe.ops,
+        float_mats=mats,
+        biases=fe.biases,
+        digital=fe.digital,
+        options={"plan_pipeline": pipeline},
+    )
+    ctx = pl.PlanContext(tile_rows, tile_cols, device, stats)
+    plan, log = pl.run_plan(pl.parse(pipeline), plan, ctx)
+    return plan, ctx, log
+
+
+def tiles_needed(model_path: str, rows: int, cols: int) -> int:
+    """Crossbar tiles of ``rows`` x ``cols`` the model needs (one block per tile)."""
+    plan, _, _ = make_plan(model_path, tile_rows=rows, tile_cols=cols)
+    return plan.tiles_needed()
+
+
+def spare_tiles(needed: int, spare: float) -> int:
+    """Tiles for a chip sized to ``needed`` plus a fraction ``spare`` of extra tiles."""
+    return needed + (math.ceil(needed * spare) if spare > 0 else 0)
+
+
+def chip_device(plan: Plan, fm: FaultMap) -> Device:
+    """The plan's device with the fault map's measured scalars; levels must agree."""
+    over = fm.device_overrides()
+    if "levels" in over and int(over["levels"]) != plan.device.levels:
+        raise BadFaultMap(
+            f"{fm.source}: chip has {over['levels']} levels per cell but the plan was quantised "
+            f"for {plan.device.levels}"
+        )
+    return replace(plan.device, **over)
+
+
+def build(
+    plan: Plan,
+    fm: FaultMap,
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    pipeline: str | None = None,
+    solver: pl.SolverOptions | None = None,
+    calib: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None,
+) -> BuildResult:
+    """Per-chip stage: place, pair, permute, program and calibrate for one fault map."""
+    geo = fm.geometry
+    if (geo.rows, geo.cols) != (plan.tile_rows, plan.tile_cols):
+        raise BadFaultMap(
+            f"{fm.source}: tiles are {geo.rows}x{geo.cols} but the plan was tiled for "
+            f"{plan.tile_rows}x{plan.tile_cols}"
+        )
+    if strategy not in STRATEGIES and pipeline is None:
+        raise ValueError(f"unknown strategy {strategy!r}")
+    spec = pipeline if pipeline is not None else STRATEGIES[strategy]
+    device = chip_device(plan, fm)
+    solver = solver or pl.SolverOptions()
+    ctx = pl.ChipContext(
+        geometry=geo,
+        device=device,
+        stuck=fm.stuck_levels(device),
+        chip_id=fm.chip_id,
+        solver=solver,
+        calib=calib,
+    )
+    passes = pl.parse(spec)
+    mapping, log = pl.run_chip(passes, plan, ChipMapping(placements=()), ctx)
+    header = {
+        "chip_id": fm.chip_id,
+        "faultmap_sha256": fm.digest(),
+        "model_sha256": plan.model_sha256,
+        "compiler_version": rcompile.__version__,
+        "strategy": strategy if pipeline is None else "custom",
+        "pipeline": pl.render(passes),
+        "plan_pipeline": plan.options.get("plan_pipeline", PLAN_PIPELINE),
+        "options": {
+            "solver_time_limit_s": solver.time_limit_s,
+            "solver_workers": solver.workers,
+            "solver_seed": solver.seed,
+            "calibrated": calib is not None,
+        },
+        "device": device.to_dict(),
+        "geometry": {"tiles": geo.tiles, "rows": geo.rows, "cols": geo.cols},
+    }
+    return BuildResult(to_image(plan, mapping, header), mapping, log)
+
+
+def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:
+    """Assemble the programming image of a finished mapping."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(plan.model)
+    drop = {n for op in plan.ops for n in (op.weight, op.bias)}
+    keep = [t for t in stripped.graph.initializer if t.name not in drop]
+    del stripped.graph.initializer[:]
+    stripped.graph.initializer.extend(keep)
+    layers = tuple(
+        LayerRecord(op=layer.op, bias=mapping.bias[i], q=layer.q, scale=layer.scale)
+        for i, layer in enumerate(plan.layers)
+    )
+    by_tile: dict[int, list[SliceRecord]] = {}
+    for p in sorted(mapping.placements, key=lambda p: (p.tile, p.block)):
+        blk = plan.blocks[p.block]
+        by_tile.setdefault(p.tile, []).append(
+            SliceRecord(
+                layer=blk.layer,
+                group=blk.group,
+                rows=blk.rows.astype(np.int32),
+                outs=blk.outs.astype(np.int32),
+                phys_rows=p.phys_rows.astype(np.int32),
+                pos=p.pos.astype(np.int32),
+                neg=p.neg.astype(np.int32),
+                scale=p.scale.astype(np.float32),
+            )
+        )
+    tiles = tuple(
+        TileRecord(tile=t, levels=mapping.levels[t], slices=tuple(s)) for t, s in sorted(by_tile.items())
+    )
+    return Image(header=header, layers=layers, tiles=tiles, graph=stripped.SerializeToString())
+
+
+def calib_stats(
+    model: onnx.ModelProto, ops: tuple[Any, ...], data: dict[str, np.ndarray], source: str
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Per crossbar op ``(E[x^2], E[x])`` of each matrix row ``[groups, rows]`` on ``data``.
+
+    A Conv row ``(c, ky, kx)`` takes the statistics of its input channel ``c`` over all
+    positions (padding ignored); a Gemm/MatMul row those of its input feature.
+    """
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    node_input = {}
+    for node in probe.graph.node:
+        for op in ops:
+            if node.name == op.node:
+                node_input[op.node] = (node.input[0], node)
+    existing = {o.name for o in probe.graph.output}
+    for name, _ in node_input.values():
+        if name not in existing:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+            existing.add(name)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {i.name for i in sess.get_inputs()}
+    missing = feeds - set(data)
+    if missing:
+        raise BadData(f"{source}: calibration data lacks model input(s) {sorted(missing)}")
+    names = [o.name for o in sess.get_outputs()]
+    sums: dict[str, list[np.ndarray]] = {}
+    n = len(next(iter(data.values())))
+    for start in range(0, n, 256):
+        batch = {k: v[start : start + 256] for k, v in data.items() if k in feeds}
+        outs = dict(zip(names, sess.run(None, batch), strict=True))
+        for op in ops:
+            x, node = node_input[op.node]
+            xs = np.asarray(outs[x], np.float64)
+            if op.layout == LAYOUT_CONV:
+                axes: tuple[int, ...] = tuple(i for i in range(xs.ndim) if i != 1)
+            elif node.op_type == "Gemm" and any(
+                a.name == "transA" and a.i for a in node.attribute
+            ):
+                axes = (1,)
+            else:
+                axes = tuple(range(xs.ndim - 1))
+            cnt = np.prod([xs.shape[a] for a in axes])
+            acc = sums.setdefault(op.node, [0.0, 0.0, 0.0])  # type: ignore[list-item]
+            acc[0] = acc[0] + (xs**2).sum(axis=axes)
+            acc[1] = acc[1] + xs.sum(axis=axes)
+            acc[2] = acc[2] + cnt
+    result = []
+    for op in ops:
+        p2, p1, cnt = sums[op.node]
+        power, mean = p2 / cnt, p1 / cnt
+        if op.layout == LAYOUT_CONV:
+            k = int(np.prod(op.shape[2:]))
+            power = np.repeat(power.reshape(op.groups, -1), k, axis=1)
+            mean = np.repeat(mean.reshape(op.groups, -1), k, axis=1)
+        else:
+            power, mean = power.reshape(1, -1), mean.reshape(1, -1)
+        result.append((power.astype(np.float32), mean.astype(np.float32)))
+    return tuple(result)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+__all__ = [
+    "STRATEGIES",
+    "BuildResult",
+    "Geometry",
+    "build",
+    "calib_stats",
+    "make_plan",
+    "tiles_needed",
+]

@@ -1,0 +1,838 @@
+"""The fault map: what the chip tester measured, and the contract every other part relies on.
+
+A fault map (DESIGN §4) records, for every cell of one chip, whether programming can move it:
+
+==========  =====  ===========================================================================
+state       code   meaning
+==========  =====  ===========================================================================
+healthy     0      programmable to any of the ``levels`` conductances
+SA0         1      stuck at ``g_min`` (high-resistance state, "stuck-off"); level 0
+SA1         2      stuck at ``g_max`` (low-resistance state, "stuck-on"); level ``levels - 1``
+==========  =====  ===========================================================================
+
+**File format** (``chip.npz``, a numpy ``.npz`` zip archive, read with ``allow_pickle=False``):
+
+===========  ==================  ==============================================================
+key          type                meaning
+===========  ==================  ==============================================================
+``faults``   uint8 [T,R,C]       required; the state code of every cell. Its shape *is* the chip
+                                 geometry: ``T`` tiles of ``R`` rows x ``C`` columns. ``C`` must
+                                 be even (every output uses a differential pair of columns).
+``stuck_g``  float32 [T,R,C]     optional; measured conductance of each stuck cell in uS, NaN on
+                                 every healthy cell. Every stuck cell must carry a finite value
+                                 >= 0, inside ``[g_min, g_max]`` when those are given.
+``chip_id``  str scalar          optional; the chip's identity, one non-empty line. When absent
+                                 it defaults to the first 12 hex digits of the digest of the map
+                                 *without* a chip id.
+``g_min``    real scalar, uS     optional; the chip's measured lowest conductance (>= 0).
+``g_max``    real scalar, uS     optional; the chip's measured highest conductance (> g_min).
+``levels``   integer scalar      optional; programmable levels per cell (2..256).
+===========  ==================  ==============================================================
+
+Anything else (a missing ``faults``, an unknown key, a wrong dtype or shape, a code outside
+{0, 1, 2}, an inconsistent ``stuck_g``, a malformed scalar) is rejected with
+:class:`~rcompile.errors.BadFaultMap` whose one-line message reads ``"<file>: <key>: <what is
+wrong>; expected <what the contract says>"``.
+
+**Identity.** :meth:`FaultMap.digest` is a SHA-256 over a canonical encoding of the *content*
+(never of the zip bytes, so zip timestamps, compression and key order do not matter); it is the
+fault-map hash the programming image records. :func:`save` nevertheless writes byte-identical
+files for identical content (fixed zip timestamps and key order), so files can be compared too.
+
+**Immutability.** A :class:`FaultMap` is frozen and its arrays are read-only copies, so one map can
+be shared between the passes of a compile and between threads without defensive copies.
+
+Also here: the synthetic generator (:func:`synth`: uniform, clustered and whole-line faults as
+real testers see them), a CSV importer (:func:`import_csv`), a heat map (:func:`render_heatmap`)
+and a text summary (:func:`summary_text`). The CLI over them is :mod:`rcompile.faultmap_cli`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import os
+import struct
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from rcompile.device import Device, Geometry
+from rcompile.errors import BadFaultMap, RcompileError
+
+STATE_HEALTHY, STATE_SA0, STATE_SA1 = 0, 1, 2
+"""State codes of :attr:`FaultMap.faults`."""
+
+STATE_NAMES: tuple[str, str, str] = ("healthy", "SA0", "SA1")
+"""Display name of each state code, indexed by code."""
+
+REQUIRED_KEYS: tuple[str, ...] = ("faults",)
+OPTIONAL_KEYS: tuple[str, ...] = ("stuck_g", "chip_id", "g_min", "g_max", "levels")
+ALLOWED_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
+"""Every key a fault-map ``.npz`` may hold, in the order :func:`save` writes them."""
+
+MAX_LEVELS = 256
+"""Largest ``levels`` a fault map may declare (same bound as :class:`~rcompile.device.Device`)."""
+
+SynthKind = Literal["uniform", "clustered", "lines"]
+SYNTH_KINDS: tuple[str, ...] = ("uniform", "clustered", "lines")
+
+_DIGEST_MAGIC = b"rcompile.faultmap.v1\n"
+_CANONICAL_NAN = np.array([0x7FC00000], dtype="<u4").view("<f4")[0]
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_EXPECT_FAULTS = "expected uint8 [tiles, rows, cols] with 0=healthy, 1=SA0, 2=SA1"
+
+
+@dataclass(frozen=True, eq=False)
+class FaultMap:
+    """One chip's measured stuck-at faults (DESIGN §4); validated on construction.
+
+    Construct it through :func:`load`, :func:`synth` or :func:`import_csv`; building one directly
+    runs the same checks and raises :class:`~rcompile.errors.BadFaultMap` naming ``source``.
+    Two maps are the same chip content iff their :meth:`digest` values are equal.
+    """
+
+    faults: np.ndarray
+    """uint8 ``[tiles, rows, cols]``: 0 = healthy, 1 = SA0 (stuck at g_min), 2 = SA1 (at g_max)."""
+    stuck_g: np.ndarray | None = None
+    """float32 ``[tiles, rows, cols]``: measured conductance of stuck cells in uS, NaN elsewhere;
+    ``None`` when the tester recorded only the states."""
+    chip_id: str = ""
+    """Identity of the chip (one non-empty line); :func:`load` fills in a digest prefix."""
+    g_min_us: float | None = None
+    """Chip's measured lowest conductance in microsiemens, if the tester recorded it."""
+    g_max_us: float | None = None
+    """Chip's measured highest conductance in microsiemens, if the tester recorded it."""
+    levels: int | None = None
+    """Programmable conductance levels per cell, if the tester recorded it."""
+    source: str = "<memory>"
+    """Where the map came from (a path, ``synth`` or ``<memory>``); used only in messages and
+    not part of the content or the digest."""
+
+    def __post_init__(self) -> None:
+        src = self.source
+        faults = _check_faults(src, self.faults)
+        object.__setattr__(self, "faults", faults)
+        _check_scalars(src, self)
+        if self.stuck_g is not None:
+            object.__setattr__(self, "stuck_g", _check_stuck_g(src, self.stuck_g, faults, self))
+
+    # -- shape and counts -------------------------------------------------------------------
+
+    @property
+    def geometry(self) -> Geometry:
+        """Chip geometry, the shape of :attr:`faults`."""
+        t, r, c = self.faults.shape
+        return Geometry(tiles=int(t), rows=int(r), cols=int(c))
+
+    def counts(self) -> dict[str, Any]:
+        """Whole-chip totals: ``{"healthy": n, "sa0": n, "sa1": n, "rate": faulty / cells}``."""
+        per_state = np.bincount(self.faults.ravel(), minlength=3)
+        total = int(self.faults.size)
+        healthy, sa0, sa1 = (int(x) for x in per_state[:3])
+        return {"healthy": healthy, "sa0": sa0, "sa1": sa1, "rate": (sa0 + sa1) / total}
+
+    def per_tile_counts(self) -> np.ndarray:
+        """int64 ``[tiles, 3]``: cells per state code (healthy, SA0, SA1) in each tile."""
+        flat = self.faults.reshape(self.faults.shape[0], -1)
+        return np.stack([(flat == k).sum(axis=1) for k in range(3)], axis=1).astype(np.int64)
+
+    # -- levels and device ------------------------------------------------------------------
+
+    def stuck_levels(self, device: Device) -> np.ndarray:
+        """float32 ``[tiles, rows, cols]``: the level each stuck cell sits at, NaN if healthy.
+
+        SA0 cells read ``0.0`` and SA1 cells ``device.levels - 1``. Where :attr:`stuck_g` was
+        measured, the cell reads the fractional level ``(g - g_min) / (g_max - g_min) * (levels -
+        1)`` of that conductance under ``device``, clipped to ``[0, levels - 1]``. Pass the device
+        the chip is programmed with (see :meth:`device`), so levels and conductances agree.
+        """
+        top = float(device.levels - 1)
+        out = np.full(self.faults.shape, np.nan, dtype=np.float32)
+        out[self.faults == STATE_SA0] = 0.0
+        out[self.faults == STATE_SA1] = top
+        if self.stuck_g is not None:
+            stuck = self.faults != STATE_HEALTHY
+            g = self.stuck_g[stuck].astype(np.float64)
+            frac = (g - device.g_min_us) / (device.g_max_us - device.g_min_us) * top
+            out[stuck] = np.clip(frac, 0.0, top).astype(np.float32)
+        return out
+
+    def device_overrides(self) -> dict[str, float | int]:
+        """The device scalars this map records, as :class:`~rcompile.device.Device` keywords.
+
+        Only the keys present are returned (any of ``g_min_us``, ``g_max_us``, ``levels``), so
+        ``Device(**{**defaults, **fm.device_overrides()})`` builds the chip's device.
+        """
+        out: dict[str, float | int] = {}
+        if self.g_min_us is not None:
+            out["g_min_us"] = self.g_min_us
+        if self.g_max_us is not None:
+            out["g_max_us"] = self.g_max_us
+        if self.levels is not None:
+            out["levels"] = self.levels
+        return out
+
+    def device(self, base: Device | None = None) -> Device:
+        """``base`` (default :class:`~rcompile.device.Device()`) with this map's overrides."""
+        overrides: dict[str, Any] = dict(self.device_overrides())
+        return replace(base if base is not None else Device(), **overrides)
+
+    # -- identity ---------------------------------------------------------------------------
+
+    def digest(self) -> str:
+        """SHA-256 hex of the map's content, independent of how (or whether) it was saved.
+
+        The hashed byte stream, in order (all integers little-endian):
+
+        1. the magic ``b"rcompile.faultmap.v1\\n"``;
+        2. the shape ``T, R, C`` as three uint64;
+        3. ``faults`` as ``T*R*C`` uint8 bytes in C order;
+        4. ``b"\\x00"`` if ``stuck_g`` is absent, else ``b"\\x01"`` and its float32 bytes in C
+           order with every NaN replaced by the quiet NaN ``0x7FC00000`` and ``-0.0`` by ``0.0``;
+        5. ``chip_id`` as a uint64 byte length and its UTF-8 bytes;
+        6. ``g_min``, ``g_max``: each ``b"\\x00"`` if absent, else ``b"\\x01"`` and a float64;
+        7. ``levels``: ``b"\\x00"`` if absent, else ``b"\\x01"`` and an int64.
+
+        ``source`` is not part of the content. The value is cached (the map is immutable).
+        """
+        cached: str | None = self.__dict__.get("_digest")
+        if cached is None:
+            cached = _digest_of(self, self.chip_id)
+            object.__setattr__(self, "_digest", cached)
+        return cached
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return (
+            f"FaultMap(chip_id={self.chip_id!r}, tiles={g.tiles}, rows={g.rows}, cols={g.cols}, "
+            f"rate={self.counts()['rate']:.4g}, stuck_g={self.stuck_g is not None}, "
+            f"source={self.source!r})"
+        )
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _check_faults(src: str, value: object) -> np.ndarray:
+    """The ``faults`` array as a read-only C-contiguous copy, or :class:`BadFaultMap`."""
+    if not isinstance(value, np.ndarray):
+        raise BadFaultMap(f"{src}: faults: got {type(value).__name__}; {_EXPECT_FAULTS}")
+    if value.dtype != np.uint8:
+        raise BadFaultMap(f"{src}: faults: dtype {value.dtype}; {_EXPECT_FAULTS}")
+    if value.ndim != 3:
+        raise BadFaultMap(
+            f"{src}: faults: shape {value.shape} has {value.ndim} dimensions; "
+            "expected 3 dimensions [tiles, rows, cols]"
+        )
+    if 0 in value.shape:
+        raise BadFaultMap(
+            f"{src}: faults: shape {value.shape} has an empty dimension; "
+            "expected tiles, rows and cols >= 1"
+        )
+    if value.shape[2] % 2:
+        raise BadFaultMap(
+            f"{src}: faults: {value.shape[2]} columns per tile; expected an even column count "
+            "(every output uses a differential pair of columns)"
+        )
+    bad = value > STATE_SA1
+    if bad.any():
+        n_bad = int(bad.sum())
+        values = ", ".join(str(int(v)) for v in np.unique(value[bad])[:5])
+        t, r, c = (int(i) for i in np.argwhere(bad)[0])
+        raise BadFaultMap(
+            f"{src}: faults: {n_bad} cell(s) hold codes outside {{0,1,2}} (value(s) {values}; "
+            f"first at tile {t}, row {r}, col {c}); expected 0=healthy, 1=SA0, 2=SA1"
+        )
+    out = np.array(value, dtype=np.uint8, order="C", copy=True)
+    out.flags.writeable = False
+    return out
+
+
+def _check_stuck_g(src: str, value: object, faults: np.ndarray, fm: FaultMap) -> np.ndarray:
+    """The ``stuck_g`` array as a read-only copy, or :class:`BadFaultMap`."""
+    expect = f"expected float32 {list(faults.shape)}, uS on stuck cells and NaN on healthy ones"
+    if not isinstance(value, np.ndarray):
+        raise BadFaultMap(f"{src}: stuck_g: got {type(value).__name__}; {expect}")
+    if value.dtype != np.float32:
+        raise BadFaultMap(f"{src}: stuck_g: dtype {value.dtype}; {expect}")
+    if value.shape != faults.shape:
+        raise BadFaultMap(
+            f"{src}: stuck_g: shape {value.shape} differs from faults {faults.shape}; {expect}"
+        )
+    healthy = faults == STATE_HEALTHY
+    measured = ~np.isnan(value)
+
+    def first(mask: np.ndarray) -> str:
+        t, r, c = (int(i) for i in np.argwhere(mask)[0])
+        return f"first at tile {t}, row {r}, col {c}"
+
+    wrong = healthy & measured
+    if wrong.any():
+        raise BadFaultMap(
+            f"{src}: stuck_g: {int(wrong.sum())} healthy cell(s) carry a value ({first(wrong)}); "
+            "expected NaN on every healthy cell"
+        )
+    stuck = ~healthy
+    with np.errstate(invalid="ignore"):
+        wrong = stuck & ~np.isfinite(value)
+        if wrong.any():
+            raise BadFaultMap(
+                f"{src}: stuck_g: {int(wrong.sum())} stuck cell(s) have no finite value "
+                f"({first(wrong)}); expected the measured conductance in uS on every stuck cell"
+            )
+        lo = fm.g_min_us if fm.g_min_us is not None else 0.0
+        hi = fm.g_max_us if fm.g_max_us is not None else math.inf
+        wrong = stuck & ((value < lo) | (value > hi))
+        if wrong.any():
+            vals = value[wrong]
+            raise BadFaultMap(
+                f"{src}: stuck_g: {int(wrong.sum())} stuck cell(s) lie outside [{lo:g}, {hi:g}] uS "
+                f"(range {float(vals.min()):g}..{float(vals.max()):g}, {first(wrong)}); "
+                "expected g_min <= stuck_g <= g_max (g_min defaults to 0)"
+            )
+    out = np.array(value, dtype=np.float32, order="C", copy=True)
+    out.flags.writeable = False
+    return out
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(
+        x, bool | np.bool_
+    )
+
+
+def _check_scalars(src: str, fm: FaultMap) -> None:
+    """Check and normalise ``chip_id``, ``g_min_us``, ``g_max_us``, ``levels`` in place."""
+    if not isinstance(fm.chip_id, str) or not fm.chip_id or "\n" in fm.chip_id:
+        raise BadFaultMap(f"{src}: chip_id: {fm.chip_id!r}; expected a non-empty one-line string")
+    for key, val in (("g_min", fm.g_min_us), ("g_max", fm.g_max_us)):
+        if val is None:
+            continue
+        if not _is_real(val) or not math.isfinite(float(val)) or float(val) < 0.0:
+            raise BadFaultMap(f"{src}: {key}: {val!r}; expected a finite real number >= 0 (uS)")
+        object.__setattr__(fm, f"{key}_us", float(val))
+    if fm.g_min_us is not None and fm.g_max_us is not None and fm.g_min_us >= fm.g_max_us:
+        raise BadFaultMap(
+            f"{src}: g_min/g_max: g_min={fm.g_min_us:g} >= g_max={fm.g_max_us:g} uS; "
+            "expected g_min < g_max"
+        )
+    if fm.levels is not None:
+        if not isinstance(fm.levels, int | np.integer) or isinstance(fm.levels, bool | np.bool_):
+            raise BadFaultMap(f"{src}: levels: {fm.levels!r}; expected an integer 2..{MAX_LEVELS}")
+        if not 2 <= int(fm.levels) <= MAX_LEVELS:
+            raise BadFaultMap(f"{src}: levels: {fm.levels}; expected an integer 2..{MAX_LEVELS}")
+        object.__setattr__(fm, "levels", int(fm.levels))
+
+
+# -- digest -------------------------------------------------------------------------------------
+
+
+def _digest_of(fm: FaultMap, chip_id: str) -> str:
+    """SHA-256 of the canonical encoding documented in :meth:`FaultMap.digest`."""
+    h = hashlib.sha256(_DIGEST_MAGIC)
+    h.update(struct.pack("<3Q", *fm.faults.shape))
+    h.update(fm.faults.tobytes(order="C"))
+    if fm.stuck_g is None:
+        h.update(b"\x00")
+    else:
+        g = np.where(np.isnan(fm.stuck_g), _CANONICAL_NAN, fm.stuck_g + np.float32(0.0))
+        h.update(b"\x01" + g.astype("<f4").tobytes(order="C"))
+    raw_id = chip_id.encode("utf-8")
+    h.update(struct.pack("<Q", len(raw_id)) + raw_id)
+    for val in (fm.g_min_us, fm.g_max_us):
+        h.update(b"\x00" if val is None else b"\x01" + struct.pack("<d", val))
+    h.update(b"\x00" if fm.levels is None else b"\x01" + struct.pack("<q", fm.levels))
+    return h.hexdigest()
+
+
+# -- load / save --------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str]) -> FaultMap:
+    """Read and validate a fault-map ``.npz`` (see the module docstring for the contract).
+
+    Raises :class:`~rcompile.errors.BadFaultMap` with a one-line ``"<path>: <key>: ..."`` message
+    on any breach of the contract.
+    """
+    src = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise BadFaultMap(f"{src}: no such file; expected a fault-map .npz with key 'faults'")
+    if p.is_dir():
+        raise BadFaultMap(f"{src}: is a directory; expected a fault-map .npz file")
+    try:
+        is_zip = zipfile.is_zipfile(p)
+    except OSError as e:
+        raise BadFaultMap(
+            f"{src}: cannot read ({e.strerror or e}); expected a readable .npz"
+        ) from e
+    if not is_zip:
+        raise BadFaultMap(
+            f"{src}: not an .npz (zip) archive; expected a fault-map .npz with key 'faults'"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            unknown = sorted(k for k in keys if k not in ALLOWED_KEYS)
+            if unknown:
+                raise BadFaultMap(
+                    f"{src}: unknown key(s) {', '.join(repr(k) for k in unknown)}; expected only "
+                    f"{', '.join(ALLOWED_KEYS)}"
+                )
+            if "faults" not in keys:
+                raise BadFaultMap(
+                    f"{src}: faults: key missing (found {', '.join(keys) or 'no keys'}); "
+                    f"{_EXPECT_FAULTS}"
+                )
+            for key in keys:
+                try:
+                    value = npz[key]
+                except BadFaultMap:
+                    raise
+                except Exception as e:  # numpy raises ValueError/OSError/zipfile errors here
+                    raise BadFaultMap(
+                        f"{src}: {key}: cannot read the array ({type(e).__name__}: {e}); "
+                        "expected a plain numpy array (no pickled objects)"
+                    ) from e
+                if not isinstance(value, np.ndarray):
+                    raise BadFaultMap(f"{src}: {key}: not a .npy array; expected a numpy array")
+                arrays[key] = value
+    except BadFaultMap:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise BadFaultMap(
+            f"{src}: cannot open as .npz ({type(e).__name__}: {e}); expected a fault-map .npz"
+        ) from e
+
+    chip_id = _scalar_str(src, "chip_id", arrays.get("chip_id"))
+    g_min = _scalar_real(src, "g_min", arrays.get("g_min"))
+    g_max = _scalar_real(src, "g_max", arrays.get("g_max"))
+    levels = _scalar_int(src, "levels", arrays.get("levels"))
+    fm = FaultMap(
+        arrays["faults"], arrays.get("stuck_g"), chip_id or "-", g_min, g_max, levels, src
+    )
+    if chip_id is None:
+        # Default identity: a digest prefix of the map without a chip id. Set on the fresh,
+        # not yet shared object (its digest cache is still empty).
+        object.__setattr__(fm, "chip_id", _digest_of(fm, "")[:12])
+    return fm
+
+
+def _scalar(src: str, key: str, value: np.ndarray, expect: str) -> Any:
+    if value.ndim != 0:
+        raise BadFaultMap(f"{src}: {key}: array of shape {value.shape}; expected {expect}")
+    return value[()]
+
+
+def _scalar_str(src: str, key: str, value: np.ndarray | None) -> str | None:
+    if value is None:
+        return None
+    expect = "a string scalar"
+    v = _scalar(src, key, value, expect)
+    if value.dtype.kind == "S":
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BadFaultMap(f"{src}: {key}: bytes are not UTF-8; expected {expect}") from e
+    if value.dtype.kind != "U":
+        raise BadFaultMap(f"{src}: {key}: dtype {value.dtype}; expected {expect}")
+    return str(v)
+
+
+def _scalar_real(src: str, key: str, value: np.ndarray | None) -> float | None:
+    if value is None:
+        return None
+    expect = "a real scalar in uS"
+    v = _scalar(src, key, value, expect)
+    if value.dtype.kind not in "fiu":
+        raise BadFaultMap(f"{src}: {key}: dtype {value.dtype}; expected {expect}")
+    return float(v)
+
+
+def _scalar_int(src: str, key: str, value: np.ndarray | None) -> int | None:
+    if value is None:
+        return None
+    expect = f"an integer scalar 2..{MAX_LEVELS}"
+    v = _scalar(src, key, value, expect)
+    if value.dtype.kind not in "iu":
+        raise BadFaultMap(f"{src}: {key}: dtype {value.dtype}; expected {expect}")
+    return int(v)
+
+
+def to_npz_bytes(fm: FaultMap) -> bytes:
+    """The exact bytes :func:`save` writes: a deterministic ``.npz`` of the map's content.
+
+    Keys are written in :data:`ALLOWED_KEYS` order, only those present (``chip_id`` always);
+    every zip member carries the timestamp 1980-01-01 00:00:00, mode 0644 and Unix as creator,
+    so the same content always gives the same bytes (for one zlib version).
+    """
+    entries: list[tuple[str, np.ndarray]] = [("faults", fm.faults)]
+    if fm.stuck_g is not None:
+        entries.append(("stuck_g", fm.stuck_g))
+    entries.append(("chip_id", np.array(fm.chip_id, dtype=np.str_)))
+    if fm.g_min_us is not None:
+        entries.append(("g_min", np.array(fm.g_min_us, dtype=np.float64)))
+    if fm.g_max_us is not None:
+        entries.append(("g_max", np.array(fm.g_max_us, dtype=np.float64)))
+    if fm.levels is not None:
+        entries.append(("levels", np.array(fm.levels, dtype=np.int64)))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in entries:
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3
+            info.external_attr = 0o100644 << 16
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def save(fm: FaultMap, path: str | os.PathLike[str]) -> None:
+    """Write ``fm`` to ``path`` as a fault-map ``.npz``, atomically and byte-reproducibly.
+
+    The file appears complete or not at all (a temporary file in the same directory is renamed
+    over ``path``). :func:`load` of the result gives a map with the same :meth:`~FaultMap.digest`.
+    """
+    atomic_write_bytes(path, to_npz_bytes(fm))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a same-directory temporary file and ``os.replace``.
+
+    Raises :class:`~rcompile.errors.RcompileError` naming ``path`` if it cannot be written.
+    """
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, p)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    except OSError as e:
+        raise RcompileError(f"{path}: cannot write ({e.strerror or e})") from e
+
+
+# -- synthetic maps -----------------------------------------------------------------------------
+
+
+def synth(
+    tiles: int,
+    rows: int,
+    cols: int,
+    rate: float,
+    ratio: tuple[float, float] = (5, 1),
+    seed: int = 0,
+    kind: str = "uniform",
+    chip_id: str | None = None,
+) -> FaultMap:
+    """A synthetic fault map with expected fault rate ``rate`` and ``SA1:SA0 = ratio``.
+
+    Every kind draws from ``numpy.random.Generator(PCG64(seed))`` and is deterministic in its
+    arguments. Each faulty cell is SA1 with probability ``a / (a + b)`` for ``ratio = (a, b)``;
+    the expected fraction of faulty cells over the whole map is ``rate`` for every kind:
+
+    - ``"uniform"``: each cell is faulty independently with probability ``rate`` (DESIGN §1).
+    - ``"clustered"``: faults concentrate in Gaussian blobs (forming defects, particles): each
+      tile gets ``1 + Poisson(3)`` blobs of random centre and width over a weak uniform
+      background; the per-cell probability is that intensity scaled (and capped at 1) so that
+      its mean over the map is ``rate``.
+    - ``"lines"``: whole rows and whole columns stuck (word-/bit-line defects) plus a uniform
+      background. Each row and each column of a tile is a stuck line with probability ``q``
+      chosen so lines carry about 30 % of the faults; one line's cells share one state; the
+      background rate makes the total expectation exactly ``rate``.
+
+    ``chip_id`` defaults to ``f"synth-{kind}-p{rate}-s{seed}"``.
+    Invalid arguments raise :class:`~rcompile.errors.BadFaultMap` (source ``synth``).
+    """
+    _check_synth_args(tiles, rows, cols, rate, ratio, kind)
+    a, b = (float(x) for x in ratio)
+    p_sa1 = a / (a + b)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    shape = (tiles, rows, cols)
+    if kind == "uniform":
+        faulty = rng.random(shape, dtype=np.float32) < np.float32(rate)
+        is_sa1 = rng.random(shape, dtype=np.float32) < np.float32(p_sa1)
+    elif kind == "clustered":
+        prob = _cluster_probability(rng, shape, rate)
+        faulty = rng.random(shape, dtype=np.float32) < prob
+        is_sa1 = rng.random(shape, dtype=np.float32) < np.float32(p_sa1)
+    else:  # lines
+        faulty, is_sa1 = _line_faults(rng, shape, rate, p_sa1)
+    faults = np.where(faulty, np.where(is_sa1, STATE_SA1, STATE_SA0), STATE_HEALTHY)
+    cid = chip_id if chip_id is not None else f"synth-{kind}-p{rate}-s{seed}"
+    return FaultMap(faults.astype(np.uint8), chip_id=cid, source="synth")
+
+
+def _check_synth_args(
+    tiles: int, rows: int, cols: int, rate: float, ratio: tuple[float, float], kind: str
+) -> None:
+    for name, n in (("tiles", tiles), ("rows", rows), ("cols", cols)):
+        if not isinstance(n, int | np.integer) or n < 1:
+            raise BadFaultMap(f"synth: {name}={n!r}; expected an integer >= 1")
+    if cols % 2:
+        raise BadFaultMap(f"synth: cols={cols}; expected an even column count (differential pairs)")
+    if not 0.0 <= float(rate) <= 1.0:
+        raise BadFaultMap(f"synth: rate={rate}; expected a fault probability in [0, 1]")
+    if len(ratio) != 2 or min(ratio) < 0 or not sum(ratio) > 0:
+        raise BadFaultMap(f"synth: ratio={ratio}; expected SA1:SA0 as two numbers >= 0, not both 0")
+    if kind not in SYNTH_KINDS:
+        raise BadFaultMap(f"synth: kind={kind!r}; expected one of {', '.join(SYNTH_KINDS)}")
+
+
+def _cluster_probability(
+    rng: np.random.Generator, shape: tuple[int, int, int], rate: float
+) -> np.ndarray:
+    """Per-cell fault probability, float32 ``shape``: Gaussian blobs whose mean is ``rate``."""
+    tiles, rows, cols = shape
+    background = np.float32(0.05)
+    intensity = np.full(shape, background, dtype=np.float32)
+    r_idx = np.arange(rows, dtype=np.float32)
+    c_idx = np.arange(cols, dtype=np.float32)
+    side = float(min(rows, cols))
+    for t in range(tiles):
+        for _ in range(1 + int(rng.poisson(3.0))):
+            r0, c0 = rng.uniform(0, rows), rng.uniform(0, cols)
+            sigma = max(1.0, rng.uniform(0.04, 0.18) * side)
+            weight = rng.uniform(0.5, 1.5)
+            gr = np.exp(-0.5 * ((r_idx - r0) / sigma) ** 2).astype(np.float32)
+            gc = np.exp(-0.5 * ((c_idx - c0) / sigma) ** 2).astype(np.float32)
+            intensity[t] += np.float32(weight) * np.outer(gr, gc)
+    if rate <= 0.0:
+        return np.zeros(shape, dtype=np.float32)
+    if rate >= 1.0:
+        return np.ones(shape, dtype=np.float32)
+    # Find the scale s with mean(min(1, s * intensity)) == rate; the mean rises monotonically
+    # with s from 0 to 1 (the background keeps every cell's intensity > 0), so bisect.
+    lo, hi = 0.0, rate / float(intensity.mean())
+    while float(np.minimum(1.0, hi * intensity).mean()) < rate:
+        lo, hi = hi, hi * 2.0
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        if float(np.minimum(1.0, mid * intensity).mean()) < rate:
+            lo = mid
+        else:
+            hi = mid
+    return np.minimum(np.float32(1.0), np.float32(0.5 * (lo + hi)) * intensity)
+
+
+def _line_faults(
+    rng: np.random.Generator, shape: tuple[int, int, int], rate: float, p_sa1: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(faulty, is_sa1) bool ``shape``: stuck whole rows/columns plus a uniform background.
+
+    A cell is healthy iff neither its row nor its column is a line and the background spares
+    it: ``(1 - q)**2 * (1 - bg) = 1 - rate`` with ``1 - (1 - q)**2 = share * rate``.
+    """
+    share = 0.3
+    q = 1.0 - math.sqrt(1.0 - share * rate)
+    bg = 1.0 - (1.0 - rate) / (1.0 - share * rate) if rate < 1.0 else 1.0
+    tiles, rows, cols = shape
+    row_line = rng.random((tiles, rows)) < q
+    col_line = rng.random((tiles, cols)) < q
+    row_sa1 = rng.random((tiles, rows)) < p_sa1
+    col_sa1 = rng.random((tiles, cols)) < p_sa1
+    background = rng.random(shape, dtype=np.float32) < np.float32(bg)
+    bg_sa1 = rng.random(shape, dtype=np.float32) < np.float32(p_sa1)
+    in_row = np.broadcast_to(row_line[:, :, None], shape)
+    in_col = np.broadcast_to(col_line[:, None, :], shape)
+    faulty = in_row | in_col | background
+    # Priority when sources overlap: row line, then column line, then background. Each source
+    # picks SA1 independently with p_sa1, so every faulty cell is SA1 with p_sa1.
+    is_sa1 = np.where(
+        in_row,
+        row_sa1[:, :, None],
+        np.where(in_col, col_sa1[:, None, :], bg_sa1),
+    )
+    return faulty, is_sa1
+
+
+# -- CSV import ---------------------------------------------------------------------------------
+
+_CSV_HEADER = ("tile", "row", "col", "state")
+_CSV_STATES: Mapping[str, int] = {
+    "0": STATE_HEALTHY,
+    "1": STATE_SA0,
+    "2": STATE_SA1,
+    "sa0": STATE_SA0,
+    "sa1": STATE_SA1,
+}
+
+
+def import_csv(
+    path: str | os.PathLike[str], tiles: int, rows: int, cols: int, chip_id: str | None = None
+) -> FaultMap:
+    """Build a fault map from a tester CSV: header ``tile,row,col,state``, one row per cell.
+
+    ``state`` is ``0``/``1``/``2`` or ``SA0``/``SA1`` (any case); cells not listed are healthy.
+    A cell listed twice must carry the same state both times. Blank lines and lines starting
+    with ``#`` are skipped. Errors raise :class:`~rcompile.errors.BadFaultMap` as
+    ``"<path>:<line>: <column>: ..."``. ``chip_id`` defaults to the file's stem.
+    """
+    src = str(path)
+    _check_synth_args(tiles, rows, cols, 0.0, (1, 1), "uniform")
+    faults = np.zeros((tiles, rows, cols), dtype=np.uint8)
+    seen = np.zeros((tiles, rows, cols), dtype=bool)
+    limits = (tiles, rows, cols)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except OSError as e:
+        raise BadFaultMap(
+            f"{src}: cannot open ({e.strerror or e}); expected a CSV with header tile,row,col,state"
+        ) from e
+    except UnicodeDecodeError as e:
+        raise BadFaultMap(f"{src}: not UTF-8 text ({e.reason}); expected a CSV file") from e
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header_seen = False
+    try:
+        for record in reader:
+            line = reader.line_num
+            if not record or all(not f.strip() for f in record):
+                continue
+            if record[0].lstrip().startswith("#"):
+                continue
+            fields = [f.strip() for f in record]
+            if not header_seen:
+                if tuple(f.lower() for f in fields) != _CSV_HEADER:
+                    raise BadFaultMap(
+                        f"{src}:{line}: header: {','.join(fields)!r}; expected 'tile,row,col,state'"
+                    )
+                header_seen = True
+                continue
+            if len(fields) != 4:
+                raise BadFaultMap(
+                    f"{src}:{line}: {len(fields)} fields; expected 4 (tile,row,col,state)"
+                )
+            idx: list[int] = []
+            for name, field, limit in zip(_CSV_HEADER[:3], fields[:3], limits, strict=True):
+                try:
+                    v = int(field)
+                except ValueError:
+                    v = -1
+                if not 0 <= v < limit:
+                    raise BadFaultMap(
+                        f"{src}:{line}: {name}: {field!r}; expected an integer 0..{limit - 1}"
+                    )
+                idx.append(v)
+            state = _CSV_STATES.get(fields[3].lower())
+            if state is None:
+                raise BadFaultMap(
+                    f"{src}:{line}: state: {fields[3]!r}; expected 0, 1, 2, SA0 or SA1"
+                )
+            t, r, c = idx
+            if seen[t, r, c] and faults[t, r, c] != state:
+                raise BadFaultMap(
+                    f"{src}:{line}: state: tile {t}, row {r}, col {c} listed again as "
+                    f"{STATE_NAMES[state]} (was {STATE_NAMES[faults[t, r, c]]}); "
+                    "expected one state per cell"
+                )
+            seen[t, r, c] = True
+            faults[t, r, c] = state
+    except csv.Error as e:
+        raise BadFaultMap(f"{src}:{reader.line_num}: malformed CSV ({e})") from e
+    if not header_seen:
+        raise BadFaultMap(f"{src}:1: header: missing; expected 'tile,row,col,state'")
+    cid = chip_id if chip_id is not None else Path(path).stem
+    return FaultMap(faults, chip_id=cid or "csv", source=src)
+
+
+# -- reports ------------------------------------------------------------------------------------
+
+MAX_HEATMAP_TILES = 64
+"""Tiles drawn by :func:`render_heatmap`; larger chips show the first ones and say so."""
+
+
+def render_heatmap(fm: FaultMap, path: str | os.PathLike[str]) -> None:
+    """Write a PNG heat map of ``fm``: one panel per tile, SA0 blue, SA1 red, healthy light.
+
+    At most :data:`MAX_HEATMAP_TILES` tiles are drawn (a note in the title says how many of
+    how many). Uses matplotlib's Agg renderer without pyplot (no global state, no display);
+    the file is written atomically.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    geo = fm.geometry
+    shown = min(geo.tiles, MAX_HEATMAP_TILES)
+    ncols = math.ceil(math.sqrt(shown))
+    nrows = math.ceil(shown / ncols)
+    panel = 2.2
+    aspect = geo.rows / geo.cols
+    fig = Figure(figsize=(ncols * panel, nrows * panel * aspect + 1.2), dpi=100)
+    colors = ("#f2f2f2", "#1f5fbf", "#d62728")  # healthy, SA0, SA1
+    cmap = ListedColormap(list(colors))
+    per_tile = fm.per_tile_counts()
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= shown:
+            ax.set_axis_off()
+            continue
+        ax.imshow(fm.faults[i], cmap=cmap, vmin=0, vmax=2, interpolation="nearest")
+        tile_rate = (per_tile[i, 1] + per_tile[i, 2]) / (geo.rows * geo.cols)
+        ax.set_title(f"tile {i}  {tile_rate:.1%}", fontsize=8)
+    c = fm.counts()
+    title = (
+        f"{fm.chip_id}: {geo.tiles} x {geo.rows} x {geo.cols}, fault rate {c['rate']:.2%} "
+        f"(SA0 {c['sa0']}, SA1 {c['sa1']})"
+    )
+    if shown < geo.tiles:
+        title += f"\nshowing the first {shown} of {geo.tiles} tiles"
+    fig.suptitle(title, fontsize=10)
+    fig.legend(
+        handles=[
+            Patch(color=col, label=name) for col, name in zip(colors, STATE_NAMES, strict=True)
+        ],
+        loc="lower center",
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def summary_text(fm: FaultMap) -> str:
+    """A compact table: identity and geometry, totals per state, then counts and rate per tile."""
+    geo = fm.geometry
+    c = fm.counts()
+    cells = geo.tiles * geo.rows * geo.cols
+    lines = [
+        f"chip     {fm.chip_id}",
+        f"source   {fm.source}",
+        f"sha256   {fm.digest()}",
+        f"geometry {geo.tiles} tiles x {geo.rows} rows x {geo.cols} cols = {cells:,} cells",
+    ]
+    overrides = fm.device_overrides()
+    if overrides:
+        lines.append("device   " + ", ".join(f"{k}={v:g}" for k, v in overrides.items()))
+    lines.append(f"stuck_g  {'measured' if fm.stuck_g is not None else 'absent'}")
+    lines.append("")
+    lines.append(f"{'state':<8} {'cells':>12} {'share':>8}")
+    for name, key in (("healthy", "healthy"), ("SA0", "sa0"), ("SA1", "sa1")):
+        lines.append(f"{name:<8} {c[key]:>12,} {c[key] / cells:>8.3%}")
+    lines.append(f"{'faulty':<8} {c['sa0'] + c['sa1']:>12,} {c['rate']:>8.3%}")
+    lines.append("")
+    lines.append(f"{'tile':>5} {'healthy':>9} {'SA0':>7} {'SA1':>7} {'rate':>8}")
+    per_cell = geo.rows * geo.cols
+    for t, (h, s0, s1) in enumerate(fm.per_tile_counts().tolist()):
+        lines.append(f"{t:>5} {h:>9} {s0:>7} {s1:>7} {(s0 + s1) / per_cell:>8.3%}")
+    return "\n".join(lines)

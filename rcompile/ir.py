@@ -1,0 +1,197 @@
+"""The compiler's intermediate representation and its per-stage invariants.
+
+Two stages, visible in the types:
+
+* :class:`Plan` — chip-independent. The normalised model, every crossbar layer quantised to
+  cell levels, and the logical blocks each layer is tiled into. Depends on the model, the chip
+  family's tile shape and the options; never on one chip's faults. One plan serves a whole lot.
+* :class:`ChipMapping` — per chip. Where every block went (tile, physical rows, column pairs),
+  the target level of every used cell and the digital per-output scale and bias.
+
+Matrix convention: a weight op is seen as ``groups`` matrices ``[rows, outs]`` where *rows* are
+fan-in (they drive crossbar rows) and *outs* are outputs (each a differential column pair).
+A Conv weight ``[Cout, Cin/g, kh, kw]`` unrolls per group to ``[Cin/g*kh*kw, Cout/g]``; a Gemm or
+MatMul weight ``[K, N]`` is one ``[K, N]`` matrix.
+
+Level convention: a weight is ``scale[out] * (k_pos - k_neg)`` with integer cell levels
+``0 <= k <= L-1``; the quantised weight ``q = k_pos - k_neg`` lies in ``[-(L-1), L-1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rcompile.device import Device, Geometry
+
+#: Layouts of a weight tensor in the ONNX graph.
+LAYOUT_CONV = "conv"  # [Cout, Cin/g, *kernel]
+LAYOUT_KN = "kn"  # [K, N]: y = x @ W   (MatMul, normalised Gemm)
+
+
+@dataclass(frozen=True)
+class WeightOp:
+    """One ONNX node whose constant weight goes to crossbars."""
+
+    node: str
+    """Name of the node in the normalised graph."""
+    op_type: str
+    """Conv, Gemm or MatMul."""
+    weight: str
+    """Initializer holding the weight tensor in the normalised graph."""
+    bias: str
+    """Initializer holding the per-output bias added digitally after the crossbar."""
+    shape: tuple[int, ...]
+    """Weight tensor shape in the graph."""
+    layout: str
+    """LAYOUT_CONV or LAYOUT_KN."""
+    groups: int = 1
+
+    @property
+    def n_out(self) -> int:
+        return self.shape[0] if self.layout == LAYOUT_CONV else self.shape[1]
+
+    @property
+    def rows(self) -> int:
+        """Fan-in rows of one group's matrix."""
+        if self.layout == LAYOUT_CONV:
+            return int(np.prod(self.shape[1:]))
+        return self.shape[0]
+
+    @property
+    def outs(self) -> int:
+        """Outputs of one group's matrix."""
+        return self.n_out // self.groups
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "op_type": self.op_type,
+            "weight": self.weight,
+            "bias": self.bias,
+            "shape": list(self.shape),
+            "layout": self.layout,
+            "groups": self.groups,
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> WeightOp:
+        return WeightOp(
+            node=str(d["node"]),
+            op_type=str(d["op_type"]),
+            weight=str(d["weight"]),
+            bias=str(d["bias"]),
+            shape=tuple(int(s) for s in d["shape"]),
+            layout=str(d["layout"]),
+            groups=int(d["groups"]),
+        )
+
+
+def to_matrices(op: WeightOp, tensor: np.ndarray) -> np.ndarray:
+    """Weight tensor -> ``[groups, rows, outs]``; exact inverse of :func:`from_matrices`."""
+    if op.layout == LAYOUT_CONV:
+        g, og = op.groups, op.outs
+        return tensor.reshape(g, og, -1).transpose(0, 2, 1).copy()
+    return tensor.reshape(1, *tensor.shape).copy()
+
+
+def from_matrices(op: WeightOp, mats: np.ndarray) -> np.ndarray:
+    """``[groups, rows, outs]`` -> weight tensor of shape ``op.shape``."""
+    if op.layout == LAYOUT_CONV:
+        return mats.transpose(0, 2, 1).reshape(op.shape).copy()
+    return mats.reshape(op.shape).copy()
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A crossbar layer after quantisation."""
+
+    op: WeightOp
+    q: np.ndarray
+    """int8 ``[groups, rows, outs]``: weight in level steps, ``|q| <= L-1``."""
+    scale: np.ndarray
+    """float32 ``[groups, outs]``: weight = scale * q (per output)."""
+    bias: np.ndarray
+    """float32 ``[n_out]``: digital bias after the crossbar."""
+
+    def weights(self) -> np.ndarray:
+        """Quantised weight tensor in graph layout (what a fault-free chip computes)."""
+        mats = self.q.astype(np.float32) * self.scale[:, None, :]
+        return from_matrices(self.op, mats)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A logical block: at most R rows x C/2 outputs of one group of one layer."""
+
+    layer: int
+    group: int
+    rows: np.ndarray
+    """int32 logical (matrix) row indices, in increasing order."""
+    outs: np.ndarray
+    """int32 output indices within the group, in increasing order."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Chip-independent stage result. Invariant: every non-zero q lies in exactly one block."""
+
+    model: onnx.ModelProto
+    """Normalised graph (BatchNorm folded, one weight + bias initializer per crossbar op)."""
+    model_sha256: str
+    tile_rows: int
+    tile_cols: int
+    device: Device
+    ops: tuple[WeightOp, ...]
+    float_mats: tuple[np.ndarray, ...]
+    """Per op float32 ``[groups, rows, outs]`` trained weights (BatchNorm folded)."""
+    biases: tuple[np.ndarray, ...]
+    """Per op float32 ``[n_out]`` trained bias."""
+    layers: tuple[Layer, ...] = ()
+    """Set by ``quantize``: one per op, same order."""
+    blocks: tuple[Block, ...] = ()
+    """Set by ``tile``."""
+    digital: tuple[tuple[str, str, str], ...] = ()
+    """(node, op_type, reason) of every node that stays on the digital periphery."""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def tiles_needed(self) -> int:
+        return len(self.blocks)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One block on one physical tile."""
+
+    block: int
+    tile: int
+    phys_rows: np.ndarray
+    """int32 ``[n_rows]``: physical row driven by each logical row of the block."""
+    pos: np.ndarray
+    """int32 ``[n_outs]``: physical column holding G+ of each output."""
+    neg: np.ndarray
+    """int32 ``[n_outs]``: physical column holding G- of each output."""
+    high: np.ndarray
+    """bool ``[n_outs]``: common mode of the pair: False = idle cell at level 0 (two-column),
+    True = idle cell at the top level (pair sits high)."""
+    scale: np.ndarray
+    """float32 ``[n_outs]``: digital scale applied to this slice's column-pair difference."""
+
+
+@dataclass(frozen=True)
+class ChipMapping:
+    """Per-chip stage result."""
+
+    placements: tuple[Placement, ...]
+    levels: dict[int, np.ndarray] = field(default_factory=dict)
+    """Physical tile -> uint8 ``[R, C]`` target level of every cell (set by ``program``)."""
+    bias: tuple[np.ndarray, ...] = ()
+    """Per layer float32 ``[n_out]`` digital bias (calibration may adjust it)."""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def geometry_of(plan: Plan, tiles: int) -> Geometry:
+    return Geometry(tiles=tiles, rows=plan.tile_rows, cols=plan.tile_cols)

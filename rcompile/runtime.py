@@ -1,0 +1,598 @@
+"""The verifying runtime (DESIGN §5): what one faulty chip computes with one programming image.
+
+The runtime trusts exactly two things, the image and the fault map, and never the compiler:
+this module must not import ``rcompile.passes`` (a test checks it), so a bug in a pass cannot
+hide itself by also being in the checker.
+
+How a chip computes one crossbar layer, and so how this module rebuilds it:
+
+1. **Cells.** Every used physical tile ``t`` holds a target level ``levels[r, c]`` per cell
+   (:class:`~rcompile.image.TileRecord`). A stuck cell ignores it: the fault map gives the level
+   it sits at instead (``0`` for SA0, ``L-1`` for SA1, or the fractional level of its measured
+   conductance), see ``FaultMap.stuck_levels``. The result is the *realised* level ``lv[r, c]``.
+2. **Slices.** A :class:`~rcompile.image.SliceRecord` routes logical matrix rows ``rows[i]`` to
+   physical rows ``phys_rows[i]`` and reads output ``outs[j]`` as the difference of physical
+   columns ``pos[j]`` and ``neg[j]``, times the digital scale ``scale[j]``::
+
+       W[layer][group][rows[i], outs[j]] += scale[j] * (lv[phys_rows[i], pos[j]]
+                                                        - lv[phys_rows[i], neg[j]])
+
+   Contributions of all slices add up (partial sums of a layer split over tiles are summed
+   digitally). Each slice is evaluated with only its own rows driven, which is the image
+   contract; cells outside every slice carry no signal (DESIGN §1: unused rows get zero input).
+   Level units are exact: ``G(k) = g_min + k * step`` and the ``g_min`` offset cancels in the
+   difference, so ``scale`` in weight units per level step is all the periphery needs.
+3. **Graph.** The per-layer matrices go back to graph layout (:func:`~rcompile.ir.from_matrices`)
+   and are inserted as the initializers ``op.weight`` / ``op.bias`` of the image's digital
+   graph, which onnxruntime then runs end to end. Everything that is not a crossbar op runs
+   exactly as in the graph (the digital periphery).
+
+The *fault-free chip* is the same image with intended weights ``q * scale`` from its
+:class:`~rcompile.image.LayerRecord` s: what the model would compute if no cell were stuck and
+every weight were programmed exactly to its quantised value. :func:`verify` compares the
+faulty chip against it, and optionally against the original float model.
+
+Every structural problem in the image (an index out of range, a level above ``L-1``, a slice
+with mismatched lengths) raises :class:`~rcompile.errors.BadImage`, never an ``IndexError``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from rcompile.data import Dataset, input_specs
+from rcompile.device import Device
+from rcompile.errors import BadData, BadDevice, BadImage, BadModel
+from rcompile.image import Image, LayerRecord, SliceRecord
+from rcompile.ir import from_matrices
+
+if TYPE_CHECKING:
+    from rcompile.faultmap import FaultMap
+
+__all__ = [
+    "LayerError",
+    "Report",
+    "check_match",
+    "effective_weights",
+    "emulated_model",
+    "image_device",
+    "intended_weights",
+    "programmed_weights",
+    "run",
+    "verify",
+]
+
+_DEVICE_KEYS = ("levels", "g_min_us", "g_max_us", "read_v")
+
+
+# --------------------------------------------------------------------------- image <-> fault map
+
+
+def _image_name(image: Image, image_source: str | None) -> str:
+    """How messages name the image: the caller's path, else the image's own, else a stand-in."""
+    return image_source or getattr(image, "source", None) or "<in-memory image>"
+
+
+def _geometry(image: Image, name: str) -> tuple[int, int, int]:
+    g = image.header.get("geometry")
+    try:
+        return int(g["tiles"]), int(g["rows"]), int(g["cols"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadImage(
+            f"image {name}: header 'geometry' is {g!r}; expected {{tiles, rows, cols}}"
+        ) from e
+
+
+def check_match(
+    image: Image,
+    faultmap: FaultMap,
+    *,
+    allow_remeasured: bool = False,
+    image_source: str | None = None,
+) -> bool:
+    """Check that ``faultmap`` describes the chip ``image`` was compiled for.
+
+    Rules, in order:
+
+    1. the image's geometry ``header["geometry"]`` equals the fault map's ``[T, R, C]``;
+    2. when both carry a chip id, they are the same chip;
+    3. the fault map's SHA-256 equals ``header["faultmap_sha256"]`` — unless
+       ``allow_remeasured``, which accepts a different map of the *same* chip (re-measured after
+       aging); that needs both chip ids, since otherwise nothing says it is the same chip.
+
+    Returns True when the map is a re-measurement (digest differs), False when it is the very
+    map the image was compiled against. Raises :class:`BadImage` naming both files otherwise.
+    """
+    img = _image_name(image, image_source)
+    fm = faultmap.source or "<in-memory fault map>"
+    want = _geometry(image, img)
+    have = tuple(int(d) for d in faultmap.faults.shape)
+    if want != have:
+        raise BadImage(
+            f"image {img} was compiled for a chip of {want[0]}x{want[1]}x{want[2]} "
+            f"(tiles x rows x cols) but fault map {fm} is {have[0]}x{have[1]}x{have[2]}"
+        )
+    img_chip = image.header.get("chip_id") or None
+    fm_chip = faultmap.chip_id or None
+    if img_chip is not None and fm_chip is not None and str(img_chip) != str(fm_chip):
+        raise BadImage(
+            f"image {img} was compiled for chip {img_chip} but fault map {fm} is chip {fm_chip}"
+        )
+    want_sha = str(image.header.get("faultmap_sha256", ""))
+    have_sha = faultmap.digest()
+    if want_sha == have_sha:
+        return False
+    if not allow_remeasured:
+        raise BadImage(
+            f"image {img} was compiled against fault map sha256 {want_sha[:12] or '?'} but "
+            f"fault map {fm} has sha256 {have_sha[:12]}; expected the same map "
+            "(allow re-measured maps to verify a re-measurement of the same chip)"
+        )
+    if img_chip is None or fm_chip is None:
+        raise BadImage(
+            f"fault map {fm} differs from the one image {img} was compiled against and a chip "
+            "id is missing on one side; expected both chip ids to accept a re-measured map"
+        )
+    return True
+
+
+def image_device(image: Image, image_source: str | None = None) -> Device:
+    """The cell technology the image was compiled for, from ``header["device"]``."""
+    name = _image_name(image, image_source)
+    d = image.header.get("device")
+    if not isinstance(d, dict) or any(k not in d for k in _DEVICE_KEYS):
+        raise BadImage(f"image {name}: header 'device' is {d!r}; expected keys {_DEVICE_KEYS}")
+    try:
+        return Device(
+            levels=int(d["levels"]),
+            g_min_us=float(d["g_min_us"]),
+            g_max_us=float(d["g_max_us"]),
+            read_v=float(d["read_v"]),
+        )
+    except (BadDevice, TypeError, ValueError) as e:
+        raise BadImage(f"image {name}: header 'device' is invalid ({e})") from e
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def intended_weights(image: Image) -> list[np.ndarray]:
+    """Per layer, the weight tensor of the fault-free chip: ``q * scale`` in graph layout."""
+    out = []
+    for i, rec in enumerate(image.layers):
+        _check_layer(image, i, rec)
+        mats = rec.q.astype(np.float32) * rec.scale.astype(np.float32)[:, None, :]
+        out.append(from_matrices(rec.op, mats))
+    return out
+
+
+def programmed_weights(image: Image) -> list[np.ndarray]:
+    """Per layer, what the image's target levels realise on a chip with no stuck cell.
+
+    Differs from :func:`intended_weights` wherever the compiler deliberately programmed a cell
+    pair off its quantised value to compensate a stuck partner on the real chip.
+    """
+    return _realise(image, None)
+
+
+def effective_weights(
+    image: Image, faultmap: FaultMap, *, image_source: str | None = None
+) -> list[np.ndarray]:
+    """Per layer, the weight tensor (graph layout, float32) the faulty chip actually applies.
+
+    Target levels overridden by stuck cells, routed through every slice (module docstring).
+    Call :func:`check_match` first; this function only checks that the geometry fits.
+    """
+    name = _image_name(image, image_source)
+    device = image_device(image, image_source)
+    stuck = np.asarray(faultmap.stuck_levels(device))
+    T, R, C = _geometry(image, name)
+    if stuck.shape != (T, R, C):
+        raise BadImage(
+            f"image {name} expects a {T}x{R}x{C} chip but fault map "
+            f"{faultmap.source or '<in-memory fault map>'} is {'x'.join(map(str, stuck.shape))}"
+        )
+    return _realise(image, stuck, image_source)
+
+
+def _realise(
+    image: Image, stuck: np.ndarray | None, image_source: str | None = None
+) -> list[np.ndarray]:
+    """Shared core of :func:`effective_weights` (``stuck`` given) and :func:`programmed_weights`."""
+    name = _image_name(image, image_source)
+    device = image_device(image, image_source)
+    T, R, C = _geometry(image, name)
+    for i, rec in enumerate(image.layers):
+        _check_layer(image, i, rec)
+    # float64 accumulators: scale (float32) * level difference (|d| <= 255) is exact in float64,
+    # so a fault-free chip reproduces q * scale bit for bit after the final cast to float32.
+    mats = [np.zeros((r.op.groups, r.op.rows, r.op.outs), np.float64) for r in image.layers]
+    seen: set[int] = set()
+    for tile in image.tiles:
+        t = int(tile.tile)
+        where = f"image {name}: tile {t}"
+        if not 0 <= t < T:
+            raise BadImage(f"{where} is outside the chip; expected a tile index in 0..{T - 1}")
+        if t in seen:
+            raise BadImage(f"{where} appears twice; expected one record per physical tile")
+        seen.add(t)
+        levels = np.asarray(tile.levels)
+        if levels.shape != (R, C) or not np.issubdtype(levels.dtype, np.integer):
+            raise BadImage(
+                f"{where} levels are {levels.dtype} {levels.shape}; expected integer ({R}, {C})"
+            )
+        if levels.size and (levels.min() < 0 or levels.max() > device.max_level):
+            raise BadImage(
+                f"{where} has levels in {levels.min()}..{levels.max()}; "
+                f"expected 0..{device.max_level}"
+            )
+        lv = levels.astype(np.float64)
+        if stuck is not None:  # 1. stuck cells override programming
+            st = stuck[t]
+            hit = ~np.isnan(st)
+            lv[hit] = st[hit]
+        for k, s in enumerate(tile.slices):  # 2. route through every slice
+            _check_slice(image, f"{where} slice {k}", s, R, C)
+            _accumulate(mats[s.layer][s.group], s, lv)
+    # 3. back to graph layout
+    return [
+        from_matrices(rec.op, m.astype(np.float32))
+        for rec, m in zip(image.layers, mats, strict=True)
+    ]
+
+
+def _accumulate(mat: np.ndarray, s: SliceRecord, lv: np.ndarray) -> None:
+    """``mat[rows, outs] += scale * (lv[phys_rows, pos] - lv[phys_rows, neg])``, vectorised."""
+    pr = np.asarray(s.phys_rows, np.intp)
+    diff = lv[np.ix_(pr, np.asarray(s.pos, np.intp))] - lv[np.ix_(pr, np.asarray(s.neg, np.intp))]
+    contrib = np.asarray(s.scale, np.float64)[None, :] * diff
+    rows, outs = np.asarray(s.rows, np.intp), np.asarray(s.outs, np.intp)
+    idx = np.ix_(rows, outs)
+    if np.unique(rows).size == rows.size and np.unique(outs).size == outs.size:
+        mat[idx] += contrib
+    else:  # a logical row or output read twice (redundant copies): sum every copy
+        np.add.at(mat, idx, contrib)
+
+
+def _check_layer(image: Image, i: int, rec: LayerRecord) -> None:
+    op = rec.op
+    want_q = (op.groups, op.rows, op.outs)
+    if op.groups < 1 or op.n_out % op.groups:
+        raise BadImage(f"image: layer {i} ({op.node}) has {op.n_out} outputs in {op.groups} groups")
+    if tuple(rec.q.shape) != want_q:
+        raise BadImage(
+            f"image: layer {i} ({op.node}) q has shape {tuple(rec.q.shape)}; expected {want_q}"
+        )
+    if tuple(rec.scale.shape) != (op.groups, op.outs):
+        raise BadImage(
+            f"image: layer {i} ({op.node}) scale has shape {tuple(rec.scale.shape)}; "
+            f"expected {(op.groups, op.outs)}"
+        )
+    if tuple(rec.bias.shape) != (op.n_out,):
+        raise BadImage(
+            f"image: layer {i} ({op.node}) bias has shape {tuple(rec.bias.shape)}; "
+            f"expected {(op.n_out,)}"
+        )
+
+
+def _check_slice(image: Image, where: str, s: SliceRecord, R: int, C: int) -> None:
+    """Every index of a slice in range and lengths consistent, or BadImage naming it."""
+    if not 0 <= s.layer < len(image.layers):
+        raise BadImage(f"{where} names layer {s.layer}; the image has {len(image.layers)}")
+    op = image.layers[s.layer].op
+    if not 0 <= s.group < op.groups:
+        raise BadImage(f"{where} names group {s.group}; layer {op.node} has {op.groups}")
+    n, m = len(s.rows), len(s.outs)
+    for label, arr, size in (
+        ("phys_rows", s.phys_rows, n),
+        ("pos", s.pos, m),
+        ("neg", s.neg, m),
+        ("scale", s.scale, m),
+    ):
+        if np.asarray(arr).shape != (size,):
+            raise BadImage(f"{where} {label} has shape {np.asarray(arr).shape}; expected ({size},)")
+    for label, arr, hi in (
+        ("rows", s.rows, op.rows),
+        ("outs", s.outs, op.outs),
+        ("phys_rows", s.phys_rows, R),
+        ("pos", s.pos, C),
+        ("neg", s.neg, C),
+    ):
+        a = np.asarray(arr)
+        if a.size and (not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() >= hi):
+            raise BadImage(f"{where} {label} out of range; expected integers in 0..{hi - 1}")
+    if np.unique(np.asarray(s.phys_rows)).size != n:
+        raise BadImage(f"{where} drives one physical row with two inputs; expected distinct rows")
+    if np.any(np.asarray(s.pos) == np.asarray(s.neg)):
+        raise BadImage(f"{where} pairs a column with itself; expected pos != neg")
+    if not np.all(np.isfinite(np.asarray(s.scale))):
+        raise BadImage(f"{where} scale holds NaN/Inf; expected finite numbers")
+
+
+def _stuck_cells(image: Image, layer: int, stuck: np.ndarray) -> int:
+    """Stuck cells among the cell pairs that carry ``layer``'s weights."""
+    count = 0
+    for tile in image.tiles:
+        bad = ~np.isnan(stuck[int(tile.tile)])
+        for s in tile.slices:
+            if s.layer == layer:
+                pr = np.asarray(s.phys_rows, np.intp)
+                count += int(bad[np.ix_(pr, np.asarray(s.pos, np.intp))].sum())
+                count += int(bad[np.ix_(pr, np.asarray(s.neg, np.intp))].sum())
+    return count
+
+
+# --------------------------------------------------------------------------- graph and execution
+
+
+def emulated_model(image: Image, weights: list[np.ndarray]) -> onnx.ModelProto:
+    """The image's digital graph with ``weights`` (graph layout) and the image's biases inserted.
+
+    Existing initializers named ``op.weight`` / ``op.bias`` are replaced.
+    """
+    if len(weights) != len(image.layers):
+        raise BadImage(f"image has {len(image.layers)} layers but {len(weights)} weights given")
+    try:
+        model = onnx.load_from_string(image.graph)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise BadImage(f"image: the digital graph does not parse as ONNX ({e})") from e
+    nodes = {n.name: n for n in model.graph.node}
+    new: dict[str, np.ndarray] = {}
+    for rec, w in zip(image.layers, weights, strict=True):
+        op = rec.op
+        node = nodes.get(op.node)
+        if node is None or op.weight not in node.input:
+            raise BadImage(
+                f"image: the digital graph has no node '{op.node}' reading '{op.weight}'; "
+                "expected one per crossbar layer"
+            )
+        if tuple(w.shape) != op.shape:
+            raise BadImage(f"image: weight of {op.node} has shape {w.shape}; expected {op.shape}")
+        new[op.weight] = np.asarray(w, np.float32)
+        new[op.bias] = np.asarray(rec.bias, np.float32)
+    kept = [t for t in model.graph.initializer if t.name not in new]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    model.graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in new.items())
+    return model
+
+
+def run(
+    model: onnx.ModelProto, dataset: Dataset, batch_size: int = 256, *, source: str = "model"
+) -> list[np.ndarray]:
+    """All outputs of ``model`` on ``dataset``, in batches, concatenated along axis 0.
+
+    CPU execution provider, two intra-op threads, all graph optimisations. A model that fixes
+    its batch axis at ``b`` is run ``b`` samples at a time.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as e:
+        raise BadModel(f"{source}: onnxruntime cannot load it ({_first_line(e)})") from e
+    fixed = {s.fixed_batch for s in input_specs(model) if s.fixed_batch}
+    if len(fixed) > 1:
+        raise BadModel(f"{source}: inputs fix axis 0 at different sizes {sorted(fixed)}")
+    step = fixed.pop() if fixed else max(1, int(batch_size))
+    names = [i.name for i in sess.get_inputs()]
+    for nm in names:
+        if nm not in dataset.inputs:
+            raise BadData(f"{dataset.source}: has no array for input '{nm}' of {source}")
+    parts: list[list[np.ndarray]] = []
+    for lo in range(0, dataset.n, step):
+        feed = {nm: dataset.inputs[nm][lo : lo + step] for nm in names}
+        try:
+            parts.append([np.asarray(o) for o in sess.run(None, feed)])
+        except Exception as e:
+            raise BadModel(
+                f"{source}: onnxruntime failed on samples {lo}..{min(lo + step, dataset.n) - 1} "
+                f"of {dataset.source} ({_first_line(e)})"
+            ) from e
+    outs = []
+    for k in range(len(parts[0]) if parts else 0):
+        chunk = [p[k] for p in parts]
+        outs.append(np.concatenate(chunk) if chunk[0].ndim else np.stack(chunk))
+    return outs
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------- metrics and verify
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """Weight error of one crossbar layer: faulty chip against the fault-free chip."""
+
+    node: str
+    weight_rel_error: float | None
+    """``||W_emu - W_intended||_F / ||W_intended||_F`` (None if the intended weight is all zero
+    and the realised one is not)."""
+    weight_rmse: float
+    """Root-mean-square of ``W_emu - W_intended``, in weight units."""
+    stuck_cells: int
+    """Stuck cells among the cell pairs that hold this layer's weights."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What :func:`verify` found; :meth:`to_dict` is JSON-serialisable (plain floats/ints)."""
+
+    accuracy: float | None
+    """Top-1 accuracy of the faulty chip on the labels (None without labels)."""
+    fault_free_accuracy: float | None
+    """Top-1 accuracy of the fault-free chip (intended weights ``q * scale``)."""
+    float_accuracy: float | None
+    """Top-1 accuracy of the original float model (None unless it was given)."""
+    agreement: float | None
+    """Share of top-1 decisions the faulty chip shares with the fault-free chip (None when the
+    first output has no class axis of more than one entry)."""
+    output_cosine: float
+    """Per-sample cosine similarity of the first output, faulty vs fault-free, averaged
+    (1.0 when both vectors are zero)."""
+    relative_output_error: float | None
+    """``||emu - ref||_F / ||ref||_F`` over all outputs (None if the reference is all zero and
+    the emulated output is not)."""
+    layers: list[LayerError]
+    n_samples: int
+    chip_id: str | None
+    remeasured: bool
+    """True when the fault map is a re-measurement, not the map the image was compiled against."""
+    timing: dict[str, float | None] = field(default_factory=dict)
+    """Seconds: ``weights_s`` (rebuilding the faulty weights), ``reference_s`` (fault-free run),
+    ``emulated_s`` (faulty run), ``float_s`` (float model run, None without it)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _scores(out: np.ndarray) -> np.ndarray | None:
+    """Class scores ``[n, ..., K]`` of a first output, K > 1, else None.
+
+    Trailing singleton axes after the sample axis are dropped first, so a conv head ``[n, K, 1,
+    1]`` counts as ``[n, K]``.
+    """
+    s = out
+    while s.ndim > 2 and s.shape[-1] == 1:
+        s = s[..., 0]
+    if s.ndim < 2 or s.shape[-1] < 2:
+        return None
+    return s
+
+
+def _accuracy(out: np.ndarray, labels: np.ndarray | None, source: str) -> float | None:
+    if labels is None:
+        return None
+    s = _scores(out)
+    if s is None or s.ndim != 2 or s.shape[0] != labels.shape[0]:
+        raise BadData(
+            f"{source}: has labels but the model's first output has shape {tuple(out.shape)}; "
+            f"expected ({labels.shape[0]}, classes) to score top-1 accuracy"
+        )
+    if int(labels.max()) >= s.shape[1]:
+        raise BadData(
+            f"{source}: labels go up to {int(labels.max())} but the model has {s.shape[1]} "
+            f"classes; expected labels in 0..{s.shape[1] - 1}"
+        )
+    return float(np.mean(np.argmax(s, axis=-1) == labels))
+
+
+def _agreement(emu: np.ndarray, ref: np.ndarray) -> float | None:
+    a, b = _scores(emu), _scores(ref)
+    if a is None or b is None:
+        return None
+    return float(np.mean(np.argmax(a, axis=-1) == np.argmax(b, axis=-1)))
+
+
+def _cosine(emu: np.ndarray, ref: np.ndarray) -> float:
+    n = emu.shape[0] if emu.ndim else 1
+    a = emu.reshape(n, -1).astype(np.float64)
+    b = ref.reshape(n, -1).astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dot = np.einsum("ij,ij->i", a, b)
+    both_zero = (na == 0) & (nb == 0)
+    denom = np.where(both_zero | (na * nb == 0), 1.0, na * nb)
+    cos = np.where(both_zero, 1.0, dot / denom)
+    return float(np.mean(cos))
+
+
+def _rel(diff_sq: float, ref_sq: float) -> float | None:
+    if ref_sq == 0.0:
+        return 0.0 if diff_sq == 0.0 else None
+    return float(np.sqrt(diff_sq / ref_sq))
+
+
+def verify(
+    image: Image,
+    faultmap: FaultMap,
+    dataset: Dataset,
+    *,
+    allow_remeasured: bool = False,
+    reference_model: onnx.ModelProto | None = None,
+    image_source: str | None = None,
+    batch_size: int = 256,
+) -> Report:
+    """Emulate the faulty chip on ``dataset`` and compare it with the fault-free chip.
+
+    ``reference_model`` (the original float model, optional) adds its accuracy as
+    ``float_accuracy``. Raises :class:`BadImage` if the fault map is not the image's chip
+    (:func:`check_match`).
+    """
+    remeasured = check_match(
+        image, faultmap, allow_remeasured=allow_remeasured, image_source=image_source
+    )
+    name = _image_name(image, image_source)
+
+    t0 = time.perf_counter()
+    effective = effective_weights(image, faultmap, image_source=image_source)
+    weights_s = time.perf_counter() - t0
+    intended = intended_weights(image)
+
+    t0 = time.perf_counter()
+    ref = run(emulated_model(image, intended), dataset, batch_size, source=f"image {name}")
+    reference_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    emu = run(emulated_model(image, effective), dataset, batch_size, source=f"image {name}")
+    emulated_s = time.perf_counter() - t0
+
+    float_acc: float | None = None
+    float_s: float | None = None
+    if reference_model is not None:
+        t0 = time.perf_counter()
+        flt = run(reference_model, dataset, batch_size, source="reference model")
+        float_s = time.perf_counter() - t0
+        float_acc = _accuracy(flt[0], dataset.labels, dataset.source)
+
+    stuck = np.asarray(faultmap.stuck_levels(image_device(image, image_source)))
+    layers = []
+    for i, (rec, we, wi) in enumerate(zip(image.layers, effective, intended, strict=True)):
+        d = we.astype(np.float64) - wi.astype(np.float64)
+        dsq, isq = float(np.sum(d * d)), float(np.sum(wi.astype(np.float64) ** 2))
+        layers.append(
+            LayerError(
+                node=rec.op.node,
+                weight_rel_error=_rel(dsq, isq),
+                weight_rmse=float(np.sqrt(dsq / max(d.size, 1))),
+                stuck_cells=_stuck_cells(image, i, stuck),
+            )
+        )
+
+    diff_sq = sum(
+        float(np.sum((e.astype(np.float64) - r) ** 2)) for e, r in zip(emu, ref, strict=True)
+    )
+    ref_sq = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
+    chip = image.header.get("chip_id") or faultmap.chip_id or None
+    return Report(
+        accuracy=_accuracy(emu[0], dataset.labels, dataset.source),
+        fault_free_accuracy=_accuracy(ref[0], dataset.labels, dataset.source),
+        float_accuracy=float_acc,
+        agreement=_agreement(emu[0], ref[0]),
+        output_cosine=_cosine(emu[0], ref[0]),
+        relative_output_error=_rel(diff_sq, ref_sq),
+        layers=layers,
+        n_samples=int(dataset.n),
+        chip_id=None if chip is None else str(chip),
+        remeasured=remeasured,
+        timing={
+            "weights_s": weights_s,
+            "reference_s": reference_s,
+            "emulated_s": emulated_s,
+            "float_s": float_s,
+        },
+    )
