@@ -164,13 +164,13 @@ class FaultMap:
             out[stuck] = np.clip(frac, 0.0, top).astype(np.float32)
         return out
 
-    def device_overrides(self) -> dict[str, float | int]:
+    def device_overrides(self) -> dict[str, Any]:
         """The device scalars this map records, as :class:`~rcompile.device.Device` keywords.
 
         Only the keys present are returned (any of ``g_min_us``, ``g_max_us``, ``levels``), so
         ``Device(**{**defaults, **fm.device_overrides()})`` builds the chip's device.
         """
-        out: dict[str, float | int] = {}
+        out: dict[str, Any] = {}
         if self.g_min_us is not None:
             out["g_min_us"] = self.g_min_us
         if self.g_max_us is not None:
@@ -181,8 +181,7 @@ class FaultMap:
 
     def device(self, base: Device | None = None) -> Device:
         """``base`` (default :class:`~rcompile.device.Device()`) with this map's overrides."""
-        overrides: dict[str, Any] = dict(self.device_overrides())
-        return replace(base if base is not None else Device(), **overrides)
+        return replace(base if base is not None else Device(), **self.device_overrides())
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -417,7 +416,13 @@ def load(path: str | os.PathLike[str]) -> FaultMap:
     g_max = _scalar_real(src, "g_max", arrays.get("g_max"))
     levels = _scalar_int(src, "levels", arrays.get("levels"))
     fm = FaultMap(
-        arrays["faults"], arrays.get("stuck_g"), chip_id or "-", g_min, g_max, levels, src
+        arrays["faults"],
+        arrays.get("stuck_g"),
+        "-" if chip_id is None else chip_id,
+        g_min,
+        g_max,
+        levels,
+        src,
     )
     if chip_id is None:
         # Default identity: a digest prefix of the map without a chip id. Set on the fresh,
@@ -492,7 +497,7 @@ def to_npz_bytes(fm: FaultMap) -> bytes:
             info.create_system = 3
             info.external_attr = 0o100644 << 16
             with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+                np.lib.format.write_array(member, arr, allow_pickle=False)
     return buf.getvalue()
 
 

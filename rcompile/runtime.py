@@ -47,7 +47,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from rcompile.data import Dataset, input_specs
+from rcompile.data import Dataset, InputSpec, input_specs
 from rcompile.device import Device
 from rcompile.errors import BadData, BadDevice, BadImage, BadModel
 from rcompile.image import Image, LayerRecord, SliceRecord
@@ -63,6 +63,7 @@ __all__ = [
     "effective_weights",
     "emulated_model",
     "image_device",
+    "image_input_specs",
     "intended_weights",
     "programmed_weights",
     "run",
@@ -83,6 +84,8 @@ def _image_name(image: Image, image_source: str | None) -> str:
 def _geometry(image: Image, name: str) -> tuple[int, int, int]:
     g = image.header.get("geometry")
     try:
+        if not isinstance(g, dict):
+            raise TypeError(g)
         return int(g["tiles"]), int(g["rows"]), int(g["cols"])
     except (KeyError, TypeError, ValueError) as e:
         raise BadImage(
@@ -179,7 +182,7 @@ def programmed_weights(image: Image) -> list[np.ndarray]:
     Differs from :func:`intended_weights` wherever the compiler deliberately programmed a cell
     pair off its quantised value to compensate a stuck partner on the real chip.
     """
-    return _realise(image, None)
+    return _realise(image, None)[0]
 
 
 def effective_weights(
@@ -190,6 +193,13 @@ def effective_weights(
     Target levels overridden by stuck cells, routed through every slice (module docstring).
     Call :func:`check_match` first; this function only checks that the geometry fits.
     """
+    return _effective(image, faultmap, image_source)[0]
+
+
+def _effective(
+    image: Image, faultmap: FaultMap, image_source: str | None
+) -> tuple[list[np.ndarray], list[int]]:
+    """:func:`effective_weights` plus the stuck cells under each layer's cell pairs."""
     name = _image_name(image, image_source)
     device = image_device(image, image_source)
     stuck = np.asarray(faultmap.stuck_levels(device))
@@ -204,8 +214,12 @@ def effective_weights(
 
 def _realise(
     image: Image, stuck: np.ndarray | None, image_source: str | None = None
-) -> list[np.ndarray]:
-    """Shared core of :func:`effective_weights` (``stuck`` given) and :func:`programmed_weights`."""
+) -> tuple[list[np.ndarray], list[int]]:
+    """Shared core of :func:`effective_weights` (``stuck`` given) and :func:`programmed_weights`.
+
+    Returns the per-layer weight tensors and, per layer, how many stuck cells lie under its
+    cell pairs (all zero without ``stuck``).
+    """
     name = _image_name(image, image_source)
     device = image_device(image, image_source)
     T, R, C = _geometry(image, name)
@@ -214,6 +228,7 @@ def _realise(
     # float64 accumulators: scale (float32) * level difference (|d| <= 255) is exact in float64,
     # so a fault-free chip reproduces q * scale bit for bit after the final cast to float32.
     mats = [np.zeros((r.op.groups, r.op.rows, r.op.outs), np.float64) for r in image.layers]
+    n_stuck = [0] * len(image.layers)
     seen: set[int] = set()
     for tile in image.tiles:
         t = int(tile.tile)
@@ -234,6 +249,7 @@ def _realise(
                 f"expected 0..{device.max_level}"
             )
         lv = levels.astype(np.float64)
+        hit = np.zeros((R, C), bool)
         if stuck is not None:  # 1. stuck cells override programming
             st = stuck[t]
             hit = ~np.isnan(st)
@@ -241,11 +257,16 @@ def _realise(
         for k, s in enumerate(tile.slices):  # 2. route through every slice
             _check_slice(image, f"{where} slice {k}", s, R, C)
             _accumulate(mats[s.layer][s.group], s, lv)
+            if stuck is not None:
+                pr = np.asarray(s.phys_rows, np.intp)[:, None]
+                n_stuck[s.layer] += int(hit[pr, np.asarray(s.pos, np.intp)].sum())
+                n_stuck[s.layer] += int(hit[pr, np.asarray(s.neg, np.intp)].sum())
     # 3. back to graph layout
-    return [
+    weights = [
         from_matrices(rec.op, m.astype(np.float32))
         for rec, m in zip(image.layers, mats, strict=True)
     ]
+    return weights, n_stuck
 
 
 def _accumulate(mat: np.ndarray, s: SliceRecord, lv: np.ndarray) -> None:
@@ -316,19 +337,6 @@ def _check_slice(image: Image, where: str, s: SliceRecord, R: int, C: int) -> No
         raise BadImage(f"{where} scale holds NaN/Inf; expected finite numbers")
 
 
-def _stuck_cells(image: Image, layer: int, stuck: np.ndarray) -> int:
-    """Stuck cells among the cell pairs that carry ``layer``'s weights."""
-    count = 0
-    for tile in image.tiles:
-        bad = ~np.isnan(stuck[int(tile.tile)])
-        for s in tile.slices:
-            if s.layer == layer:
-                pr = np.asarray(s.phys_rows, np.intp)
-                count += int(bad[np.ix_(pr, np.asarray(s.pos, np.intp))].sum())
-                count += int(bad[np.ix_(pr, np.asarray(s.neg, np.intp))].sum())
-    return count
-
-
 # --------------------------------------------------------------------------- graph and execution
 
 
@@ -362,6 +370,17 @@ def emulated_model(image: Image, weights: list[np.ndarray]) -> onnx.ModelProto:
     model.graph.initializer.extend(kept)
     model.graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in new.items())
     return model
+
+
+def image_input_specs(image: Image) -> list[InputSpec]:
+    """The inputs evaluation data must provide for ``image``: its graph's real inputs, less any
+    crossbar weight or bias a (pre-IR-4) graph still lists as an input."""
+    try:
+        model = onnx.load_from_string(image.graph)
+    except Exception as e:
+        raise BadImage(f"image: the digital graph does not parse as ONNX ({e})") from e
+    crossbar = {n for rec in image.layers for n in (rec.op.weight, rec.op.bias)}
+    return [s for s in input_specs(model) if s.name not in crossbar]
 
 
 def run(
@@ -506,9 +525,10 @@ def _cosine(emu: np.ndarray, ref: np.ndarray) -> float:
     b = ref.reshape(n, -1).astype(np.float64)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     dot = np.einsum("ij,ij->i", a, b)
-    both_zero = (na == 0) & (nb == 0)
-    denom = np.where(both_zero | (na * nb == 0), 1.0, na * nb)
-    cos = np.where(both_zero, 1.0, dot / denom)
+    denom = np.where(na * nb == 0, 1.0, na * nb)
+    cos = np.clip(dot / denom, -1.0, 1.0)  # one zero vector: dot = 0, cosine 0
+    # identical vectors (incl. both zero) are exactly 1, free of rounding in the norms
+    cos[np.all(a == b, axis=1)] = 1.0
     return float(np.mean(cos))
 
 
@@ -540,7 +560,7 @@ def verify(
     name = _image_name(image, image_source)
 
     t0 = time.perf_counter()
-    effective = effective_weights(image, faultmap, image_source=image_source)
+    effective, n_stuck = _effective(image, faultmap, image_source)
     weights_s = time.perf_counter() - t0
     intended = intended_weights(image)
 
@@ -559,7 +579,6 @@ def verify(
         float_s = time.perf_counter() - t0
         float_acc = _accuracy(flt[0], dataset.labels, dataset.source)
 
-    stuck = np.asarray(faultmap.stuck_levels(image_device(image, image_source)))
     layers = []
     for i, (rec, we, wi) in enumerate(zip(image.layers, effective, intended, strict=True)):
         d = we.astype(np.float64) - wi.astype(np.float64)
@@ -569,7 +588,7 @@ def verify(
                 node=rec.op.node,
                 weight_rel_error=_rel(dsq, isq),
                 weight_rmse=float(np.sqrt(dsq / max(d.size, 1))),
-                stuck_cells=_stuck_cells(image, i, stuck),
+                stuck_cells=n_stuck[i],
             )
         )
 

@@ -1,0 +1,41 @@
+# rcompile — every target works on a machine with only Python 3.11 and pip.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+OUT    := out
+MODEL  := examples/mnist/mnist_cnn.onnx
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## create .venv and install rcompile with its test tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: install  ## synthesise a 1 % (5:1) chip for the MNIST example, build, verify
+	@mkdir -p $(OUT)
+	$(BIN)/rcompile faultmap synth --like $(MODEL) --rate 0.01 --ratio 5:1 --seed 1 -o $(OUT)/chip.npz
+	$(BIN)/rcompile build $(MODEL) --faultmap $(OUT)/chip.npz --calib examples/mnist/calib.npz -o $(OUT)/chip.rimg
+	$(BIN)/rcompile verify $(OUT)/chip.rimg --faultmap $(OUT)/chip.npz --data examples/mnist/test.npz --model $(MODEL)
+
+test: install  ## run the whole test suite, lint and type checks
+	$(BIN)/pytest
+	$(BIN)/ruff check rcompile passes tests benchmarks examples
+	$(BIN)/mypy
+
+lint: install  ## ruff and mypy only
+	$(BIN)/ruff check rcompile passes tests benchmarks examples
+	$(BIN)/mypy
+
+bench: install  ## speed benchmarks, ratios measured side by side
+	$(BIN)/python benchmarks/run.py
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

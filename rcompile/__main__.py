@@ -1,0 +1,3 @@
+from rcompile.cli import main
+
+main()

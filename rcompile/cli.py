@@ -1,0 +1,242 @@
+"""``rcompile`` command line: a click group of thin commands over :mod:`rcompile.api`.
+
+Domain errors (:class:`~rcompile.errors.RcompileError`) are caught once, in :func:`main`, and
+become one line on stderr and a non-zero exit. Output files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+import numpy as np
+
+from rcompile import __version__, api, image as rimg, runtime
+from rcompile import faultmap as fmap
+from rcompile.data import input_specs, load_calib, load_data
+from rcompile.errors import RcompileError
+from rcompile.faultmap_cli import RATIO, faultmap
+from rcompile.pipeline import SolverOptions
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rcompile")
+def cli() -> None:
+    """Per-chip compiler for ReRAM crossbar chips with stuck-at faults."""
+
+
+cli.add_command(faultmap)
+
+
+def _strategy_option(f: Any) -> Any:
+    return click.option(
+        "--strategy",
+        type=click.Choice(sorted(api.STRATEGIES)),
+        default=api.DEFAULT_STRATEGY,
+        show_default=True,
+        help="Mapping strategy (baselines two-column, differential, mt; or full).",
+    )(f)
+
+
+def _solver_options(f: Any) -> Any:
+    f = click.option("--time-limit", type=click.FloatRange(min=0.01), default=10.0,
+                     show_default=True, help="Seconds allowed to one solver call.")(f)
+    f = click.option("--seed", "solver_seed", type=int, default=0, show_default=True,
+                     help="Solver random seed.")(f)
+    return f
+
+
+def _calib(plan: Any, path: str | None) -> Any:
+    if path is None:
+        return None
+    data = load_calib(path, input_specs(plan.model))
+    return api.calib_stats(plan.model, plan.ops, data.inputs, path)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--faultmap", "faultmap_path", required=True, type=click.Path(dir_okay=False),
+              help="The chip's measured fault map (.npz).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Image to write [default: <fault map name>.rimg in the current directory].")
+@_strategy_option
+@click.option("--pipeline", help="Explicit per-chip pipeline, e.g. 'place,permute{rounds=2},program'.")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Calibration data (.npz): weights rows by E[x^2], cancels mean error in the bias.")
+@_solver_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def build(model: str, faultmap_path: str, output: str | None, strategy: str, pipeline: str | None,
+          calib: str | None, time_limit: float, solver_seed: int, as_json: bool) -> None:
+    """Compile MODEL for one chip and write its programming image."""
+    t0 = time.perf_counter()
+    fm = fmap.load(faultmap_path)
+    geo = fm.geometry
+    plan, _, plan_log = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
+                                      device=fm.device())
+    stats = _calib(plan, calib)
+    t1 = time.perf_counter()
+    res = api.build(plan, fm, strategy=strategy, pipeline=pipeline, calib=stats,
+                    solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed))
+    t2 = time.perf_counter()
+    out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
+    rimg.write(res.image, out)
+    report = {
+        "image": out,
+        "chip_id": fm.chip_id,
+        "strategy": res.image.header["strategy"],
+        "pipeline": res.image.header["pipeline"],
+        "tiles_used": len(res.image.tiles),
+        "tiles": geo.tiles,
+        "crossbar": [{"node": op.node, "op_type": op.op_type, "shape": list(op.shape),
+                      "groups": op.groups} for op in plan.ops],
+        "digital": [{"node": n, "op_type": t, "reason": r} for n, t, r in plan.digital],
+        "passes": plan_log + res.log,
+        "plan_seconds": t1 - t0,
+        "chip_seconds": t2 - t1,
+    }
+    if as_json:
+        click.echo(json.dumps(report, default=float))
+        return
+    click.echo(f"wrote {out}: chip {fm.chip_id}, strategy {report['strategy']}, "
+               f"{report['tiles_used']}/{geo.tiles} tiles")
+    click.echo(f"crossbar ops: {len(plan.ops)}; digital ops: {len(plan.digital)}")
+    for p in res.log:
+        extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in p.items() if k not in ("pass", "seconds"))
+        click.echo(f"  {p['pass']:<10} {p['seconds'] * 1000:8.1f} ms  {extra}")
+    click.echo(f"per-chip stage {t2 - t1:.3f} s (plan {t1 - t0:.3f} s)")
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--faultmap", "faultmap_path", required=True, type=click.Path(dir_okay=False),
+              help="Fault map of the chip (the one compiled against, or a re-measurement).")
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Evaluation data (.npz): one array per model input, optional 'labels'.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="Original float model: also report its accuracy.")
+@click.option("--allow-remeasured", is_flag=True,
+              help="Accept a fault map of the same chip that differs from the compiled one.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify(image: str, faultmap_path: str, data_path: str, model_path: str | None,
+           allow_remeasured: bool, as_json: bool) -> None:
+    """Emulate the programmed chip and report how well it does."""
+    import onnx
+
+    img = rimg.read(image)
+    fm = fmap.load(faultmap_path)
+    graph = onnx.load_model_from_string(img.graph)
+    data = load_data(data_path, input_specs(graph))
+    ref = None
+    if model_path is not None:
+        from rcompile.frontend import load_model
+
+        fe = load_model(model_path)
+        if fe.sha256 != img.header.get("model_sha256"):
+            raise RcompileError(f"{model_path}: not the model image {image} was compiled from")
+        ref = fe.model
+    rep = runtime.verify(img, fm, data, allow_remeasured=allow_remeasured, reference_model=ref,
+                         image_source=image)
+    d = rep.to_dict()
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f} %"
+    click.echo(f"chip {rep.chip_id}: {rep.n_samples} samples")
+    if rep.float_accuracy is not None:
+        click.echo(f"  float model accuracy      {pct(rep.float_accuracy)}")
+    click.echo(f"  fault-free chip accuracy  {pct(rep.fault_free_accuracy)}")
+    click.echo(f"  this chip accuracy        {pct(rep.accuracy)}")
+    click.echo(f"  agreement                 {pct(rep.agreement)}")
+    click.echo(f"  output cosine             {rep.output_cosine:.4f}")
+    for layer in d["layers"]:
+        click.echo(f"  {layer['node']:<40} weight rel. error {layer['weight_rel_error']:.4f}")
+
+
+@cli.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect(image: str, as_json: bool) -> None:
+    """Describe a programming image."""
+    img = rimg.read(image)
+    if as_json:
+        click.echo(json.dumps(rimg.summary_dict(img)))
+    else:
+        click.echo(rimg.describe(img))
+
+
+def _csv(kind: type) -> Any:
+    def parse(ctx: Any, param: Any, value: str) -> list[Any]:
+        try:
+            return [kind(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list") from None
+    return parse
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--rates", default="0.001,0.01,0.05,0.1,0.2,0.5", show_default=True,
+              callback=_csv(float), help="Fault rates p.")
+@click.option("--ratios", default="5:1,1:5", show_default=True,
+              callback=lambda c, p, v: [RATIO.convert(x, p, c) for x in v.split(",")],
+              help="SA1:SA0 ratios.")
+@click.option("--strategies", default="two-column,differential,mt,full", show_default=True,
+              callback=_csv(str))
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Fault-map seeds per point.")
+@click.option("--spare", type=click.FloatRange(min=0), default=0.10, show_default=True,
+              help="Extra tiles on every synthetic chip, as a fraction.")
+@click.option("--rows", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--cols", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data for 'full'.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write accuracy vs fault rate PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[float, float]],
+          strategies: list[str], seeds: int, spare: float, rows: int, cols: int,
+          calib: str | None, plot: str | None, as_json: bool) -> None:
+    """Accuracy against fault rate for several strategies on synthetic chips."""
+    from rcompile.sweep import render_plot, run_sweep, table
+
+    for s in strategies:
+        if s not in api.STRATEGIES:
+            raise click.BadParameter(f"unknown strategy {s!r}; known: {sorted(api.STRATEGIES)}")
+    result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
+                       seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
+                       progress=not as_json)
+    if plot:
+        render_plot(result, plot)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(table(result))
+
+
+def main() -> None:
+    """Console entry point: one stderr line and a non-zero exit for every domain error."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("rcompile: aborted", err=True)
+        sys.exit(130)
+    except RcompileError as e:
+        click.echo(f"rcompile: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except OSError as e:
+        name = f"{e.filename}: " if e.filename else ""
+        click.echo(f"rcompile: error: {name}{e.strerror or e}", err=True)
+        sys.exit(1)
+    except np.linalg.LinAlgError as e:
+        click.echo(f"rcompile: error: numerical failure: {e}", err=True)
+        sys.exit(1)

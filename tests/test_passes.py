@@ -1,0 +1,131 @@
+"""Passes: the objective, the solvers and the invariants every pass must keep."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rcompile import api
+from rcompile import faultmap as fmap
+from rcompile.device import Device
+from rcompile.ir import Plan
+from rcompile.passes._objective import best_levels
+from rcompile.passes.pair import BlockProblem, improve_columns
+from rcompile.passes.permute import move_rows
+from rcompile.passes._objective import cell_codes
+from rcompile.pipeline import parse, render
+from rcompile.solvers import assign
+
+TOP = 15
+
+
+@given(st.integers(-TOP, TOP))
+def test_healthy_pair_reproduces_q(q: int) -> None:
+    kp, kn, e = best_levels(np.array([q]), np.array([np.nan]), np.array([np.nan]), TOP)
+    assert int(kp[0]) - int(kn[0]) == q and e[0] == 0
+    assert min(kp[0], kn[0]) == 0  # lowest common mode
+
+
+@given(st.integers(-TOP, TOP), st.floats(0, TOP), st.booleans())
+def test_compensation_is_optimal_over_all_partner_levels(q: int, f: float, stuck_pos: bool) -> None:
+    sp = np.array([f if stuck_pos else np.nan])
+    sn = np.array([np.nan if stuck_pos else f])
+    kp, kn, e = best_levels(np.array([q]), sp, sn, TOP)
+    ks = np.arange(TOP + 1)
+    brute = np.min(np.abs((f - ks - q) if stuck_pos else (ks - f - q)))
+    assert abs(e[0]) == pytest.approx(brute)
+    assert 0 <= kp[0] <= TOP and 0 <= kn[0] <= TOP
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 5), st.integers(0, 3), st.integers(0, 10_000))
+def test_assignment_matches_brute_force(n: int, extra: int, seed: int) -> None:
+    cost = np.random.default_rng(seed).uniform(0, 100, size=(n, n + extra))
+    got = assign(cost)
+    assert len(set(got.tolist())) == n
+    best = min(sum(cost[i, p[i]] for i in range(n))
+               for p in itertools.permutations(range(n + extra), n))
+    assert cost[np.arange(n), got].sum() == pytest.approx(best, rel=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 0.6))
+def test_permutation_moves_are_bijections_and_never_worsen(seed: int, rate: float) -> None:
+    rng = np.random.default_rng(seed)
+    n, m, rows, cols = 12, 5, 16, 14
+    q = rng.integers(-TOP, TOP + 1, size=(n, m))
+    fm = fmap.synth(1, rows, cols, rate, (1, 1), seed)
+    codes = cell_codes(fm.stuck_levels(Device())[0])
+    bp = BlockProblem(q=q, w=np.ones((n, m)), codes=codes, top=TOP)
+    r0, p0, n0 = np.arange(n), np.arange(0, 2 * m, 2), np.arange(1, 2 * m, 2)
+    c0 = bp.cost(r0, p0, n0)
+    r1 = move_rows(bp, p0, n0)
+    assert len(set(r1.tolist())) == n and r1.max() < rows
+    assert bp.cost(r1, p0, n0) <= c0 + 1e-9
+    p1, n1, c1 = improve_columns(bp, r1, p0, n0)
+    cols_used = np.concatenate([p1, n1])
+    assert len(set(cols_used.tolist())) == 2 * m and cols_used.max() < cols
+    assert c1 <= bp.cost(r1, p0, n0) + 1e-9
+
+
+def test_pipeline_strings_round_trip() -> None:
+    for spec in [*api.STRATEGIES.values(), "place{order=assign},permute{rounds=2,columns=false},program"]:
+        assert render(parse(spec)) == spec
+
+
+def test_plan_blocks_cover_every_weight_once(tiny_model: str) -> None:
+    plan, _, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    for li, layer in enumerate(plan.layers):
+        cover = np.zeros(layer.q.shape, int)
+        for b in plan.blocks:
+            if b.layer == li:
+                assert len(b.rows) <= 16 and len(b.outs) <= 3
+                cover[b.group][np.ix_(b.rows, b.outs)] += 1
+        assert np.all(cover[layer.q != 0] == 1)
+
+
+def realised_weights(plan: Plan, res: api.BuildResult, fm: fmap.FaultMap) -> list[np.ndarray]:
+    st_ = fm.stuck_levels(Device())
+    out = [np.zeros(layer.q.shape) for layer in plan.layers]
+    for pl in res.mapping.placements:
+        blk = plan.blocks[pl.block]
+        lv = np.where(np.isnan(st_[pl.tile]), res.mapping.levels[pl.tile], st_[pl.tile])
+        d = lv[pl.phys_rows][:, pl.pos] - lv[pl.phys_rows][:, pl.neg]
+        out[blk.layer][blk.group][np.ix_(blk.rows, blk.outs)] += d * pl.scale
+    return out
+
+
+@pytest.mark.parametrize("strategy", sorted(api.STRATEGIES))
+def test_fault_free_chip_realises_the_quantised_weights(tiny_model: str, strategy: str) -> None:
+    plan, _, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.0, (1, 1), 0)
+    res = api.build(plan, fm, strategy=strategy)
+    for layer, w in zip(plan.layers, realised_weights(plan, res, fm), strict=True):
+        np.testing.assert_allclose(w, layer.q * layer.scale[:, None, :], rtol=1e-6, atol=1e-7)
+
+
+def test_full_beats_two_column_on_weight_error(tiny_model: str) -> None:
+    plan, _, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.2, (5, 1), 3)
+    errs = {}
+    for strategy in ("two-column", "full"):
+        res = api.build(plan, fm, strategy=strategy)
+        errs[strategy] = sum(
+            float(np.sum((w - layer.q * layer.scale[:, None, :]) ** 2))
+            for layer, w in zip(plan.layers, realised_weights(plan, res, fm), strict=True)
+        )
+    assert errs["full"] < 0.25 * errs["two-column"]
+
+
+def test_two_builds_give_identical_images(tiny_model: str) -> None:
+    from rcompile import image
+
+    plan, _, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.1, (1, 5), 9)
+    a = image.encode(api.build(plan, fm).image)
+    b = image.encode(api.build(plan, fm).image)
+    assert a == b
