@@ -7,7 +7,7 @@ calibration data):
   ``s'_j = s_j * sum_i r_i q_ij D_ij / sum_i r_i D_ij^2`` (kept only if positive), which can
   only lower the weighted error of that output;
 * ``bias`` (needs calibration data): the output's known mean error
-  ``sum_i E[x_i] (s'_j D_ij - s_j q_ij)`` is subtracted from the digital bias.
+  ``sum_i E[x_i] (s'_j D_ij - s_j q_ij)`` is cancelled by the slice's digital offset.
 Requires: levels. Guarantees: scales and biases finite.
 """
 
@@ -34,7 +34,6 @@ class Calibrate:
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
     ) -> tuple[ChipMapping, dict[str, Any]]:
-        bias = [b.astype(np.float64) for b in mapping.bias]
         out = []
         shift = 0.0
         for pl in mapping.placements:
@@ -56,11 +55,10 @@ class Calibrate:
                 s_new = np.where(ratio > 0, s * ratio, s)
             else:
                 s_new = s
+            offset = pl.offset.astype(np.float64)
             if self.bias and mean is not None:
                 err = mean @ (d * s_new[None, :] - q * s[None, :])  # [m]
-                outs = blk.group * plan.layers[blk.layer].op.outs + blk.outs
-                bias[blk.layer][outs] -= err
+                offset = offset - err
                 shift += float(np.abs(err).sum())
-            out.append(replace(pl, scale=s_new.astype(np.float32)))
-        new_bias = tuple(b.astype(np.float32) for b in bias)
-        return replace(mapping, placements=tuple(out), bias=new_bias), {"bias_shift": shift}
+            out.append(replace(pl, scale=s_new.astype(np.float32), offset=offset.astype(np.float32)))
+        return replace(mapping, placements=tuple(out)), {"bias_shift": shift}

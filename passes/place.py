@@ -52,6 +52,7 @@ def initial_placement(plan: Plan, b: int, tile: int) -> Placement:
         neg=np.arange(1, 2 * m, 2, dtype=np.int32),
         high=np.zeros(m, bool),
         scale=plan.layers[blk.layer].scale[blk.group][blk.outs].astype(np.float32),
+        offset=np.zeros(m, np.float32),
     )
 
 

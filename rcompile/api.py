@@ -173,6 +173,7 @@ def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:
                 pos=p.pos.astype(np.int32),
                 neg=p.neg.astype(np.int32),
                 scale=p.scale.astype(np.float32),
+                offset=p.offset.astype(np.float32),
             )
         )
     tiles = tuple(

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from rcompile.errors import BadImage
-from rcompile.ir import WeightOp
+from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
 MAGIC = b"RCIMG\x00\r\n"
 VERSION = 1
@@ -59,6 +59,7 @@ class SliceRecord:
     pos: np.ndarray  # int32 [m]  physical column of G+
     neg: np.ndarray  # int32 [m]  physical column of G-
     scale: np.ndarray  # float32 [m]  weight units per level step
+    offset: np.ndarray  # float32 [m]  digital correction added to each output (calibration)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ TAG_LAYR = b"LAYR"
 """One per crossbar layer, in layer order: ``meta = {"index", "op"}``, arrays bias, q, scale."""
 TAG_TILE = b"TILE"
 """One per used physical tile, increasing tile index: ``meta = {"tile", "slices"}``, arrays
-``levels`` and ``s<k>.rows|outs|phys_rows|pos|neg|scale`` per slice ``k``."""
+``levels`` and ``s<k>.rows|outs|phys_rows|pos|neg|scale|offset`` per slice ``k``."""
 TAG_END = b"END."
 """Canonical JSON (not a record) of the section counts, e.g. ``{"GRPH":1,"HEAD":1,...}``."""
 
@@ -138,6 +139,7 @@ _SLICE_ARRAYS = (
     ("pos", np.dtype(np.int32)),
     ("neg", np.dtype(np.int32)),
     ("scale", np.dtype(np.float32)),
+    ("offset", np.dtype(np.float32)),
 )
 _LAYER_ARRAYS = (
     ("bias", np.dtype(np.float32)),
@@ -492,7 +494,8 @@ def _decode_tile(sec: _Section, fail: Callable[[str], BadImage]) -> TileRecord:
     got = _take(arrays, names, where, fail)
     recs = []
     for k, s in enumerate(slices):
-        rows, outs, phys_rows, pos, neg, scale = got[1 + 6 * k : 7 + 6 * k]
+        per = len(_SLICE_ARRAYS)
+        rows, outs, phys_rows, pos, neg, scale, offset = got[1 + per * k : 1 + per * (k + 1)]
         recs.append(
             SliceRecord(
                 layer=s["layer"],
@@ -503,6 +506,7 @@ def _decode_tile(sec: _Section, fail: Callable[[str], BadImage]) -> TileRecord:
                 pos=pos,
                 neg=neg,
                 scale=scale,
+                offset=offset,
             )
         )
     return TileRecord(tile=tile, levels=got[0], slices=tuple(recs))
@@ -600,6 +604,9 @@ def _check_image(image: Image, source: str) -> None:
     levels = _device_levels(image.header, fail)
     for i, rec in enumerate(image.layers):
         op, where = rec.op, f"layer {i} ({rec.op.node})"
+        ndim_ok = len(op.shape) >= 3 if op.layout == LAYOUT_CONV else len(op.shape) == 2
+        if op.layout not in (LAYOUT_CONV, LAYOUT_KN) or not ndim_ok or min(op.shape) < 1:
+            raise fail(f"{where}: weight shape {list(op.shape)} does not fit layout {op.layout!r}")
         if op.groups < 1 or op.n_out % op.groups:
             raise fail(f"{where}: {op.n_out} outputs do not split into {op.groups} groups")
         _expect(rec.q, np.dtype(np.int8), (op.groups, op.rows, op.outs), f"{where} q", fail)
@@ -638,6 +645,7 @@ def _check_image(image: Image, source: str) -> None:
                 ("pos", "outs", m),
                 ("neg", "outs", m),
                 ("scale", "outs", m),
+                ("offset", "outs", m),
             ):
                 if len(getattr(s, name)) != length:
                     raise fail(

@@ -179,6 +179,8 @@ class Placement:
     True = idle cell at the top level (pair sits high)."""
     scale: np.ndarray
     """float32 ``[n_outs]``: digital scale applied to this slice's column-pair difference."""
+    offset: np.ndarray
+    """float32 ``[n_outs]``: digital correction added to each output (calibration)."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ class ChipMapping:
     levels: dict[int, np.ndarray] = field(default_factory=dict)
     """Physical tile -> uint8 ``[R, C]`` target level of every cell (set by ``program``)."""
     bias: tuple[np.ndarray, ...] = ()
-    """Per layer float32 ``[n_out]`` digital bias (calibration may adjust it)."""
+    """Per layer float32 ``[n_out]`` trained digital bias."""
     stats: dict[str, Any] = field(default_factory=dict)
 
 

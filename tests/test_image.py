@@ -98,6 +98,7 @@ def make_image(
                     pos=pair[:m],
                     neg=pair[m:],
                     scale=rng.random(m).astype(np.float32),
+                    offset=rng.normal(size=m).astype(np.float32),
                 )
             )
         levels_arr = rng.integers(0, levels, (rows, cols)).astype(np.uint8)
@@ -259,7 +260,7 @@ def test_encode_refuses_an_image_it_could_not_read_back(img: Image) -> None:
     s = t.slices[0]
     cols = img.header["geometry"]["cols"]
     broken = SliceRecord(
-        s.layer, s.group, s.rows, s.outs, s.phys_rows, s.pos + cols, s.neg, s.scale
+        s.layer, s.group, s.rows, s.outs, s.phys_rows, s.pos + cols, s.neg, s.scale, s.offset
     )
     tile = TileRecord(t.tile, t.levels, (broken,) + t.slices[1:])
     with pytest.raises(ValueError, match="pos.*out of range"):
@@ -459,6 +460,7 @@ def slice_tile(img: Image, **changes: Any) -> bytes:
         "pos": np.array([0], np.int32),
         "neg": np.array([1], np.int32),
         "scale": np.array([0.5], np.float32),
+        "offset": np.array([0.0], np.float32),
         "layer": 0,
         "group": op.groups - 1,
     }
@@ -468,7 +470,8 @@ def slice_tile(img: Image, **changes: Any) -> bytes:
         "slices": [{"layer": fields["layer"], "group": fields["group"]}],
     }
     arrays = [("levels", img.tiles[0].levels)]
-    arrays += [(f"s0.{n}", fields[n]) for n in ("rows", "outs", "phys_rows", "pos", "neg", "scale")]
+    names = ("rows", "outs", "phys_rows", "pos", "neg", "scale", "offset")
+    arrays += [(f"s0.{n}", fields[n]) for n in names]
     return replace_payload(rimg.encode(img), 5, rimg._encode_record(meta, arrays))
 
 
@@ -552,3 +555,19 @@ def test_standalone_reader_programs_every_tile(img: Image, tmp_path: Path) -> No
         [sys.executable, str(EXAMPLE), str(path)], capture_output=True, text=True, check=False
     )
     assert run.returncode != 0 and "checksum mismatch" in run.stderr
+
+
+def test_layer_records_are_checked(img: Image) -> None:
+    data = rimg.encode(img)
+    rec = img.layers[0]
+    op = {**rec.op.to_dict(), "shape": []}
+    arrays = [("bias", rec.bias), ("q", rec.q), ("scale", rec.scale)]
+    payload = rimg._encode_record({"index": 0, "op": op}, arrays)
+    bad(replace_payload(data, 2, payload), r"layer 0 .*: weight shape \[\] does not fit layout")
+    payload = rimg._encode_record({"index": 1, "op": rec.op.to_dict()}, arrays)
+    bad(replace_payload(data, 2, payload), r"LAYR\[0\]: meta index 1, expected 0")
+    q = rec.q.astype(np.int16)
+    payload = rimg._encode_record({"index": 0, "op": rec.op.to_dict()}, arrays[:1] + [("q", q)])
+    bad(replace_payload(data, 2, payload), r"LAYR\[0\]: missing array 'scale'")
+    payload = rimg._encode_record({"index": 0, "op": rec.op.to_dict()}, [*arrays[::2], ("q", q)])
+    bad(replace_payload(data, 2, payload), r"layer 0 .* q is int16 .*; expected int8")
