@@ -1,32 +1,90 @@
 """ONNX frontend: load, check, infer shapes, normalise, and find the crossbar ops.
 
-Normalisation rules (the digital graph that the image carries is the result):
+Loading (:func:`load_model`), in order: the file; the external data of every tensor that keeps
+its data outside the file (an unreadable one is named in the error); the ONNX checker; strict
+shape inference. The model digest covers the file *and* every external data blob, so two
+models that differ only in an external weight file get different digests.
 
-* every node has a unique name (``<op_type>_<index>`` where the exporter left none);
-* weights given as ``Constant`` nodes or behind ``Identity``/``Cast`` of a constant are resolved;
-* a ``BatchNormalization`` whose input is produced only by a mappable ``Conv`` is folded into it;
-* each crossbar op gets its own weight initializer ``<node>.rc_weight`` and bias initializer
-  ``<node>.rc_bias`` (zeros where the model had none);
-* Gemm: ``alpha`` and ``transB`` are folded into the weight, which is stored as ``[K, N]``;
-  ``beta`` into the bias; ``transA`` stays;
-* MatMul with a constant 2-D right operand: a bias ``Add`` is appended after it.
+Normalisation rules, in order (the digital graph that the image carries is the result):
 
-Mapped: Conv (any kernel, stride, padding, dilation, groups), Gemm and MatMul with a constant
-weight. Everything else runs on the digital periphery and is reported with the reason.
+1. every node has a unique name (``<op_type>_<index>`` where the exporter left none); sparse
+   initializers are made dense;
+2. ``Constant`` nodes (any ``value*`` attribute) and ``Identity``/``Cast`` of constants become
+   initializers, repeatedly, so chains resolve;
+3. a weight, bias or BatchNormalization parameter that is computed from constants only
+   (``Transpose``, ``Reshape``, ``DequantizeLinear``, ... of initializers) is evaluated once
+   with onnxruntime and becomes an initializer. A node outside the standard ONNX domain on the
+   weight path of a Conv, Gemm or MatMul is an error: the compiler cannot know what it computes;
+4. each crossbar op is rewritten to read its own weight initializer ``<node>.rc_weight`` and
+   bias initializer ``<node>.rc_bias`` (zeros where the model had none); the node keeps its name:
+
+   * **Conv** (any kernel rank, stride, padding, dilation, groups incl. depthwise): weight
+     ``[Cout, Cin/g, *k]`` as in the model, layout ``conv``;
+   * **Gemm**: ``alpha`` and ``transB`` are folded into a ``[K, N]`` weight (layout ``kn``),
+     ``beta`` into the bias; ``transA`` stays. A ``C`` that is not per-output (``[M, N]``, or
+     computed at run time) is added by a digital ``Add`` after the crossbar;
+   * **MatMul** ``X @ W`` with a constant 2-D ``W[K, N]``: weight as is (``kn``), a bias
+     ``Add`` is appended;
+   * **MatMul** ``W @ X`` with a constant 2-D ``W[M, K]`` (left-constant, transformer and
+     Conv1d-as-MatMul style): computed as ``(X^T @ W^T)^T``. The weight is stored as ``[K, M]``
+     (``kn``: fan-in ``K`` drives the rows, as for every other op), and digital ``Transpose``
+     nodes swap the last two axes of ``X`` and of the result. The node's first input is then
+     the (transposed) activation, like every other crossbar op's;
+   * an op whose weights are float16, bfloat16 or float64 computes in float32 between ``Cast``
+     nodes, so every tensor outside it keeps its type;
+5. a ``BatchNormalization`` (inference mode) whose input is the result of a crossbar op, on
+   that op's output axis, and feeds nothing else, is folded into the op's weight and bias;
+6. unused initializers and stale shape annotations are dropped; the result must pass the ONNX
+   checker.
+
+Everything else runs on the digital periphery and is listed in :attr:`Frontend.digital` with the
+reason (ConvTranspose, integer and recurrent ops, MatMul of two activations, ...).
+
+Bad input is :class:`~rcompile.errors.BadModel`, one line naming the file and the node: a file
+that is missing or not ONNX, unreadable external data, a graph the checker or shape inference
+rejects, a weight that is a graph input (the exporter left the weights out), a custom-domain op
+on a weight path, an empty weight, NaN or Inf in a weight, bias or folded BatchNormalization.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import AttributeProto, TensorProto, helper, numpy_helper, shape_inference
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from rcompile.errors import BadModel
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
+
+#: Domains whose ops the compiler knows.
+_STANDARD = ("", "ai.onnx")
+#: Ops whose output is not a function of their inputs: never folded to constants.
+_NONDETERMINISTIC = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+     "Bernoulli"}
+)
+#: Inputs that hold parameters (weights, biases, statistics), by op type.
+_PARAM_INPUTS = {
+    "Conv": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1), "BatchNormalization": (1, 2, 3, 4)
+}
+#: Ops that carry weights but stay digital, and why.
+_DIGITAL_WEIGHT_OPS = {
+    "ConvTranspose": "ConvTranspose is not mapped to crossbars; runs digitally",
+    "ConvInteger": "integer (quantised) op; runs digitally",
+    "MatMulInteger": "integer (quantised) op; runs digitally",
+    "QLinearConv": "integer (quantised) op; runs digitally",
+    "QLinearMatMul": "integer (quantised) op; runs digitally",
+    "Einsum": "Einsum is not mapped to crossbars; runs digitally",
+    "LSTM": "recurrent op; its weights stay digital",
+    "GRU": "recurrent op; its weights stay digital",
+    "RNN": "recurrent op; its weights stay digital",
+}
 
 
 @dataclass(frozen=True)
@@ -34,11 +92,18 @@ class Frontend:
     """Result of :func:`load_model`."""
 
     model: onnx.ModelProto
+    """Normalised graph (rules in the module docstring)."""
     ops: tuple[WeightOp, ...]
+    """Crossbar ops, in graph order."""
     weights: tuple[np.ndarray, ...]
+    """Per op, float32 weight in graph layout (BatchNorm folded), equal to its initializer."""
     biases: tuple[np.ndarray, ...]
+    """Per op, float32 ``[n_out]`` bias, equal to its initializer."""
     digital: tuple[tuple[str, str, str], ...]
+    """``(node, op_type, reason)`` of every node of the normalised graph that is not a crossbar
+    op and was there in the model (helper nodes the rules add are not listed)."""
     sha256: str
+    """Digest of the model file and its external data."""
 
 
 def load_model(path: str) -> Frontend:
@@ -53,11 +118,8 @@ def load_model(path: str) -> Frontend:
         raise BadModel(f"{path}: not an ONNX model ({_one_line(exc)})") from None
     if len(model.graph.node) == 0:
         raise BadModel(f"{path}: the ONNX graph has no nodes; expected a model")
-    base = os.path.dirname(os.path.abspath(path))
-    try:
-        onnx.load_external_data_for_model(model, base)
-    except Exception as exc:
-        raise BadModel(f"{path}: cannot load external weight data ({_one_line(exc)})") from None
+    digest = hashlib.sha256(raw)
+    _load_external_data(model, path, digest)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -66,12 +128,81 @@ def load_model(path: str) -> Frontend:
         model = shape_inference.infer_shapes(model, strict_mode=True)
     except Exception as exc:
         raise BadModel(f"{path}: shape inference failed: {_one_line(exc)}") from None
-    return normalise(model, path, hashlib.sha256(raw).hexdigest())
+    return normalise(model, path, digest.hexdigest())
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of ``graph``: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _all_tensors(a.g)
+            for sub in a.graphs:
+                yield from _all_tensors(sub)
+
+
+def _load_external_data(model: onnx.ModelProto, path: str, digest: hashlib._Hash) -> None:
+    base = os.path.dirname(os.path.abspath(path))
+    for t in _all_tensors(model.graph):
+        if not uses_external_data(t):
+            continue
+        where = next((e.value for e in t.external_data if e.key == "location"), "")
+        try:
+            load_external_data_for_tensor(t, base)
+        except Exception as exc:
+            users = [n.name or n.op_type for n in model.graph.node if t.name in n.input]
+            used = f" (used by node {users[0]!r})" if users else ""
+            raise BadModel(
+                f"{path}: tensor {t.name!r}{used} keeps its data in external file {where!r}, "
+                f"which cannot be read: {_one_line(exc)}"
+            ) from None
+        digest.update(t.name.encode())
+        digest.update(t.raw_data)
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """float16/32/64 and the ml_dtypes floats (bfloat16, float8 ...)."""
+    return dtype.kind == "f" or (dtype.kind == "V" and "float" in dtype.name)
+
+
+def _numpy_native(dtype: np.dtype) -> bool:
+    return dtype.kind in "biuf" and dtype.type.__module__ == "numpy"
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a ``Constant`` node, or None for sparse and string values."""
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), np.int64)
+    return None
+
+
+def _densify(sp: onnx.SparseTensorProto) -> onnx.TensorProto:
+    values = numpy_helper.to_array(sp.values)
+    idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+    dense = np.zeros(tuple(sp.dims), values.dtype)
+    if idx.ndim == 2:  # [nnz, rank] coordinates
+        dense[tuple(idx.T)] = values
+    else:  # [nnz] linear indices
+        dense.reshape(-1)[idx] = values
+    return numpy_helper.from_array(dense, sp.values.name)
 
 
 class _Graph:
@@ -81,64 +212,116 @@ class _Graph:
         self.model = model
         self.path = path
         self.g = model.graph
+        for sp in self.g.sparse_initializer:
+            self.g.initializer.append(_densify(sp))
+        del self.g.sparse_initializer[:]
         self.consts: dict[str, np.ndarray] = {
             t.name: numpy_helper.to_array(t) for t in self.g.initializer
         }
-        names: set[str] = set()
+        self.names: set[str] = {t.name for t in self.g.initializer}
+        self.names |= {v.name for v in [*self.g.input, *self.g.output, *self.g.value_info]}
+        self.names |= {o for n in self.g.node for o in n.output}
+        node_names: set[str] = set()
         for i, node in enumerate(self.g.node):
-            if not node.name or node.name in names:
-                node.name = f"{node.op_type}_{i}"
-            names.add(node.name)
+            if not node.name or node.name in node_names:
+                node.name = self._unique(f"{node.op_type}_{i}", node_names)
+            node_names.add(node.name)
+        self.node_names = node_names
         self._resolve_constant_producers()
+
+    @staticmethod
+    def _unique(base: str, taken: set[str]) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def fresh(self, base: str) -> str:
+        """A tensor name not used anywhere in the graph yet."""
+        name = self._unique(base, self.names)
+        self.names.add(name)
+        return name
+
+    def fresh_node(self, base: str) -> str:
+        name = self._unique(base, self.node_names)
+        self.node_names.add(name)
+        return name
 
     def _resolve_constant_producers(self) -> None:
         """Turn Constant nodes and Identity/Cast chains of constants into initializers."""
+        outputs = {o.name for o in self.g.output}
         changed = True
         while changed:
             changed = False
             for node in list(self.g.node):
-                if node.domain not in ("", "ai.onnx"):
+                if node.domain not in _STANDARD or len(node.output) != 1:
                     continue
                 value: np.ndarray | None = None
-                if node.op_type == "Constant" and len(node.output) == 1:
-                    attr = {a.name: a for a in node.attribute}
-                    if "value" in attr:
-                        value = numpy_helper.to_array(attr["value"].t)
+                if node.op_type == "Constant":
+                    value = _constant_value(node)
                 elif node.op_type == "Identity" and node.input[0] in self.consts:
                     value = self.consts[node.input[0]]
                 elif node.op_type == "Cast" and node.input[0] in self.consts:
-                    to = next(a.i for a in node.attribute if a.name == "to")
-                    value = self.consts[node.input[0]].astype(helper.tensor_dtype_to_np_dtype(to))
-                if value is None:
+                    to = helper.tensor_dtype_to_np_dtype(int(_attrs(node)["to"]))  # type: ignore[call-overload]
+                    src = self.consts[node.input[0]]
+                    if _numpy_native(np.dtype(to)) and _numpy_native(src.dtype):
+                        value = src.astype(to)  # else left to constant-path folding
+                if value is None or node.output[0] in outputs:
                     continue
-                out = node.output[0]
-                if any(o.name == out for o in self.g.output):
-                    continue
-                self.set_const(out, np.asarray(value))
+                self.set_const(node.output[0], np.asarray(value))
                 self.g.node.remove(node)
                 changed = True
 
     def set_const(self, name: str, value: np.ndarray) -> None:
         self.consts[name] = value
+        self.names.add(name)
         for i, t in enumerate(self.g.initializer):
             if t.name == name:
                 self.g.initializer[i].CopyFrom(numpy_helper.from_array(value, name))
                 return
         self.g.initializer.append(numpy_helper.from_array(value, name))
 
-    def drop_unused_consts(self) -> None:
+    def drop_unused(self) -> None:
+        """Drop initializers nothing reads and shape annotations of values that are gone."""
         used = {i for n in self.g.node for i in n.input} | {o.name for o in self.g.output}
+        used |= _subgraph_inputs(self.g)
         keep = [t for t in self.g.initializer if t.name in used]
         del self.g.initializer[:]
         self.g.initializer.extend(keep)
+        for name in [n for n in self.consts if n not in used]:
+            del self.consts[name]
         graph_inputs = [i for i in self.g.input if i.name in used or i.name not in self.consts]
         del self.g.input[:]
         self.g.input.extend(graph_inputs)
+        produced = {o for n in self.g.node for o in n.output}
+        info = [v for v in self.g.value_info if v.name in produced]
+        del self.g.value_info[:]
+        self.g.value_info.extend(info)
+
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        return next((n for n in self.g.node if name in n.output), None)
 
     def consumers(self, name: str) -> list[onnx.NodeProto]:
         return [n for n in self.g.node if name in n.input]
 
+    def is_graph_input(self, name: str) -> bool:
+        return name not in self.consts and any(i.name == name for i in self.g.input)
+
+    def rank(self, name: str) -> int | None:
+        """Rank of a value from the graph's (shape-inferred) type annotations, if known."""
+        if name in self.consts:
+            return self.consts[name].ndim
+        for v in [*self.g.input, *self.g.value_info, *self.g.output]:
+            if v.name == name and v.type.HasField("tensor_type"):
+                tt = v.type.tensor_type
+                return len(tt.shape.dim) if tt.HasField("shape") else None
+        return None
+
     def const(self, node: onnx.NodeProto, index: int, what: str) -> np.ndarray | None:
+        """The constant at input ``index`` of ``node`` (None if absent or not constant).
+
+        Raises :class:`BadModel` for an empty tensor or NaN/Inf in a floating one.
+        """
         if index >= len(node.input) or not node.input[index]:
             return None
         name = node.input[index]
@@ -146,154 +329,464 @@ class _Graph:
             return None
         value = self.consts[name]
         if value.size == 0:
-            raise BadModel(f"{self.path}: node {node.name!r}: {what} {name!r} is empty")
-        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise BadModel(
-                f"{self.path}: node {node.name!r}: {what} {name!r} contains NaN or Inf; "
-                "expected finite values"
+                f"{self.path}: node {node.name!r} ({node.op_type}): {what} {name!r} is an empty "
+                f"tensor of shape {list(value.shape)}; expected at least one element"
+            )
+        if _is_float(value.dtype) and not np.all(np.isfinite(value.astype(np.float64))):
+            raise BadModel(
+                f"{self.path}: node {node.name!r} ({node.op_type}): {what} {name!r} contains "
+                "NaN or Inf; expected finite values"
             )
         return value
+
+
+def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    """Names read by nodes of subgraphs (If/Loop/Scan bodies) of ``graph``, outer scope included."""
+    names: set[str] = set()
+    for node in graph.node:
+        for a in node.attribute:
+            subs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
+            for sub in subs:
+                names |= {i for n in sub.node for i in n.input} | _subgraph_inputs(sub)
+    return names
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+@dataclass
+class _Mapped:
+    """A crossbar op while normalising."""
+
+    op: WeightOp
+    weight: np.ndarray
+    """float32, graph layout."""
+    bias: np.ndarray
+    """float32 ``[n_out]``."""
+    out: str
+    """Tensor that carries the op's full result (after bias, transposes and casts)."""
+    channel_axis: int | None
+    """Axis of ``out`` that indexes the op's outputs, if known."""
+
+
 def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
     """Apply the normalisation rules of this module's docstring; see :class:`Frontend`."""
-    gr = _Graph(model, path)
-    _fold_batchnorm_all(gr)
-    ops: list[WeightOp] = []
-    weights: list[np.ndarray] = []
-    biases: list[np.ndarray] = []
-    digital: list[tuple[str, str, str]] = []
-    for node in list(gr.g.node):
+    gr = _Graph(model, path)  # rules 1 and 2
+    _fold_constant_paths(gr)  # rule 3
+    original = [(n.name, n.op_type, n.domain) for n in gr.g.node]
+    reasons: dict[str, str] = {}
+    mapped: list[_Mapped] = []
+    for node in list(gr.g.node):  # rule 4
         found = _map_node(gr, node)
         if isinstance(found, str):
-            if node.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
-                digital.append((node.name, node.op_type, found))
-            else:
-                digital.append((node.name, node.op_type, "not a weight op"))
-            continue
-        op, w, b = found
-        ops.append(op)
-        weights.append(w)
-        biases.append(b)
-    gr.drop_unused_consts()
+            reasons[node.name] = found
+        else:
+            mapped.append(found)
+    folded = _fold_batchnorm(gr, mapped, reasons)  # rule 5
+    gr.drop_unused()  # rule 6
     try:
         onnx.checker.check_model(gr.model)
     except Exception as exc:  # a normalisation bug, but say which model it happened on
-        raise BadModel(f"{path}: normalised graph fails the ONNX checker: {_one_line(exc)}") from None
-    return Frontend(gr.model, tuple(ops), tuple(weights), tuple(biases), tuple(digital), sha256)
+        raise BadModel(
+            f"{path}: normalised graph fails the ONNX checker: {_one_line(exc)}"
+        ) from None
+    crossbar = {m.op.node for m in mapped}
+    digital = tuple(
+        (name, op_type, reasons.get(name, "not a weight op"))
+        for name, op_type, _ in original
+        if name not in crossbar and name not in folded
+    )
+    return Frontend(
+        gr.model,
+        tuple(m.op for m in mapped),
+        tuple(m.weight for m in mapped),
+        tuple(m.bias for m in mapped),
+        digital,
+        sha256,
+    )
 
 
-def _fold_batchnorm_all(gr: _Graph) -> None:
-    for bn in [n for n in gr.g.node if n.op_type == "BatchNormalization"]:
-        producer = next((n for n in gr.g.node if bn.input[0] in n.output), None)
-        if producer is None or producer.op_type != "Conv" or len(bn.output) != 1:
-            continue
-        if len(gr.consumers(bn.input[0])) != 1:
-            continue
-        if any(bn.input[0] == o.name for o in gr.g.output):
-            continue
-        w = gr.const(producer, 1, "weight")
-        params = [gr.const(bn, i, "BatchNormalization parameter") for i in range(1, 5)]
-        if w is None or any(p is None for p in params):
-            continue
-        scale, shift, mean, var = (np.asarray(p, dtype=np.float64) for p in params)
-        eps = float(_attrs(bn).get("epsilon", 1e-5))  # type: ignore[arg-type]
-        b = gr.const(producer, 2, "bias")
-        b64 = np.zeros(w.shape[0]) if b is None else b.astype(np.float64)
-        k = scale / np.sqrt(var + eps)
-        w_new = (w.astype(np.float64) * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
-        b_new = ((b64 - mean) * k + shift).astype(w.dtype)
-        wname, bname = f"{producer.name}.bn_weight", f"{producer.name}.bn_bias"
-        gr.set_const(wname, w_new)
-        gr.set_const(bname, b_new)
-        x = producer.input[0]
-        del producer.input[:]
-        producer.input.extend([x, wname, bname])
-        producer.output[0] = bn.output[0]
-        gr.g.node.remove(bn)
+# --------------------------------------------------------------------------- rule 3
 
 
-def _map_node(gr: _Graph, node: onnx.NodeProto) -> str | tuple[WeightOp, np.ndarray, np.ndarray]:
+def _fold_constant_paths(gr: _Graph) -> None:
+    """Evaluate every parameter input computed from constants only; see rule 3."""
+    derived = set(gr.consts)
+    for node in gr.g.node:  # graph order is topological (the checker enforces it)
+        if node.op_type in _NONDETERMINISTIC or any(
+            a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute
+        ):
+            continue
+        if all(not i or i in derived for i in node.input):
+            derived.update(o for o in node.output if o)
+    outputs = {o.name for o in gr.g.output}
+    producers = {o: n for n in gr.g.node for o in n.output if o}
+    targets: list[str] = []
+    cone_nodes: set[str] = set()
+    for node in gr.g.node:
+        if node.domain not in _STANDARD:
+            continue
+        for i in _PARAM_INPUTS.get(node.op_type, ()):
+            name = node.input[i] if i < len(node.input) else ""
+            if not name or name in gr.consts or name not in derived or name in outputs:
+                continue
+            if name in targets:
+                continue
+            cone = _cone(name, producers, gr.consts)
+            custom = next((n for n in cone if n.domain not in _STANDARD), None)
+            if custom is not None:
+                if node.op_type == "BatchNormalization":
+                    continue  # the BatchNormalization just stays digital
+                raise BadModel(
+                    f"{gr.path}: node {node.name!r} ({node.op_type}) takes its weight {name!r} "
+                    f"from node {custom.name!r} ({custom.op_type}) of custom domain "
+                    f"{custom.domain!r}, which the compiler cannot evaluate; expected a weight "
+                    "computed by standard ONNX ops (or store it as an initializer)"
+                )
+            targets.append(name)
+            cone_nodes |= {n.name for n in cone}
+    if not targets:
+        return
+    nodes = [n for n in gr.g.node if n.name in cone_nodes]
+    values = _evaluate(gr, nodes, targets)
+    for name, value in zip(targets, values, strict=True):
+        producer = producers[name]
+        gr.set_const(name, np.asarray(value))
+        if producer in gr.g.node:
+            gr.g.node.remove(producer)
+    # remove what is left of the folded paths once nothing reads it
+    changed = True
+    while changed:
+        changed = False
+        read = {i for n in gr.g.node for i in n.input} | outputs | _subgraph_inputs(gr.g)
+        for n in list(gr.g.node):
+            if n.name in cone_nodes and not any(o in read for o in n.output if o):
+                gr.g.node.remove(n)
+                changed = True
+
+
+def _cone(name: str, producers: dict[str, onnx.NodeProto], consts: dict[str, np.ndarray]
+          ) -> list[onnx.NodeProto]:
+    """Nodes that compute ``name`` from constants."""
+    seen: dict[str, onnx.NodeProto] = {}
+    stack = [name]
+    while stack:
+        v = stack.pop()
+        if not v or v in consts or v not in producers:
+            continue
+        p = producers[v]
+        if p.name not in seen:
+            seen[p.name] = p
+            stack.extend(p.input)
+    return list(seen.values())
+
+
+def _evaluate(gr: _Graph, nodes: list[onnx.NodeProto], targets: list[str]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    needed = {i for n in nodes for i in n.input if i in gr.consts}
+    graph = helper.make_graph(
+        nodes, "constant_paths", [], [onnx.ValueInfoProto(name=t) for t in targets],
+        [numpy_helper.from_array(gr.consts[i], i) for i in sorted(needed)],
+    )
+    model = helper.make_model(graph, opset_imports=list(gr.model.opset_import))
+    model.ir_version = gr.model.ir_version
+    model.functions.extend(gr.model.functions)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+        return [np.asarray(v) for v in sess.run(None, {})]
+    except Exception as exc:
+        users = sorted({n.name for n in gr.g.node for t in targets if t in n.input})
+        raise BadModel(
+            f"{gr.path}: cannot evaluate the constant nodes that compute the weights of "
+            f"{', '.join(repr(u) for u in users)}: {_one_line(exc)}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- rule 4
+
+
+def _map_node(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     """Rewrite one mappable node in place; return the reason when it stays digital."""
-    if node.domain not in ("", "ai.onnx"):
+    if node.domain not in _STANDARD:
         return f"custom domain {node.domain!r}"
     if node.op_type == "Conv":
-        w = gr.const(node, 1, "weight")
-        if w is None:
-            return "weight is not a constant"
-        if w.ndim < 3:
-            raise BadModel(f"{gr.path}: node {node.name!r}: Conv weight has rank {w.ndim}; expected >= 3")
-        groups = int(_attrs(node).get("group", 1))  # type: ignore[call-overload]
-        if w.shape[0] % groups:
-            raise BadModel(
-                f"{gr.path}: node {node.name!r}: {w.shape[0]} output channels not divisible by "
-                f"group={groups}"
-            )
-        b = gr.const(node, 2, "bias")
-        if len(node.input) > 2 and node.input[2] and b is None:
-            return "bias is not a constant"
-        bias = np.zeros(w.shape[0], np.float32) if b is None else b.reshape(-1)
-        op = WeightOp(node.name, "Conv", f"{node.name}.rc_weight", f"{node.name}.rc_bias",
-                      tuple(int(s) for s in w.shape), LAYOUT_CONV, groups)
-        _rewire(gr, node, op, w, bias, [node.input[0]])
-        return op, w.astype(np.float32), bias.astype(np.float32)
+        return _map_conv(gr, node)
     if node.op_type == "Gemm":
-        w = gr.const(node, 1, "weight")
-        if w is None:
-            return "weight (input B) is not a constant"
-        a = _attrs(node)
-        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))  # type: ignore[arg-type]
-        wk = (w.T if int(a.get("transB", 0)) else w).astype(np.float64) * alpha  # type: ignore[call-overload]
-        n = wk.shape[1]
-        c = gr.const(node, 2, "bias")
-        if len(node.input) > 2 and node.input[2] and c is None:
-            return "bias (input C) is not a constant"
-        if c is None:
-            bias = np.zeros(n)
-        elif c.size in (1, n) and (c.ndim <= 1 or c.shape[-1] in (1, n) and c.size == c.shape[-1]):
-            bias = np.broadcast_to(c.reshape(-1).astype(np.float64), (n,)) * beta
-        else:
-            return f"bias C of shape {list(c.shape)} is not per-output"
-        op = WeightOp(node.name, "Gemm", f"{node.name}.rc_weight", f"{node.name}.rc_bias",
-                      tuple(int(s) for s in wk.shape), LAYOUT_KN)
-        _rewire(gr, node, op, wk, bias, [node.input[0]])
-        del node.attribute[:]
-        node.attribute.extend([helper.make_attribute("transA", int(a.get("transA", 0)))])  # type: ignore[call-overload]
-        return op, wk.astype(np.float32), bias.astype(np.float32)
+        return _map_gemm(gr, node)
     if node.op_type == "MatMul":
-        w = gr.const(node, 1, "weight")
-        if w is None:
-            return "no constant 2-D right-hand weight"
-        if w.ndim != 2:
-            return f"constant weight has rank {w.ndim}; only 2-D weights map to crossbars"
-        out = node.output[0]
-        mm_out = f"{node.name}.rc_matmul"
-        op = WeightOp(node.name, "MatMul", f"{node.name}.rc_weight", f"{node.name}.rc_bias",
-                      tuple(int(s) for s in w.shape), LAYOUT_KN)
-        bias = np.zeros(w.shape[1], np.float32)
-        _rewire(gr, node, op, w, bias, [node.input[0]], with_bias=False)
-        node.output[0] = mm_out
-        add = helper.make_node("Add", [mm_out, op.bias], [out], name=f"{node.name}.rc_add")
-        idx = list(gr.g.node).index(node)
-        gr.g.node.insert(idx + 1, add)
-        return op, w.astype(np.float32), bias
-    if node.op_type == "ConvTranspose":
-        return "ConvTranspose is not mapped yet; runs digitally"
-    return "not a weight op"
+        return _map_matmul(gr, node)
+    return _DIGITAL_WEIGHT_OPS.get(node.op_type, "not a weight op")
 
 
-def _rewire(gr: _Graph, node: onnx.NodeProto, op: WeightOp, w: np.ndarray, bias: np.ndarray,
-            head: list[str], with_bias: bool = True) -> None:
-    if not np.issubdtype(w.dtype, np.floating):
-        raise BadModel(f"{gr.path}: node {node.name!r}: weight dtype {w.dtype}; expected float")
-    gr.set_const(op.weight, w.astype(np.float32))
-    gr.set_const(op.bias, np.asarray(bias, np.float32))
-    del node.input[:]
-    node.input.extend([*head, op.weight] + ([op.bias] if with_bias else []))
+def _not_constant(gr: _Graph, node: onnx.NodeProto, index: int, what: str) -> str:
+    """Reason a weight input is not constant; a weight that is a graph input is an error."""
+    name = node.input[index]
+    if gr.is_graph_input(name):
+        raise BadModel(
+            f"{gr.path}: node {node.name!r} ({node.op_type}): {what} {name!r} is a graph input, "
+            "not a constant; a crossbar is programmed once, so expected the weights inside the "
+            "model as initializers (e.g. torch.onnx.export(..., export_params=True))"
+        )
+    return f"{what} {name!r} is computed at run time"
+
+
+def _weight_dtype_reason(w: np.ndarray) -> str | None:
+    if _is_float(w.dtype):
+        return None
+    return f"{w.dtype} weights are not mapped; crossbars take floating-point weights"
+
+
+def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+    w = gr.const(node, 1, "weight")
+    if w is None:
+        return _not_constant(gr, node, 1, "weight")
+    if (why := _weight_dtype_reason(w)) is not None:
+        return why
+    if w.ndim < 3:
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: Conv weight has rank {w.ndim}; expected >= 3"
+        )
+    groups = int(_attrs(node).get("group", 1))  # type: ignore[call-overload]
+    if w.shape[0] % groups:
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: {w.shape[0]} output channels not divisible by "
+            f"group={groups}"
+        )
+    b = gr.const(node, 2, "bias")
+    if len(node.input) > 2 and node.input[2] and b is None:
+        return f"bias {node.input[2]!r} is not a constant"
+    bias = np.zeros(w.shape[0]) if b is None else b.reshape(-1).astype(np.float64)
+    op = _weight_op(gr, node, "Conv", w.shape, LAYOUT_CONV, groups)
+    attrs = list(node.attribute)
+    seq = _Seq(gr, node, _elem(w))
+    x = seq.to_float32(node.input[0])
+    out = seq.core("Conv", [x, op.weight, op.bias], attrs)
+    return seq.finish(out, op, w, bias, channel_axis=1)
+
+
+def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+    w = gr.const(node, 1, "weight (input B)")
+    if w is None:
+        return _not_constant(gr, node, 1, "weight (input B)")
+    if (why := _weight_dtype_reason(w)) is not None:
+        return why
+    a = _attrs(node)
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))  # type: ignore[arg-type]
+    trans_a = int(a.get("transA", 0))  # type: ignore[call-overload]
+    wk = (w.T if int(a.get("transB", 0)) else w).astype(np.float64) * alpha  # type: ignore[call-overload]
+    n = wk.shape[1]
+    c_name = node.input[2] if len(node.input) > 2 else ""
+    c = gr.const(node, 2, "bias (input C)")
+    extra: str | None = None  # a C added digitally after the crossbar
+    if not c_name or beta == 0.0:
+        bias = np.zeros(n)
+    elif c is not None and c.size in (1, n) and c.shape[-1:] in ((), (1,), (n,)) and (
+        c.ndim <= 1 or c.size == c.shape[-1]
+    ):
+        bias = np.broadcast_to(c.reshape(-1).astype(np.float64), (n,)) * beta
+    else:
+        bias, extra = np.zeros(n), c_name
+    op = _weight_op(gr, node, "Gemm", wk.shape, LAYOUT_KN)
+    seq = _Seq(gr, node, _elem(w))
+    if extra is not None and c is not None:  # constant [M, N]: scaled once
+        extra = gr.fresh(f"{node.name}.rc_c")
+        gr.set_const(extra, (c.astype(np.float64) * beta).astype(c.dtype))
+    elif extra is not None and beta != 1.0:  # run-time C: scaled digitally
+        beta_name = gr.fresh(f"{node.name}.rc_beta")
+        gr.set_const(beta_name, np.array(beta, w.dtype))
+        scaled = gr.fresh(f"{node.name}.rc_c")
+        seq.append("Mul", [extra, beta_name], scaled)
+        extra = scaled
+    x = seq.to_float32(node.input[0])
+    out = seq.core("Gemm", [x, op.weight, op.bias], [helper.make_attribute("transA", trans_a)])
+    # BatchNormalization is not folded across a digital C: it would have to scale C as well
+    return seq.finish(out, op, wk, bias, channel_axis=1 if extra is None else None, add=extra)
+
+
+def _map_matmul(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+    right = gr.const(node, 1, "weight")
+    left = gr.const(node, 0, "weight") if right is None else None
+    if right is None and left is None:
+        return "no constant operand (a product of two run-time values)"
+    w = right if right is not None else left
+    assert w is not None
+    side = "right" if right is not None else "left"
+    if w.ndim != 2:
+        return f"constant {side} operand has rank {w.ndim}; only 2-D weights map to crossbars"
+    if (why := _weight_dtype_reason(w)) is not None:
+        return why
+    x_name = node.input[0] if right is not None else node.input[1]
+    rank = gr.rank(x_name)
+    if right is None and rank is None:
+        return "constant left operand, but the rank of the right operand is unknown"
+    wk = w if right is not None else w.T  # [K, outputs]
+    op = _weight_op(gr, node, "MatMul", wk.shape, LAYOUT_KN)
+    bias = np.zeros(wk.shape[1])
+    seq = _Seq(gr, node, _elem(w))
+    x = seq.to_float32(x_name)
+    swap: list[int] | None = None
+    if right is None and rank is not None and rank >= 2:  # W @ X = (X^T @ W^T)^T
+        swap = [*range(rank - 2), rank - 1, rank - 2]
+        xt = gr.fresh(f"{node.name}.rc_xt")
+        seq.append("Transpose", [x], xt, perm=swap)
+        x = xt
+    mm = seq.core("MatMul", [x, op.weight], [])
+    out = gr.fresh(f"{node.name}.rc_biased")
+    seq.append("Add", [mm, op.bias], out)
+    if swap is not None:
+        back = gr.fresh(f"{node.name}.rc_yt")
+        seq.append("Transpose", [out], back, perm=swap)
+        out = back
+    if rank is None:
+        axis = None
+    elif rank == 1:
+        axis = 0
+    else:
+        axis = rank - 1 if right is not None else rank - 2
+    return seq.finish(out, op, wk, bias, channel_axis=axis)
+
+
+def _weight_op(gr: _Graph, node: onnx.NodeProto, op_type: str, shape: tuple[int, ...],
+               layout: str, groups: int = 1) -> WeightOp:
+    return WeightOp(node.name, op_type, gr.fresh(f"{node.name}.rc_weight"),
+                    gr.fresh(f"{node.name}.rc_bias"), tuple(int(s) for s in shape), layout, groups)
+
+
+def _elem(w: np.ndarray) -> int:
+    return helper.np_dtype_to_tensor_dtype(w.dtype)
+
+
+class _Seq:
+    """Builds the nodes that replace one crossbar node, and splices them in."""
+
+    def __init__(self, gr: _Graph, node: onnx.NodeProto, elem: int) -> None:
+        self.gr, self.node, self.elem = gr, node, elem
+        self.nodes: list[onnx.NodeProto] = []
+
+    def append(self, op_type: str, inputs: list[str], output: str, **attrs: Any) -> None:
+        name = self.gr.fresh_node(f"{self.node.name}.rc_{op_type.lower()}")
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
+
+    def to_float32(self, x: str) -> str:
+        if self.elem == TensorProto.FLOAT:
+            return x
+        y = self.gr.fresh(f"{self.node.name}.rc_in")
+        self.append("Cast", [x], y, to=TensorProto.FLOAT)
+        return y
+
+    def core(self, op_type: str, inputs: list[str], attrs: list[onnx.AttributeProto]) -> str:
+        """The crossbar node itself; it keeps the original node's name."""
+        out = self.gr.fresh(f"{self.node.name}.rc_out")
+        n = helper.make_node(op_type, inputs, [out], name=self.node.name)
+        n.attribute.extend(attrs)
+        self.nodes.append(n)
+        return out
+
+    def finish(self, out: str, op: WeightOp, w: np.ndarray, bias: np.ndarray,
+               channel_axis: int | None, add: str | None = None) -> _Mapped:
+        """Cast back, add ``add`` if given, give the result the original output name, splice
+        the nodes in place of the original one and store the weight and bias."""
+        if self.elem != TensorProto.FLOAT:
+            back = self.gr.fresh(f"{self.node.name}.rc_cast")
+            self.append("Cast", [out], back, to=self.elem)
+            out = back
+        if add is not None:
+            summed = self.gr.fresh(f"{self.node.name}.rc_sum")
+            self.append("Add", [out, add], summed)
+            out = summed
+        self.nodes[-1].output[0] = self.node.output[0]
+        w32, b32 = _finite(self.gr, self.node, w, bias)
+        self.gr.set_const(op.weight, w32)
+        self.gr.set_const(op.bias, b32)
+        idx = list(self.gr.g.node).index(self.node)
+        self.gr.g.node.remove(self.node)
+        for k, n in enumerate(self.nodes):
+            self.gr.g.node.insert(idx + k, n)
+        return _Mapped(op, w32, b32, self.node.output[0], channel_axis)
+
+
+def _finite(gr: _Graph, node: onnx.NodeProto, w: np.ndarray, bias: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    w32 = np.asarray(w, np.float64).astype(np.float32)
+    b32 = np.asarray(bias, np.float64).astype(np.float32)
+    if not (np.all(np.isfinite(w32)) and np.all(np.isfinite(b32))):
+        raise BadModel(
+            f"{gr.path}: node {node.name!r} ({node.op_type}): its weight or bias is not finite "
+            "in float32 after folding (alpha, beta or BatchNormalization); expected finite values"
+        )
+    return w32, b32
+
+
+# --------------------------------------------------------------------------- rule 5
+
+
+def _fold_batchnorm(gr: _Graph, mapped: list[_Mapped], reasons: dict[str, str]) -> set[str]:
+    """Fold each BatchNormalization that may be folded (rule 5); return the folded nodes."""
+    folded: set[str] = set()
+    outputs = {o.name for o in gr.g.output}
+    for bn in [n for n in gr.g.node if n.op_type == "BatchNormalization"]:
+        if bn.domain not in _STANDARD:
+            continue
+        m = next((m for m in mapped if m.out == bn.input[0]), None)
+        why = _bn_blocker(gr, bn, m, outputs)
+        if why is not None:
+            reasons[bn.name] = f"BatchNormalization not folded: {why}"
+            continue
+        assert m is not None
+        scale, shift, mean, var = (
+            np.asarray(gr.const(bn, i, "BatchNormalization parameter"), np.float64)
+            for i in range(1, 5)
+        )
+        eps = float(_attrs(bn).get("epsilon", 1e-5))  # type: ignore[arg-type]
+        if np.any(var + eps <= 0):
+            raise BadModel(
+                f"{gr.path}: node {bn.name!r} (BatchNormalization): variance + epsilon <= 0 "
+                "gives NaN; expected a positive variance"
+            )
+        k = (scale / np.sqrt(var + eps)).reshape(-1)
+        w = m.weight.astype(np.float64)
+        if m.op.layout == LAYOUT_CONV:
+            w = w * k.reshape(-1, *([1] * (w.ndim - 1)))
+        else:
+            w = w * k[None, :]
+        b = (m.bias.astype(np.float64) - mean.reshape(-1)) * k + shift.reshape(-1)
+        m.weight, m.bias = _finite(gr, bn, w, b)
+        gr.set_const(m.op.weight, m.weight)
+        gr.set_const(m.op.bias, m.bias)
+        last = next(n for n in gr.g.node if m.out in n.output)
+        last.output[0] = bn.output[0]
+        m.out = bn.output[0]
+        gr.g.node.remove(bn)
+        folded.add(bn.name)
+    return folded
+
+
+def _bn_blocker(gr: _Graph, bn: onnx.NodeProto, m: _Mapped | None, outputs: set[str]
+                ) -> str | None:
+    """Why ``bn`` cannot be folded into the crossbar op ``m`` it follows, or None."""
+    if m is None:
+        return "its input is not the result of a crossbar op"
+    if int(_attrs(bn).get("training_mode", 0)):  # type: ignore[call-overload]
+        return "training mode (normalises with batch statistics)"
+    if any(o for o in bn.output[1:]):
+        return "its running statistics are graph outputs (training mode)"
+    if m.channel_axis != 1:
+        return f"axis 1 is not known to be the output axis of crossbar op {m.op.node!r}"
+    if m.out in outputs or len(gr.consumers(m.out)) != 1:
+        return f"the result of {m.op.node!r} also feeds other nodes"
+    params = [gr.const(bn, i, "BatchNormalization parameter") for i in range(1, 5)]
+    if any(p is None for p in params):
+        return "its parameters are not constants"
+    if any(p is not None and p.size != m.op.n_out for p in params):
+        return f"its parameters do not have one entry per output of {m.op.node!r}"
+    return None
 
 
 def graph_input_names(model: onnx.ModelProto) -> list[str]:

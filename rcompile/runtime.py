@@ -340,10 +340,28 @@ def _check_slice(image: Image, where: str, s: SliceRecord, R: int, C: int) -> No
 # --------------------------------------------------------------------------- graph and execution
 
 
-def emulated_model(image: Image, weights: list[np.ndarray]) -> onnx.ModelProto:
-    """The image's digital graph with ``weights`` (graph layout) and the image's biases inserted.
+def chip_biases(image: Image) -> list[np.ndarray]:
+    """Per layer the digital bias the chip applies: the layer bias plus every slice's offset.
 
-    Existing initializers named ``op.weight`` / ``op.bias`` are replaced.
+    Offsets are the per-chip corrections calibration computed for this chip's known errors; the
+    fault-free reference uses the layer bias alone.
+    """
+    out = [np.asarray(rec.bias, np.float64).copy() for rec in image.layers]
+    for tile in image.tiles:
+        for s in tile.slices:
+            outs = s.group * image.layers[s.layer].op.outs + np.asarray(s.outs)
+            np.add.at(out[s.layer], outs, np.asarray(s.offset, np.float64))
+    return [b.astype(np.float32) for b in out]
+
+
+def emulated_model(
+    image: Image, weights: list[np.ndarray], biases: list[np.ndarray] | None = None
+) -> onnx.ModelProto:
+    """The image's digital graph with ``weights`` (graph layout) and biases inserted.
+
+    ``biases`` defaults to the layers' own biases (the fault-free reference); pass
+    :func:`chip_biases` to emulate the chip. Existing initializers ``op.weight`` / ``op.bias``
+    are replaced.
     """
     if len(weights) != len(image.layers):
         raise BadImage(f"image has {len(image.layers)} layers but {len(weights)} weights given")
@@ -353,7 +371,9 @@ def emulated_model(image: Image, weights: list[np.ndarray]) -> onnx.ModelProto:
         raise BadImage(f"image: the digital graph does not parse as ONNX ({e})") from e
     nodes = {n.name: n for n in model.graph.node}
     new: dict[str, np.ndarray] = {}
-    for rec, w in zip(image.layers, weights, strict=True):
+    if biases is None:
+        biases = [rec.bias for rec in image.layers]
+    for rec, w, b in zip(image.layers, weights, biases, strict=True):
         op = rec.op
         node = nodes.get(op.node)
         if node is None or op.weight not in node.input:
@@ -364,7 +384,7 @@ def emulated_model(image: Image, weights: list[np.ndarray]) -> onnx.ModelProto:
         if tuple(w.shape) != op.shape:
             raise BadImage(f"image: weight of {op.node} has shape {w.shape}; expected {op.shape}")
         new[op.weight] = np.asarray(w, np.float32)
-        new[op.bias] = np.asarray(rec.bias, np.float32)
+        new[op.bias] = np.asarray(b, np.float32)
     kept = [t for t in model.graph.initializer if t.name not in new]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
@@ -568,7 +588,12 @@ def verify(
     ref = run(emulated_model(image, intended), dataset, batch_size, source=f"image {name}")
     reference_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    emu = run(emulated_model(image, effective), dataset, batch_size, source=f"image {name}")
+    emu = run(
+        emulated_model(image, effective, chip_biases(image)),
+        dataset,
+        batch_size,
+        source=f"image {name}",
+    )
     emulated_s = time.perf_counter() - t0
 
     float_acc: float | None = None

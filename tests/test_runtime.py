@@ -25,6 +25,7 @@ from rcompile.runtime import (
     check_match,
     effective_weights,
     emulated_model,
+    image_input_specs,
     intended_weights,
     run,
     verify,
@@ -125,6 +126,7 @@ def make_image(
                     pos=np.asarray(pos, np.int32),
                     neg=np.asarray(neg, np.int32),
                     scale=rec.scale[g].copy(),
+                    offset=np.zeros(m, np.float32),
                 )
             )
     header = {
@@ -457,3 +459,12 @@ def test_load_data_rejects_missing_and_non_npz_files(tmp_path: Path) -> None:
     txt.write_text("1,2,3\n")
     with pytest.raises(BadData, match=r"data\.txt: not an \.npz archive"):
         load_data(txt, CONV_SPECS)
+
+
+def test_image_input_specs_ignore_crossbar_names_listed_as_inputs() -> None:
+    graph = gemm_graph()  # an old-style graph that lists the stripped weight as an input
+    graph.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [6, 4]))
+    fm = healthy()
+    image = make_image(graph, [layer_record(GEMM_OP, 12)], fm)
+    assert [s.name for s in image_input_specs(image)] == ["x"]
+    assert verify(image, fm, dataset(gemm_graph(), 4)).agreement == 1.0
