@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
+from rcompile.passes.place import block_q
 
 from rcompile.ir import ChipMapping, Plan
-from rcompile.passes.place import block_q
 from rcompile.pipeline import CHIP, ChipContext, register
 
 
@@ -44,7 +44,9 @@ class Calibrate:
             lv = np.where(np.isnan(st), lv, st)[pl.phys_rows]
             d = lv[:, pl.pos] - lv[:, pl.neg]  # [n, m]
             if ctx.calib is not None:
-                power, mean = (a[blk.group][blk.rows].astype(np.float64) for a in ctx.calib[blk.layer])
+                power, mean = (
+                    a[blk.group][blk.rows].astype(np.float64) for a in ctx.calib[blk.layer]
+                )
             else:
                 power, mean = np.ones(len(blk.rows)), None
             s = pl.scale.astype(np.float64)
@@ -60,5 +62,7 @@ class Calibrate:
                 err = mean @ (d * s_new[None, :] - q * s[None, :])  # [m]
                 offset = offset - err
                 shift += float(np.abs(err).sum())
-            out.append(replace(pl, scale=s_new.astype(np.float32), offset=offset.astype(np.float32)))
+            out.append(
+                replace(pl, scale=s_new.astype(np.float32), offset=offset.astype(np.float32))
+            )
         return replace(mapping, placements=tuple(out)), {"bias_shift": shift}

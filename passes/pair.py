@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-
-from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.passes._objective import cell_codes, error_table, pair_cost_by_state
 from rcompile.passes.place import block_q, block_weights
+
+from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
 from rcompile.solvers import assign
 

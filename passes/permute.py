@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-
-from rcompile.ir import ChipMapping, Plan
 from rcompile.passes._objective import pair_cost_by_state
 from rcompile.passes.pair import BlockProblem, improve_columns, problem
+
+from rcompile.ir import ChipMapping, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
 from rcompile.solvers import assign
 

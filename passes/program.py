@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-
-from rcompile.ir import ChipMapping, Plan
 from rcompile.passes._objective import best_levels
 from rcompile.passes.place import block_q
 from rcompile.passes.transform import scheme_levels
+
+from rcompile.ir import ChipMapping, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
 
 SCHEMES = ("two-column", "differential", "transform", "compensate")
@@ -68,4 +68,6 @@ class Program:
         if self.common in ("high", "low"):
             return self.common == "high"
         stuck = ctx.stuck[~np.isnan(ctx.stuck)]
-        return bool(np.sum(stuck > ctx.device.max_level / 2) > np.sum(stuck <= ctx.device.max_level / 2))
+        return bool(
+            np.sum(stuck > ctx.device.max_level / 2) > np.sum(stuck <= ctx.device.max_level / 2)
+        )

@@ -16,14 +16,16 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
+from rcompile.passes.place import block_q, block_weights
 
 from rcompile.ir import ChipMapping, Plan
-from rcompile.passes.place import block_q, block_weights
 from rcompile.pipeline import CHIP, ChipContext, register
 from rcompile.solvers import assign
 
 
-def scheme_levels(q: np.ndarray, high: np.ndarray | bool, top: int) -> tuple[np.ndarray, np.ndarray]:
+def scheme_levels(
+    q: np.ndarray, high: np.ndarray | bool, top: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Target levels of a fault-agnostic pair: low (two-column) or high common mode."""
     kp_low, kn_low = np.maximum(q, 0), np.maximum(-q, 0)
     kp_high, kn_high = top + np.minimum(q, 0), top - np.maximum(q, 0)
@@ -58,7 +60,9 @@ class Transform:
             for t, (flip, high) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
                 kp, kn = scheme_levels(q, bool(high), top)  # [n, m]
                 sp, sn = (b, a) if flip else (a, b)
-                e = realised(kp[:, :, None], sp[:, None, :]) - realised(kn[:, :, None], sn[:, None, :])
+                e = realised(kp[:, :, None], sp[:, None, :]) - realised(
+                    kn[:, :, None], sn[:, None, :]
+                )
                 cost = np.einsum("ij,ijp->jp", w, (e - q[:, :, None]) ** 2)
                 better = cost < best
                 best = np.where(better, cost, best)
@@ -68,10 +72,12 @@ class Transform:
             flip, high = (t % 2).astype(bool), (t >= 2)
             even, odd = 2 * choice, 2 * choice + 1
             total += float(best[np.arange(m), choice].sum())
-            out.append(replace(
-                pl,
-                pos=np.where(flip, odd, even).astype(np.int32),
-                neg=np.where(flip, even, odd).astype(np.int32),
-                high=high,
-            ))
+            out.append(
+                replace(
+                    pl,
+                    pos=np.where(flip, odd, even).astype(np.int32),
+                    neg=np.where(flip, even, odd).astype(np.int32),
+                    high=high,
+                )
+            )
         return replace(mapping, placements=tuple(out)), {"cost_after": total}

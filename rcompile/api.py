@@ -37,6 +37,14 @@ DEFAULT_STRATEGY = "full"
 PLAN_PIPELINE = "quantize,tile"
 
 
+def plan_pipeline(prune: str | None = None) -> str:
+    """The chip-independent pipeline, with ``prune`` given as ``MODE:AMOUNT`` (e.g. rows:0.3)."""
+    if not prune:
+        return PLAN_PIPELINE
+    mode, _, amount = prune.partition(":")
+    return f"prune{{mode={mode},amount={float(amount or 0.5)}}},{PLAN_PIPELINE}"
+
+
 @dataclass(frozen=True)
 class BuildResult:
     image: Image
@@ -177,7 +185,8 @@ def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:
             )
         )
     tiles = tuple(
-        TileRecord(tile=t, levels=mapping.levels[t], slices=tuple(s)) for t, s in sorted(by_tile.items())
+        TileRecord(tile=t, levels=mapping.levels[t], slices=tuple(s))
+        for t, s in sorted(by_tile.items())
     )
     return Image(header=header, layers=layers, tiles=tiles, graph=stripped.SerializeToString())
 
@@ -223,9 +232,7 @@ def calib_stats(
             xs = np.asarray(outs[x], np.float64)
             if op.layout == LAYOUT_CONV:
                 axes: tuple[int, ...] = tuple(i for i in range(xs.ndim) if i != 1)
-            elif node.op_type == "Gemm" and any(
-                a.name == "transA" and a.i for a in node.attribute
-            ):
+            elif node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
                 axes = (1,)
             else:
                 axes = tuple(range(xs.ndim - 1))

@@ -15,8 +15,9 @@ from typing import Any
 import click
 import numpy as np
 
-from rcompile import __version__, api, image as rimg, runtime
+from rcompile import __version__, api, runtime
 from rcompile import faultmap as fmap
+from rcompile import image as rimg
 from rcompile.data import input_specs, load_calib, load_data
 from rcompile.errors import RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
@@ -50,6 +51,25 @@ def _solver_options(f: Any) -> Any:
     return f
 
 
+def _parse_prune(ctx: Any, param: Any, value: str | None) -> str | None:
+    if value is None:
+        return None
+    mode, _, amount = value.partition(":")
+    try:
+        frac = float(amount)
+    except ValueError:
+        frac = -1.0
+    if mode not in ("magnitude", "rows", "cols") or not 0.0 <= frac <= 1.0:
+        raise click.BadParameter(f"{value!r}: expected MODE:AMOUNT, MODE in magnitude|rows|cols, "
+                                 "AMOUNT in 0..1 (e.g. magnitude:0.5)")
+    return value
+
+
+def _prune_option(f: Any) -> Any:
+    return click.option("--prune", callback=_parse_prune, metavar="MODE:AMOUNT",
+                        help="Post-training pruning before mapping: magnitude|rows|cols:FRACTION.")(f)
+
+
 def _calib(plan: Any, path: str | None) -> Any:
     if path is None:
         return None
@@ -67,16 +87,18 @@ def _calib(plan: Any, path: str | None) -> Any:
 @click.option("--pipeline", help="Explicit per-chip pipeline, e.g. 'place,permute{rounds=2},program'.")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz): weights rows by E[x^2], cancels mean error in the bias.")
+@_prune_option
 @_solver_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def build(model: str, faultmap_path: str, output: str | None, strategy: str, pipeline: str | None,
-          calib: str | None, time_limit: float, solver_seed: int, as_json: bool) -> None:
+          calib: str | None, prune: str | None, time_limit: float, solver_seed: int,
+          as_json: bool) -> None:
     """Compile MODEL for one chip and write its programming image."""
     t0 = time.perf_counter()
     fm = fmap.load(faultmap_path)
     geo = fm.geometry
     plan, _, plan_log = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
-                                      device=fm.device())
+                                      device=fm.device(), pipeline=api.plan_pipeline(prune))
     stats = _calib(plan, calib)
     t1 = time.perf_counter()
     res = api.build(plan, fm, strategy=strategy, pipeline=pipeline, calib=stats,
@@ -125,12 +147,9 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
 def verify(image: str, faultmap_path: str, data_path: str, model_path: str | None,
            allow_remeasured: bool, as_json: bool) -> None:
     """Emulate the programmed chip and report how well it does."""
-    import onnx
-
     img = rimg.read(image)
     fm = fmap.load(faultmap_path)
-    graph = onnx.load_model_from_string(img.graph)
-    data = load_data(data_path, input_specs(graph))
+    data = load_data(data_path, runtime.image_input_specs(img))
     ref = None
     if model_path is not None:
         from rcompile.frontend import load_model
@@ -154,8 +173,12 @@ def verify(image: str, faultmap_path: str, data_path: str, model_path: str | Non
     click.echo(f"  this chip accuracy        {pct(rep.accuracy)}")
     click.echo(f"  agreement                 {pct(rep.agreement)}")
     click.echo(f"  output cosine             {rep.output_cosine:.4f}")
+    rel = rep.relative_output_error
+    click.echo(f"  relative output error     {'n/a' if rel is None else f'{rel:.4f}'}")
     for layer in d["layers"]:
-        click.echo(f"  {layer['node']:<40} weight rel. error {layer['weight_rel_error']:.4f}")
+        err = layer["weight_rel_error"]
+        click.echo(f"  {layer['node']:<40} weight rel. error "
+                   f"{'n/a' if err is None else f'{err:.4f}'}, {layer['stuck_cells']} stuck cells")
 
 
 @cli.command()
@@ -196,11 +219,12 @@ def _csv(kind: type) -> Any:
 @click.option("--rows", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--cols", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data for 'full'.")
+@_prune_option
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write accuracy vs fault rate PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[float, float]],
           strategies: list[str], seeds: int, spare: float, rows: int, cols: int,
-          calib: str | None, plot: str | None, as_json: bool) -> None:
+          calib: str | None, prune: str | None, plot: str | None, as_json: bool) -> None:
     """Accuracy against fault rate for several strategies on synthetic chips."""
     from rcompile.sweep import render_plot, run_sweep, table
 
@@ -209,6 +233,7 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
             raise click.BadParameter(f"unknown strategy {s!r}; known: {sorted(api.STRATEGIES)}")
     result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
                        seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
+                       plan_pipeline=api.plan_pipeline(prune),
                        progress=not as_json)
     if plot:
         render_plot(result, plot)

@@ -1,14 +1,14 @@
 """ONNX frontend: load, check, infer shapes, normalise, and find the crossbar ops.
 
 Loading (:func:`load_model`), in order: the file; the external data of every tensor that keeps
-its data outside the file (an unreadable one is named in the error); the ONNX checker; strict
-shape inference. The model digest covers the file *and* every external data blob, so two
-models that differ only in an external weight file get different digests.
+its data outside the file (an unreadable one is named in the error); sparse initializers made
+dense; the ONNX checker; strict shape inference. The model digest covers the file *and* every
+external data blob, so two models that differ only in an external weight file get different
+digests.
 
 Normalisation rules, in order (the digital graph that the image carries is the result):
 
-1. every node has a unique name (``<op_type>_<index>`` where the exporter left none); sparse
-   initializers are made dense;
+1. every node has a unique name (``<op_type>_<index>`` where the exporter left none);
 2. ``Constant`` nodes (any ``value*`` attribute) and ``Identity``/``Cast`` of constants become
    initializers, repeatedly, so chains resolve;
 3. a weight, bias or BatchNormalization parameter that is computed from constants only
@@ -120,6 +120,9 @@ def load_model(path: str) -> Frontend:
         raise BadModel(f"{path}: the ONNX graph has no nodes; expected a model")
     digest = hashlib.sha256(raw)
     _load_external_data(model, path, digest)
+    for sp in model.graph.sparse_initializer:  # shape inference does not see sparse ones
+        model.graph.initializer.append(_densify(sp))
+    del model.graph.sparse_initializer[:]
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -212,9 +215,6 @@ class _Graph:
         self.model = model
         self.path = path
         self.g = model.graph
-        for sp in self.g.sparse_initializer:
-            self.g.initializer.append(_densify(sp))
-        del self.g.sparse_initializer[:]
         self.consts: dict[str, np.ndarray] = {
             t.name: numpy_helper.to_array(t) for t in self.g.initializer
         }

@@ -22,10 +22,13 @@ How a chip computes one crossbar layer, and so how this module rebuilds it:
    contract; cells outside every slice carry no signal (DESIGN §1: unused rows get zero input).
    Level units are exact: ``G(k) = g_min + k * step`` and the ``g_min`` offset cancels in the
    difference, so ``scale`` in weight units per level step is all the periphery needs.
-3. **Graph.** The per-layer matrices go back to graph layout (:func:`~rcompile.ir.from_matrices`)
-   and are inserted as the initializers ``op.weight`` / ``op.bias`` of the image's digital
-   graph, which onnxruntime then runs end to end. Everything that is not a crossbar op runs
-   exactly as in the graph (the digital periphery).
+3. **Bias.** The periphery adds the layer's digital ``bias`` plus, for every slice, its
+   ``offset[j]`` to output ``outs[j]`` of its group (the per-chip correction calibration
+   computed; :func:`chip_biases`). The fault-free reference uses ``bias`` alone.
+4. **Graph.** The per-layer matrices go back to graph layout (:func:`~rcompile.ir.from_matrices`)
+   and are inserted with the biases as the initializers ``op.weight`` / ``op.bias`` of the
+   image's digital graph, which onnxruntime then runs end to end. Everything that is not a
+   crossbar op runs exactly as in the graph (the digital periphery).
 
 The *fault-free chip* is the same image with intended weights ``q * scale`` from its
 :class:`~rcompile.image.LayerRecord` s: what the model would compute if no cell were stuck and
@@ -60,6 +63,7 @@ __all__ = [
     "LayerError",
     "Report",
     "check_match",
+    "chip_biases",
     "effective_weights",
     "emulated_model",
     "image_device",
@@ -316,6 +320,7 @@ def _check_slice(image: Image, where: str, s: SliceRecord, R: int, C: int) -> No
         ("pos", s.pos, m),
         ("neg", s.neg, m),
         ("scale", s.scale, m),
+        ("offset", s.offset, m),
     ):
         if np.asarray(arr).shape != (size,):
             raise BadImage(f"{where} {label} has shape {np.asarray(arr).shape}; expected ({size},)")
@@ -333,8 +338,9 @@ def _check_slice(image: Image, where: str, s: SliceRecord, R: int, C: int) -> No
         raise BadImage(f"{where} drives one physical row with two inputs; expected distinct rows")
     if np.any(np.asarray(s.pos) == np.asarray(s.neg)):
         raise BadImage(f"{where} pairs a column with itself; expected pos != neg")
-    if not np.all(np.isfinite(np.asarray(s.scale))):
-        raise BadImage(f"{where} scale holds NaN/Inf; expected finite numbers")
+    for label, arr in (("scale", s.scale), ("offset", s.offset)):
+        if not np.all(np.isfinite(np.asarray(arr))):
+            raise BadImage(f"{where} {label} holds NaN/Inf; expected finite numbers")
 
 
 # --------------------------------------------------------------------------- graph and execution
@@ -346,9 +352,13 @@ def chip_biases(image: Image) -> list[np.ndarray]:
     Offsets are the per-chip corrections calibration computed for this chip's known errors; the
     fault-free reference uses the layer bias alone.
     """
+    _, R, C = _geometry(image, _image_name(image, None))
+    for i, rec in enumerate(image.layers):
+        _check_layer(image, i, rec)
     out = [np.asarray(rec.bias, np.float64).copy() for rec in image.layers]
     for tile in image.tiles:
-        for s in tile.slices:
+        for k, s in enumerate(tile.slices):
+            _check_slice(image, f"image: tile {tile.tile} slice {k}", s, R, C)
             outs = s.group * image.layers[s.layer].op.outs + np.asarray(s.outs)
             np.add.at(out[s.layer], outs, np.asarray(s.offset, np.float64))
     return [b.astype(np.float32) for b in out]

@@ -37,9 +37,12 @@ def run_sweep(
     rows: int = 128,
     cols: int = 128,
     calib_path: str | None = None,
+    plan_pipeline: str = api.PLAN_PIPELINE,
     progress: bool = False,
 ) -> dict[str, Any]:
-    plan, _, _ = api.make_plan(model_path, tile_rows=rows, tile_cols=cols)
+    plan, _, plan_log = api.make_plan(
+        model_path, tile_rows=rows, tile_cols=cols, pipeline=plan_pipeline
+    )
     data = load_data(data_path, input_specs(plan.model))
     if data.labels is None:
         raise BadData(f"{data_path}: sweep needs 'labels' to measure accuracy")
@@ -68,23 +71,27 @@ def run_sweep(
                 if rep.fault_free_accuracy is not None:
                     fault_free.append(rep.fault_free_accuracy)
     rowsout = []
-    for (strategy, rate, ratio), vals in raw.items():
+    for (strategy, rate, ratio_text), vals in raw.items():
         accs = np.array([v[0] for v in vals])
-        rowsout.append({
-            "strategy": strategy,
-            "rate": rate,
-            "ratio": ratio,
-            "accuracy_mean": float(accs.mean()),
-            "accuracy_std": float(accs.std()),
-            "accuracy_min": float(accs.min()),
-            "build_seconds_median": float(np.median([v[1] for v in vals])),
-            "seeds": len(vals),
-        })
+        rowsout.append(
+            {
+                "strategy": strategy,
+                "rate": rate,
+                "ratio": ratio_text,
+                "accuracy_mean": float(accs.mean()),
+                "accuracy_std": float(accs.std()),
+                "accuracy_min": float(accs.min()),
+                "build_seconds_median": float(np.median([v[1] for v in vals])),
+                "seeds": len(vals),
+            }
+        )
     return {
         "model": os.path.basename(model_path),
         "data": os.path.basename(data_path),
         "n_samples": data.n,
         "tiles": tiles,
+        "plan_pipeline": plan_pipeline,
+        "plan": plan_log,
         "float_accuracy": float_acc,
         "quantised_accuracy": float(np.mean(fault_free)) if fault_free else None,
         "points": rowsout,
@@ -109,8 +116,11 @@ def table(result: dict[str, Any]) -> str:
         cells = []
         for s in strategies:
             p = by.get((s, ratio, rate))
-            cells.append("" if p is None else
-                         f"{100 * p['accuracy_mean']:.2f} ± {100 * p['accuracy_std']:.2f}")
+            cells.append(
+                ""
+                if p is None
+                else f"{100 * p['accuracy_mean']:.2f} ± {100 * p['accuracy_std']:.2f}"
+            )
         lines.append(f"| {ratio} | {100 * rate:g} % | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -127,8 +137,10 @@ def render_plot(result: dict[str, Any], path: str) -> None:
     fig, axes = plt.subplots(1, len(ratios), figsize=(5.5 * len(ratios), 4), squeeze=False)
     for ax, ratio in zip(axes[0], ratios, strict=True):
         for s in dict.fromkeys(p["strategy"] for p in pts):
-            sel = sorted((p for p in pts if p["strategy"] == s and p["ratio"] == ratio),
-                         key=lambda p: p["rate"])
+            sel = sorted(
+                (p for p in pts if p["strategy"] == s and p["ratio"] == ratio),
+                key=lambda p: p["rate"],
+            )
             x = [p["rate"] for p in sel]
             y = np.array([100 * p["accuracy_mean"] for p in sel])
             e = np.array([100 * p["accuracy_std"] for p in sel])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import numpy as np
 import onnx
@@ -25,8 +26,20 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def synth(work: str, name: str, rate: float, ratio: str = "5:1", seed: int = 1) -> str:
     path = os.path.join(work, name)
-    r = rcompile("faultmap", "synth", "--like", MODEL, "--rate", str(rate), "--ratio", ratio,
-                 "--seed", str(seed), "-o", path)
+    r = rcompile(
+        "faultmap",
+        "synth",
+        "--like",
+        MODEL,
+        "--rate",
+        str(rate),
+        "--ratio",
+        ratio,
+        "--seed",
+        str(seed),
+        "-o",
+        path,
+    )
     assert r.returncode == 0, r.stderr
     return path
 
@@ -118,9 +131,9 @@ def test_inspect_describes_the_image(work: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def one_line_error(r: object, *needles: str) -> None:
-    assert r.returncode != 0  # type: ignore[attr-defined]
-    err = r.stderr.strip()  # type: ignore[attr-defined]
+def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode != 0
+    err = r.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     for n in needles:
         assert n in err, err
@@ -135,8 +148,10 @@ def write(path: str, data: bytes) -> str:
 def test_bad_models(work: str) -> None:
     chip = synth(work, "bm.npz", 0.01)
     out = os.path.join(work, "bm.rimg")
-    one_line_error(rcompile("build", os.path.join(work, "missing.onnx"), "--faultmap", chip,
-                            "-o", out), "missing.onnx")
+    one_line_error(
+        rcompile("build", os.path.join(work, "missing.onnx"), "--faultmap", chip, "-o", out),
+        "missing.onnx",
+    )
     junk = write(os.path.join(work, "junk.onnx"), b"this is not onnx" * 20)
     one_line_error(rcompile("build", junk, "--faultmap", chip, "-o", out), "junk.onnx")
     assert not os.path.exists(out)
@@ -181,8 +196,9 @@ def test_truncated_and_corrupted_images(work: str) -> None:
     flipped = bytearray(raw)
     flipped[len(raw) // 2] ^= 0xFF
     bad = write(os.path.join(work, "flip.rimg"), bytes(flipped))
-    one_line_error(rcompile("verify", bad, "--faultmap", chip, "--data", TEST_DATA), "flip.rimg",
-                   "checksum")
+    one_line_error(
+        rcompile("verify", bad, "--faultmap", chip, "--data", TEST_DATA), "flip.rimg", "checksum"
+    )
     one_line_error(rcompile("inspect", bad), "flip.rimg")
 
 
@@ -190,8 +206,9 @@ def test_image_verified_against_another_chip(work: str) -> None:
     chip_a = synth(work, "chipA.npz", 0.02, seed=10)
     chip_b = synth(work, "chipB.npz", 0.02, seed=11)
     image = build(work, chip_a, "chipA.rimg")
-    one_line_error(rcompile("verify", image, "--faultmap", chip_b, "--data", TEST_DATA),
-                   "chipA.rimg")
+    one_line_error(
+        rcompile("verify", image, "--faultmap", chip_b, "--data", TEST_DATA), "chipA.rimg"
+    )
 
 
 def test_data_that_does_not_match_the_model(work: str) -> None:
@@ -200,15 +217,21 @@ def test_data_that_does_not_match_the_model(work: str) -> None:
     x = np.load(TEST_DATA)["input"]
     wrong_name = os.path.join(work, "wrong_name.npz")
     np.savez(wrong_name, images=x[:10])
-    one_line_error(rcompile("verify", image, "--faultmap", chip, "--data", wrong_name),
-                   "wrong_name.npz", "input")
+    one_line_error(
+        rcompile("verify", image, "--faultmap", chip, "--data", wrong_name),
+        "wrong_name.npz",
+        "input",
+    )
     wrong_shape = os.path.join(work, "wrong_shape.npz")
     np.savez(wrong_shape, input=x[:10, :, :20, :20])
-    one_line_error(rcompile("verify", image, "--faultmap", chip, "--data", wrong_shape),
-                   "wrong_shape.npz")
+    one_line_error(
+        rcompile("verify", image, "--faultmap", chip, "--data", wrong_shape), "wrong_shape.npz"
+    )
     bad_calib = os.path.join(work, "bad_calib.npz")
     np.savez(bad_calib, input=x[:10].reshape(10, -1))
     out = os.path.join(work, "calib.rimg")
-    one_line_error(rcompile("build", MODEL, "--faultmap", chip, "--calib", bad_calib, "-o", out),
-                   "bad_calib.npz")
+    one_line_error(
+        rcompile("build", MODEL, "--faultmap", chip, "--calib", bad_calib, "-o", out),
+        "bad_calib.npz",
+    )
     assert not os.path.exists(out)

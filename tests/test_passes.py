@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rcompile.passes._objective import best_levels, cell_codes
+from rcompile.passes.pair import BlockProblem, improve_columns
+from rcompile.passes.permute import move_rows
 
 from rcompile import api
 from rcompile import faultmap as fmap
 from rcompile.device import Device
 from rcompile.ir import Plan
-from rcompile.passes._objective import best_levels
-from rcompile.passes.pair import BlockProblem, improve_columns
-from rcompile.passes.permute import move_rows
-from rcompile.passes._objective import cell_codes
 from rcompile.pipeline import parse, render
 from rcompile.solvers import assign
 
@@ -47,8 +46,9 @@ def test_assignment_matches_brute_force(n: int, extra: int, seed: int) -> None:
     cost = np.random.default_rng(seed).uniform(0, 100, size=(n, n + extra))
     got = assign(cost)
     assert len(set(got.tolist())) == n
-    best = min(sum(cost[i, p[i]] for i in range(n))
-               for p in itertools.permutations(range(n + extra), n))
+    best = min(
+        sum(cost[i, p[i]] for i in range(n)) for p in itertools.permutations(range(n + extra), n)
+    )
     assert cost[np.arange(n), got].sum() == pytest.approx(best, rel=1e-6)
 
 
@@ -73,7 +73,10 @@ def test_permutation_moves_are_bijections_and_never_worsen(seed: int, rate: floa
 
 
 def test_pipeline_strings_round_trip() -> None:
-    for spec in [*api.STRATEGIES.values(), "place{order=assign},permute{rounds=2,columns=false},program"]:
+    for spec in [
+        *api.STRATEGIES.values(),
+        "place{order=assign},permute{rounds=2,columns=false},program",
+    ]:
         assert render(parse(spec)) == spec
 
 

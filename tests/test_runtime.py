@@ -23,6 +23,7 @@ from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp, from_matrices
 from rcompile.runtime import (
     check_match,
+    chip_biases,
     effective_weights,
     emulated_model,
     image_input_specs,
@@ -468,3 +469,25 @@ def test_image_input_specs_ignore_crossbar_names_listed_as_inputs() -> None:
     image = make_image(graph, [layer_record(GEMM_OP, 12)], fm)
     assert [s.name for s in image_input_specs(image)] == ["x"]
     assert verify(image, fm, dataset(gemm_graph(), 4)).agreement == 1.0
+
+
+def test_slice_offsets_add_to_the_chip_bias_only() -> None:
+    fm = healthy()
+    rec = layer_record(CONV_OP, 13)
+    image = make_image(conv_graph(), [rec], fm)
+    sl = image.tiles[0].slices[1]  # group 1: outputs 3..5 of the layer
+    off = np.array([0.0, 0.25, -0.5], np.float32)
+    moved = replace(image.tiles[0], slices=(image.tiles[0].slices[0], replace(sl, offset=off)))
+    image = replace(image, tiles=(moved,))
+    (b,) = chip_biases(image)
+    np.testing.assert_allclose(b - rec.bias, [0, 0, 0, 0, 0.25, -0.5], atol=1e-6)
+    ds = dataset(conv_graph(), 2)
+    (w,) = intended_weights(image)
+    (ref,) = run(emulated_model(image, [w]), ds)
+    (emu,) = run(emulated_model(image, [w], [b]), ds)
+    shift = (emu - ref).reshape(2, 6, 25)
+    np.testing.assert_allclose(
+        shift, np.broadcast_to(b - rec.bias, (2, 25, 6)).transpose(0, 2, 1), atol=1e-6
+    )
+    err = verify(image, fm, ds).relative_output_error
+    assert err is not None and err > 0

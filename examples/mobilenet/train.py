@@ -128,7 +128,8 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, gen: torch.Generator) 
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-4)
     steps = (len(xt) + BATCH_SIZE - 1) // BATCH_SIZE
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, epochs=EPOCHS, steps_per_epoch=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, epochs=EPOCHS,
+                                                steps_per_epoch=steps)
     for epoch in range(EPOCHS):
         model.train()
         perm = torch.randperm(len(xt), generator=gen)
