@@ -78,7 +78,8 @@ class _Builder:
         w = self.rng.normal(0, np.sqrt(2.0 / k), (n_out, k))
         self.weights += w.size
         self.nodes.append(helper.make_node(
-            "Gemm", [x, self.init(n + ".w", w), self.init(n + ".b", self.rng.normal(0, 0.01, n_out))],
+            "Gemm",
+            [x, self.init(n + ".w", w), self.init(n + ".b", self.rng.normal(0, 0.01, n_out))],
             [n], name=n, transB=1))
         return n
 

@@ -9,11 +9,17 @@ with two stuck cells realises ``f_pos - f_neg`` whatever is written. The layer o
 data, or 1.
 
 For cost matrices, stuck levels are coded as small integers (0 = healthy, 1 + round(level)
-otherwise) so that every cost matrix is a handful of dense matrix products, one per pair state
-present on the tile.
+otherwise) and :func:`code_table` holds the squared error of every (code+, code-, q). A pair
+with two healthy cells costs nothing, so a cost matrix is a sum over the pairs that hold a
+stuck cell only: a gather from the table and a grouped sum, with no dense products and no
+BLAS call (BLAS threads on such small matrices only contend with the per-chip worker
+processes; see ``permute``). Work is proportional to the number of stuck cells, not to the
+tile size.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
@@ -35,9 +41,11 @@ def best_levels(
     """
     q = np.asarray(q, np.float64)
     hp, hn = np.isnan(sp), np.isnan(sn)
-    fp, fn = np.nan_to_num(sp), np.nan_to_num(sn)
-    kp = np.where(hp, np.where(hn, np.maximum(q, 0), np.clip(np.rint(q + fn), 0, top)), np.rint(fp))
-    kn = np.where(hn, np.where(hp, np.maximum(-q, 0), np.clip(np.rint(fp - q), 0, top)), np.rint(fn))
+    fp, fn = np.where(hp, 0, sp), np.where(hn, 0, sn)  # nan_to_num for finite levels, faster
+    kp = np.where(hp, np.where(hn, np.maximum(q, 0), np.clip(np.rint(q + fn), 0, top)),
+                  np.rint(fp))
+    kn = np.where(hn, np.where(hp, np.maximum(-q, 0), np.clip(np.rint(fp - q), 0, top)),
+                  np.rint(fn))
     realised = np.where(hp, kp, fp) - np.where(hn, kn, fn)
     return kp.astype(np.uint8), kn.astype(np.uint8), realised - q
 
@@ -56,26 +64,39 @@ def weighted_q(q: np.ndarray, r: np.ndarray, s: np.ndarray) -> tuple[np.ndarray,
     return q.astype(np.int64), (r[:, None] * (s.astype(np.float64) ** 2)[None, :])
 
 
+@lru_cache(maxsize=8)
+def code_table(top: int) -> np.ndarray:
+    """Squared level error ``[top+2, top+2, 2*top+1]`` of every (code+, code-) for every q.
+
+    Row ``[a, b]`` equals ``error_table([a], [b], top)[0]``; read-only, cached per ``top``.
+    """
+    codes = np.arange(top + 2)
+    pp, nn = np.meshgrid(codes, codes, indexing="ij")
+    table = error_table(pp.ravel(), nn.ravel(), top).reshape(top + 2, top + 2, 2 * top + 1)
+    table.flags.writeable = False
+    return table
+
+
 def pair_cost_by_state(
     q: np.ndarray, w: np.ndarray, cp: np.ndarray, cn: np.ndarray, top: int
 ) -> np.ndarray:
-    """Cost ``[n, P]`` of putting logical row i of output j ... summed over outputs.
+    """Cost ``[n, X]``: ``cost[i, x] = sum_j w[i, j] * E[cp[x, j], cn[x, j], q[i, j]]``.
 
-    Generic contraction used by the permutation passes:
-    ``cost[i, x] = sum_j w[i, j] * E[q[i, j], cp[x, j], cn[x, j]]`` for codes ``cp``/``cn`` of
-    shape ``[X, m]`` (x ranges over physical rows). One matrix product per pair state present.
+    Generic contraction used by the permutation passes: ``x`` ranges over candidate places
+    (physical rows, or column pairs), ``cp``/``cn`` ``[X, m]`` are the codes of the ``+`` and
+    ``-`` cell each place offers output ``j``. Healthy pairs cost nothing, so only the places
+    and outputs with a stuck cell are gathered (``nnz``) and summed per place.
     """
-    states = cp.astype(np.int32) * 512 + cn.astype(np.int32)
-    present = np.unique(states)
-    present = present[present != 0]
-    if present.size == 0:
-        return np.zeros((q.shape[0], cp.shape[0]))
-    table = error_table(present // 512, present % 512, top)  # [K, 2*top+1]
+    n, places = q.shape[0], cp.shape[0]
+    cost = np.zeros((n, places))
+    x, j = np.nonzero((cp != 0) | (cn != 0))  # sorted by x, then j
+    if x.size == 0:
+        return cost
     qi = q.astype(np.int64) + top
-    cost = np.zeros((q.shape[0], cp.shape[0]))
-    for k, st in enumerate(present):
-        wk = w * table[k][qi]  # [n, m]
-        cost += wk @ (states == st).T.astype(np.float64)  # [n, m] @ [m, X]
+    err = code_table(top)[cp[x, j].astype(np.int64)[None, :], cn[x, j].astype(np.int64)[None, :],
+                          qi[:, j]]  # [n, nnz]
+    starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
+    cost[:, x[starts]] = np.add.reduceat(w[:, j] * err, starts, axis=1)
     return cost
 
 

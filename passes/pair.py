@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import cell_codes, error_table, pair_cost_by_state
+from rcompile.passes._objective import cell_codes, code_table, pair_cost_by_state
 from rcompile.passes.place import block_q, block_weights
 
 from rcompile.ir import ChipMapping, Placement, Plan
@@ -36,11 +36,8 @@ class BlockProblem:
     def cost(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
         sub = self.codes[rows]
         cp, cn = sub[:, pos], sub[:, neg]  # [n, m]
-        states = cp.astype(np.int32) * 512 + cn
-        present = np.unique(states)
-        table = error_table(present // 512, present % 512, self.top)
-        k = np.searchsorted(present, states)
-        return float(np.sum(self.w * table[k, self.q.astype(np.int64) + self.top]))
+        err = code_table(self.top)[cp, cn, self.q.astype(np.int64) + self.top]
+        return float(np.sum(self.w * err))
 
 
 def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
@@ -63,23 +60,27 @@ def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndar
 
 def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.ndarray,
               move_is_pos: bool) -> np.ndarray:
-    """New columns for one side of every pair, the other side held fixed."""
+    """New columns for one side of every pair, the other side held fixed.
+
+    ``cost[j, a]`` (output j's moving cell on free column a) is the cost with a healthy cell on
+    column a, the same for every a, plus a correction for each row where column a is stuck:
+    work in proportion to the stuck cells of the free columns.
+    """
     free = np.setdiff1d(np.arange(bp.codes.shape[1]), fixed)
-    sub = bp.codes[rows]  # [n, C]
+    sub = bp.codes[rows].astype(np.int64)  # [n, C]
     cand = sub[:, free]  # [n, A]
     fix = sub[:, fixed]  # [n, m]
-    present = np.unique(np.concatenate([np.unique(cand), np.unique(fix)]))
-    pp, nn = np.meshgrid(present, present, indexing="ij")
-    table = error_table(pp.ravel(), nn.ravel(), bp.top).reshape(len(present), len(present), -1)
-    fidx = np.searchsorted(present, fix)
+    table = code_table(bp.top)
+    if not move_is_pos:
+        table = table.transpose(1, 0, 2)  # index as [moving code, fixed code, q]
     qi = bp.q.astype(np.int64) + bp.top
-    cost = np.zeros((bp.q.shape[1], len(free)))
-    for ci, c in enumerate(present):
-        mask = cand == c
-        if not mask.any():
-            continue
-        e = table[ci, fidx, qi] if move_is_pos else table[fidx, ci, qi]  # [n, m]
-        cost += (bp.w * e).T @ mask.astype(np.float64)
+    healthy = table[0][fix, qi]  # [n, m]: error with a healthy moving cell
+    cost = np.repeat((bp.w * healthy).sum(axis=0)[:, None], len(free), axis=1)  # [m, A]
+    a, i = np.nonzero(cand.T)  # stuck candidate cells, sorted by column
+    if a.size:
+        delta = bp.w[i] * (table[cand[i, a][:, None], fix[i], qi[i]] - healthy[i])  # [nnz, m]
+        starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+        cost[:, a[starts]] += np.add.reduceat(delta, starts, axis=0).T
     return free[assign(cost)].astype(np.int32)
 
 

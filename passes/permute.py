@@ -4,7 +4,9 @@ Rules: with the column pairs fixed, logical rows go to physical rows by an exact
 assignment (``cost[i, r]`` = the true error of logical row ``i`` on physical row ``r``); rows the
 block does not use are left to the worst lines. Then the column moves of ``pair`` (outputs onto
 pairs with polarity, then each side) run with the rows fixed. Rounds repeat while the cost falls.
-Tiles without faults are skipped: they cost nothing.
+Tiles without faults are skipped: they cost nothing; a block stops as soon as its cost is
+exactly zero. Blocks are independent, so they are solved on every core
+(:func:`rcompile.solvers.fork_map`); results do not depend on the number of workers.
 Requires: placements. Guarantees: rows and columns stay injective; cost never increases.
 """
 
@@ -17,15 +19,39 @@ import numpy as np
 from rcompile.passes._objective import pair_cost_by_state
 from rcompile.passes.pair import BlockProblem, improve_columns, problem
 
-from rcompile.ir import ChipMapping, Plan
+from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
-from rcompile.solvers import assign
+from rcompile.solvers import assign, fork_map
+
+Solved = tuple[np.ndarray, np.ndarray, np.ndarray, float, float]
+"""rows, pos, neg, cost before, cost after of one block."""
 
 
 def move_rows(bp: BlockProblem, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """Best physical row for every logical row, columns held fixed."""
     cost = pair_cost_by_state(bp.q, bp.w, bp.codes[:, pos], bp.codes[:, neg], bp.top)  # [n, R]
     return assign(cost)
+
+
+def solve_block(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray,
+                rounds: int, columns: bool) -> Solved:
+    """Alternate row and column moves on one block; returns rows, pos, neg and the cost
+    before and after. A cost of exactly zero cannot fall: solving stops there (every later
+    move would be rejected, since a move is kept only if it lowers the cost)."""
+    start = cost = bp.cost(rows, pos, neg)
+    for _ in range(rounds):
+        if cost == 0.0:
+            break
+        prev = cost
+        r2 = move_rows(bp, pos, neg)
+        c2 = bp.cost(r2, pos, neg)
+        if c2 < cost:
+            rows, cost = r2, c2
+        if columns and cost > 0.0:
+            pos, neg, cost = improve_columns(bp, rows, pos, neg)
+        if cost >= prev * (1 - 1e-9):
+            break
+    return rows, pos, neg, start, cost
 
 
 @register
@@ -40,29 +66,26 @@ class Permute:
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
     ) -> tuple[ChipMapping, dict[str, Any]]:
-        out = []
+        placements = mapping.placements
+        todo = [k for k, pl in enumerate(placements) if not np.isnan(ctx.stuck[pl.tile]).all()]
+        solved = fork_map(_solve_blocks, (self, plan, ctx, placements), todo)
+        out = list(placements)
         before = after = 0.0
-        solved = 0
-        for pl in mapping.placements:
-            if np.isnan(ctx.stuck[pl.tile]).all():
-                out.append(pl)
-                continue
-            solved += 1
-            bp = problem(plan, ctx, pl)
-            rows, pos, neg = pl.phys_rows, pl.pos, pl.neg
-            cost = bp.cost(rows, pos, neg)
-            for _ in range(self.rounds):
-                prev = cost
-                r2 = move_rows(bp, pos, neg)
-                c2 = bp.cost(r2, pos, neg)
-                if c2 < cost:
-                    rows, cost = r2, c2
-                if self.columns:
-                    pos, neg, cost = improve_columns(bp, rows, pos, neg)
-                if cost >= prev * (1 - 1e-9):
-                    break
-            before += bp.cost(pl.phys_rows, pl.pos, pl.neg)
+        for k, (rows, pos, neg, start, cost) in zip(todo, solved, strict=True):
+            before += start
             after += cost
-            out.append(replace(pl, phys_rows=rows.astype(np.int32), pos=pos, neg=neg))
-        stats = {"blocks_solved": solved, "cost_before": before, "cost_after": after}
+            out[k] = replace(placements[k], phys_rows=rows.astype(np.int32), pos=pos, neg=neg)
+        stats = {"blocks_solved": len(todo), "cost_before": before, "cost_after": after}
         return replace(mapping, placements=tuple(out)), stats
+
+
+def _solve_blocks(shared: tuple[Permute, Plan, ChipContext, tuple[Placement, ...]],
+                  which: list[int]) -> list[Solved]:
+    """Solve the given placements (each independent of the others), in order."""
+    self, plan, ctx, placements = shared
+    out = []
+    for k in which:
+        pl = placements[k]
+        bp = problem(plan, ctx, pl)
+        out.append(solve_block(bp, pl.phys_rows, pl.pos, pl.neg, self.rounds, self.columns))
+    return out

@@ -106,6 +106,11 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
     t2 = time.perf_counter()
     out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
     rimg.write(res.image, out)
+    layer_tiles: list[set[int]] = [set() for _ in plan.ops]  # physical tiles under each op
+    for tile in res.image.tiles:
+        for sl in tile.slices:
+            layer_tiles[sl.layer].add(int(tile.tile))
+    layer_blocks = [sum(b.layer == i for b in plan.blocks) for i in range(len(plan.ops))]
     report = {
         "image": out,
         "chip_id": fm.chip_id,
@@ -114,7 +119,8 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         "tiles_used": len(res.image.tiles),
         "tiles": geo.tiles,
         "crossbar": [{"node": op.node, "op_type": op.op_type, "shape": list(op.shape),
-                      "groups": op.groups} for op in plan.ops],
+                      "groups": op.groups, "blocks": layer_blocks[i],
+                      "tiles": len(layer_tiles[i])} for i, op in enumerate(plan.ops)],
         "digital": [{"node": n, "op_type": t, "reason": r} for n, t, r in plan.digital],
         "passes": plan_log + res.log,
         "plan_seconds": t1 - t0,
@@ -125,7 +131,29 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         return
     click.echo(f"wrote {out}: chip {fm.chip_id}, strategy {report['strategy']}, "
                f"{report['tiles_used']}/{geo.tiles} tiles")
-    click.echo(f"crossbar ops: {len(plan.ops)}; digital ops: {len(plan.digital)}")
+    click.echo(f"crossbar: {len(plan.ops)} ops")
+    width = min(40, max([len(op.node) for op in plan.ops] + [4]))
+    if plan.ops:
+        click.echo(f"  {'node':<{width}} {'op':<7} {'weight':<16} {'groups':>6} {'tiles':>5}")
+    for entry in report["crossbar"]:
+        shape = "x".join(map(str, entry["shape"]))
+        click.echo(f"  {entry['node']:<{width}} {entry['op_type']:<7} {shape:<16} "
+                   f"{entry['groups']:>6} {entry['tiles']:>5}")
+    click.echo(f"digital: {len(plan.digital)} ops")
+    by_reason: dict[str, list[tuple[str, str]]] = {}
+    for name, op_type, reason in plan.digital:
+        by_reason.setdefault(reason, []).append((name, op_type))
+    for reason, nodes in by_reason.items():
+        if reason == "not a weight op":  # the bulk: count by op type
+            counts: dict[str, int] = {}
+            for _, op_type in nodes:
+                counts[op_type] = counts.get(op_type, 0) + 1
+            items = [f"{t} x{c}" if c > 1 else t for t, c in counts.items()]
+        else:  # the interesting ones: name them
+            items = [f"{n} ({t})" for n, t in nodes[:5]]
+            items += [f"+{len(nodes) - 5} more"] if len(nodes) > 5 else []
+        click.echo(f"  {reason}: {', '.join(items)}")
+    click.echo("passes:")
     for p in res.log:
         extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in p.items() if k not in ("pass", "seconds"))

@@ -13,8 +13,9 @@ Normalisation rules, in order (the digital graph that the image carries is the r
    initializers, repeatedly, so chains resolve;
 3. a weight, bias or BatchNormalization parameter that is computed from constants only
    (``Transpose``, ``Reshape``, ``DequantizeLinear``, ... of initializers) is evaluated once
-   with onnxruntime and becomes an initializer. A node outside the standard ONNX domain on the
-   weight path of a Conv, Gemm or MatMul is an error: the compiler cannot know what it computes;
+   with onnxruntime and becomes an initializer. A node outside the standard ONNX domain (and not
+   a function the model defines) on the weight path of a Conv, Gemm or MatMul is an error: the
+   compiler cannot know what it computes;
 4. each crossbar op is rewritten to read its own weight initializer ``<node>.rc_weight`` and
    bias initializer ``<node>.rc_bias`` (zeros where the model had none); the node keeps its name:
 
@@ -34,8 +35,9 @@ Normalisation rules, in order (the digital graph that the image carries is the r
      nodes, so every tensor outside it keeps its type;
 5. a ``BatchNormalization`` (inference mode) whose input is the result of a crossbar op, on
    that op's output axis, and feeds nothing else, is folded into the op's weight and bias;
-6. unused initializers and stale shape annotations are dropped; the result must pass the ONNX
-   checker.
+6. unused initializers and stale shape annotations are dropped (an IR 3 model lists the new
+   initializers among its graph inputs, as IR 3 requires); the result must pass the ONNX checker
+   with strict shape inference.
 
 Everything else runs on the digital periphery and is listed in :attr:`Frontend.digital` with the
 reason (ConvTranspose, integer and recurrent ops, MatMul of two activations, ...).
@@ -288,9 +290,15 @@ class _Graph:
         keep = [t for t in self.g.initializer if t.name in used]
         del self.g.initializer[:]
         self.g.initializer.extend(keep)
+        graph_inputs = [i for i in self.g.input if i.name in used or i.name not in self.consts]
         for name in [n for n in self.consts if n not in used]:
             del self.consts[name]
-        graph_inputs = [i for i in self.g.input if i.name in used or i.name not in self.consts]
+        if self.model.ir_version < 4:  # IR 3 lists every initializer among the graph inputs
+            listed = {i.name for i in graph_inputs}
+            graph_inputs += [
+                helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                for t in self.g.initializer if t.name not in listed
+            ]
         del self.g.input[:]
         self.g.input.extend(graph_inputs)
         produced = {o for n in self.g.node for o in n.output}
@@ -387,7 +395,7 @@ def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
     folded = _fold_batchnorm(gr, mapped, reasons)  # rule 5
     gr.drop_unused()  # rule 6
     try:
-        onnx.checker.check_model(gr.model)
+        onnx.checker.check_model(gr.model, full_check=True)
     except Exception as exc:  # a normalisation bug, but say which model it happened on
         raise BadModel(
             f"{path}: normalised graph fails the ONNX checker: {_one_line(exc)}"
@@ -423,6 +431,7 @@ def _fold_constant_paths(gr: _Graph) -> None:
             derived.update(o for o in node.output if o)
     outputs = {o.name for o in gr.g.output}
     producers = {o: n for n in gr.g.node for o in n.output if o}
+    local = {(f.domain, f.name) for f in gr.model.functions}  # model-local functions
     targets: list[str] = []
     cone_nodes: set[str] = set()
     for node in gr.g.node:
@@ -435,7 +444,8 @@ def _fold_constant_paths(gr: _Graph) -> None:
             if name in targets:
                 continue
             cone = _cone(name, producers, gr.consts)
-            custom = next((n for n in cone if n.domain not in _STANDARD), None)
+            custom = next((n for n in cone if n.domain not in _STANDARD
+                           and (n.domain, n.op_type) not in local), None)
             if custom is not None:
                 if node.op_type == "BatchNormalization":
                     continue  # the BatchNormalization just stays digital
@@ -452,10 +462,13 @@ def _fold_constant_paths(gr: _Graph) -> None:
     nodes = [n for n in gr.g.node if n.name in cone_nodes]
     values = _evaluate(gr, nodes, targets)
     for name, value in zip(targets, values, strict=True):
-        producer = producers[name]
-        gr.set_const(name, np.asarray(value))
-        if producer in gr.g.node:
-            gr.g.node.remove(producer)
+        # a new name: the producer may have other outputs that stay in use
+        folded = gr.fresh(f"{name}.rc_folded")
+        gr.set_const(folded, np.asarray(value))
+        for n in gr.g.node:
+            for i, inp in enumerate(n.input):
+                if inp == name:
+                    n.input[i] = folded
     # remove what is left of the folded paths once nothing reads it
     changed = True
     while changed:
@@ -514,6 +527,10 @@ def _evaluate(gr: _Graph, nodes: list[onnx.NodeProto], targets: list[str]) -> li
 
 def _map_node(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     """Rewrite one mappable node in place; return the reason when it stays digital."""
+    if any((f.domain, f.name) == (node.domain, node.op_type) for f in gr.model.functions):
+        return "model-local function; runs digitally"
+    if node.domain == "ai.onnx.ml":
+        return "not a weight op"
     if node.domain not in _STANDARD:
         return f"custom domain {node.domain!r}"
     if node.op_type == "Conv":

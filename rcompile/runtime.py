@@ -42,7 +42,8 @@ with mismatched lengths) raises :class:`~rcompile.errors.BadImage`, never an ``I
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,9 +51,11 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from rcompile import energy, tilemode
 from rcompile.data import Dataset, InputSpec, input_specs
-from rcompile.device import Device
+from rcompile.device import PRESETS, Device, Hardware, hardware_from_dict
 from rcompile.errors import BadData, BadDevice, BadImage, BadModel
+from rcompile.programming import program
 from rcompile.image import Image, LayerRecord, SliceRecord
 from rcompile.ir import from_matrices
 
@@ -62,11 +65,14 @@ if TYPE_CHECKING:
 __all__ = [
     "LayerError",
     "Report",
+    "MODES",
     "check_match",
     "chip_biases",
+    "chip_levels",
     "effective_weights",
     "emulated_model",
     "image_device",
+    "image_hardware",
     "image_input_specs",
     "intended_weights",
     "programmed_weights",
@@ -75,6 +81,12 @@ __all__ = [
 ]
 
 _DEVICE_KEYS = ("levels", "g_min_us", "g_max_us", "read_v")
+
+MODES = ("auto", "ideal", "tile")
+"""Emulation modes of :func:`verify`: ``ideal`` inserts the effective weights into the digital
+graph (realised conductances, stuck cells; no converters, no read noise); ``tile`` runs every
+tile slice through its DAC, crossbar, read noise and ADC (:mod:`rcompile.tilemode`); ``auto``
+is ``tile`` when the device's periphery is not ideal, else ``ideal``."""
 
 
 # --------------------------------------------------------------------------- image <-> fault map
@@ -167,6 +179,56 @@ def image_device(image: Image, image_source: str | None = None) -> Device:
         raise BadImage(f"image {name}: header 'device' is invalid ({e})") from e
 
 
+def image_hardware(
+    image: Image,
+    hardware: Hardware | None = None,
+    faultmap: FaultMap | None = None,
+    image_source: str | None = None,
+) -> Hardware:
+    """The device technology to emulate the image's chip with.
+
+    ``hardware`` (e.g. ``--device``) if given, else the image's ``header["hardware"]`` (written
+    by ``build --device``), else the ideal device with the image's own cell — exactly the
+    behaviour before device models existed. The number of levels must be the image's; the
+    fault map's measured ``g_min``/``g_max`` (when it has them) replace the device's.
+    """
+    name = _image_name(image, image_source)
+    cell = image_device(image, image_source)
+    if hardware is None:
+        stored = image.header.get("hardware")
+        if not isinstance(stored, dict):
+            return replace(PRESETS["ideal"], cell=cell)
+        try:
+            hardware = hardware_from_dict(stored, source=f"image {name}: header 'hardware'")
+        except BadDevice as e:
+            raise BadImage(str(e)) from e
+    if hardware.cell.levels != cell.levels:
+        raise BadDevice(
+            f"device {hardware.name} has {hardware.cell.levels} levels per cell but image "
+            f"{name} was compiled for {cell.levels}; expected the same number of levels"
+        )
+    over = {k: v for k, v in (faultmap.device_overrides() if faultmap else {}).items()
+            if k != "levels"}
+    return hardware.with_cell(replace(hardware.cell, **over)) if over else hardware
+
+
+def chip_levels(
+    image: Image,
+    faultmap: FaultMap,
+    hardware: Hardware | None = None,
+    *,
+    noise_seed: int = 0,
+    image_source: str | None = None,
+) -> dict[int, np.ndarray]:
+    """Per used tile, the float64 ``[R, C]`` level every cell really holds: the target levels
+    written by the device's write-verify (seeded by ``noise_seed`` and the tile index), then
+    overridden by the stuck cells."""
+    hw = image_hardware(image, hardware, faultmap, image_source)
+    sink: dict[int, np.ndarray] = {}
+    _effective(image, faultmap, image_source, hw, noise_seed, sink)
+    return sink
+
+
 # --------------------------------------------------------------------------- weights
 
 
@@ -190,22 +252,40 @@ def programmed_weights(image: Image) -> list[np.ndarray]:
 
 
 def effective_weights(
-    image: Image, faultmap: FaultMap, *, image_source: str | None = None
+    image: Image,
+    faultmap: FaultMap,
+    *,
+    image_source: str | None = None,
+    hardware: Hardware | None = None,
+    noise_seed: int = 0,
 ) -> list[np.ndarray]:
     """Per layer, the weight tensor (graph layout, float32) the faulty chip actually applies.
 
-    Target levels overridden by stuck cells, routed through every slice (module docstring).
-    Call :func:`check_match` first; this function only checks that the geometry fits.
+    Target levels as the device's write-verify realises them (exact on an ideal device),
+    overridden by stuck cells, routed through every slice (module docstring). Call
+    :func:`check_match` first; this function only checks that the geometry fits.
     """
-    return _effective(image, faultmap, image_source)[0]
+    hw = image_hardware(image, hardware, faultmap, image_source)
+    return _effective(image, faultmap, image_source, hw, noise_seed)[0]
 
 
 def _effective(
-    image: Image, faultmap: FaultMap, image_source: str | None
+    image: Image,
+    faultmap: FaultMap,
+    image_source: str | None,
+    hw: Hardware | None = None,
+    noise_seed: int = 0,
+    sink: dict[int, np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
-    """:func:`effective_weights` plus the stuck cells under each layer's cell pairs."""
+    """:func:`effective_weights` plus the stuck cells under each layer's cell pairs; the
+    realised level of every used tile goes to ``sink`` when given."""
     name = _image_name(image, image_source)
-    device = image_device(image, image_source)
+    device = image_device(image, image_source) if hw is None else hw.cell
+    prog: Callable[[int, np.ndarray], np.ndarray] | None = None
+    if hw is not None and not hw.programming.ideal:
+        def prog(t: int, levels: np.ndarray) -> np.ndarray:
+            rng = np.random.default_rng([int(noise_seed), t])
+            return program(levels, hw.cell, hw.programming, rng, hw.read.noise_rel)
     stuck = np.asarray(faultmap.stuck_levels(device))
     T, R, C = _geometry(image, name)
     if stuck.shape != (T, R, C):
@@ -213,11 +293,15 @@ def _effective(
             f"image {name} expects a {T}x{R}x{C} chip but fault map "
             f"{faultmap.source or '<in-memory fault map>'} is {'x'.join(map(str, stuck.shape))}"
         )
-    return _realise(image, stuck, image_source)
+    return _realise(image, stuck, image_source, prog, sink)
 
 
 def _realise(
-    image: Image, stuck: np.ndarray | None, image_source: str | None = None
+    image: Image,
+    stuck: np.ndarray | None,
+    image_source: str | None = None,
+    prog: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    sink: dict[int, np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Shared core of :func:`effective_weights` (``stuck`` given) and :func:`programmed_weights`.
 
@@ -252,12 +336,15 @@ def _realise(
                 f"{where} has levels in {levels.min()}..{levels.max()}; "
                 f"expected 0..{device.max_level}"
             )
-        lv = levels.astype(np.float64)
+        # 1. programming realises the targets; stuck cells override it
+        lv = levels.astype(np.float64) if prog is None else prog(t, levels)
         hit = np.zeros((R, C), bool)
-        if stuck is not None:  # 1. stuck cells override programming
+        if stuck is not None:
             st = stuck[t]
             hit = ~np.isnan(st)
             lv[hit] = st[hit]
+        if sink is not None:
+            sink[t] = lv
         for k, s in enumerate(tile.slices):  # 2. route through every slice
             _check_slice(image, f"{where} slice {k}", s, R, C)
             _accumulate(mats[s.layer][s.group], s, lv)
@@ -504,8 +591,24 @@ class Report:
     remeasured: bool
     """True when the fault map is a re-measurement, not the map the image was compiled against."""
     timing: dict[str, float | None] = field(default_factory=dict)
-    """Seconds: ``weights_s`` (rebuilding the faulty weights), ``reference_s`` (fault-free run),
-    ``emulated_s`` (faulty run), ``float_s`` (float model run, None without it)."""
+    """Seconds: ``weights_s`` (programming the cells and rebuilding the faulty weights),
+    ``graph_s`` (building the emulated graph, incl. ADC calibration), ``reference_s`` (plain
+    onnxruntime on the fault-free chip), ``emulated_s`` (the emulated chip), ``float_s`` (float
+    model run, None without it); ``emulation_ratio`` = ``emulated_s / reference_s`` and
+    ``total_ratio`` = ``(weights_s + graph_s + emulated_s) / reference_s``."""
+    mode: str = "ideal"
+    """Emulation mode that ran: ``ideal`` or ``tile`` (see :data:`MODES`)."""
+    device: str = "ideal"
+    """Name of the device model emulated."""
+    noise_seed: int = 0
+    """Seed of programming variation and read noise."""
+    energy_per_inference_j: float | None = None
+    """Estimated energy of one inference on the chip, joules (:mod:`rcompile.energy`)."""
+    latency_per_inference_s: float | None = None
+    """Estimated latency of one inference, seconds."""
+    energy: list[dict[str, Any]] = field(default_factory=list)
+    """Per crossbar layer (then the digital periphery): ``cell_j``, ``adc_j``, ``dac_j``,
+    ``digital_j``, ``energy_j``, ``latency_s``, ``mvms``, ``adc_conversions``."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -577,34 +680,54 @@ def verify(
     reference_model: onnx.ModelProto | None = None,
     image_source: str | None = None,
     batch_size: int = 256,
+    hardware: Hardware | None = None,
+    mode: str = "auto",
+    noise_seed: int = 0,
 ) -> Report:
     """Emulate the faulty chip on ``dataset`` and compare it with the fault-free chip.
 
-    ``reference_model`` (the original float model, optional) adds its accuracy as
-    ``float_accuracy``. Raises :class:`BadImage` if the fault map is not the image's chip
-    (:func:`check_match`).
+    ``hardware`` is the device to emulate (default: :func:`image_hardware`), ``mode`` one of
+    :data:`MODES`, ``noise_seed`` seeds programming variation and read noise (one seed, one
+    chip: the same seed gives the same report). ``reference_model`` (the original float model,
+    optional) adds its accuracy as ``float_accuracy``. Raises :class:`BadImage` if the fault
+    map is not the image's chip (:func:`check_match`).
     """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     remeasured = check_match(
         image, faultmap, allow_remeasured=allow_remeasured, image_source=image_source
     )
     name = _image_name(image, image_source)
+    hw = image_hardware(image, hardware, faultmap, image_source)
+    if mode == "auto":
+        mode = "tile" if hw.needs_tile_mode else "ideal"
+    src = f"image {name}"
 
     t0 = time.perf_counter()
-    effective, n_stuck = _effective(image, faultmap, image_source)
+    levels: dict[int, np.ndarray] = {}
+    effective, n_stuck = _effective(image, faultmap, image_source, hw, noise_seed, levels)
     weights_s = time.perf_counter() - t0
     intended = intended_weights(image)
 
+    reference = emulated_model(image, intended)
     t0 = time.perf_counter()
-    ref = run(emulated_model(image, intended), dataset, batch_size, source=f"image {name}")
+    ref = run(reference, dataset, batch_size, source=src)
     reference_s = time.perf_counter() - t0
+
     t0 = time.perf_counter()
-    emu = run(
-        emulated_model(image, effective, chip_biases(image)),
-        dataset,
-        batch_size,
-        source=f"image {name}",
-    )
+    biases = chip_biases(image)
+    if mode == "ideal":
+        emulated, probes = tilemode.add_probes(emulated_model(image, effective, biases), image)
+        n_out = len(emulated.graph.output) - 3 * len(probes)
+    else:
+        built = _tile_model(image, reference, levels, hw, biases, dataset, batch_size, noise_seed,
+                            src)
+        emulated, probes, n_out = built.model, built.probes, built.n_outputs
+    graph_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    every = run(emulated, dataset, batch_size, source=src)
     emulated_s = time.perf_counter() - t0
+    emu = every[:n_out]
 
     float_acc: float | None = None
     float_s: float | None = None
@@ -627,11 +750,14 @@ def verify(
             )
         )
 
+    costs = _costs(image, reference, levels, hw, probes, every[n_out:], dataset)
     diff_sq = sum(
         float(np.sum((e.astype(np.float64) - r) ** 2)) for e, r in zip(emu, ref, strict=True)
     )
     ref_sq = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
     chip = image.header.get("chip_id") or faultmap.chip_id or None
+    ratio = emulated_s / reference_s if reference_s > 0 else None
+    total = (weights_s + graph_s + emulated_s) / reference_s if reference_s > 0 else None
     return Report(
         accuracy=_accuracy(emu[0], dataset.labels, dataset.source),
         fault_free_accuracy=_accuracy(ref[0], dataset.labels, dataset.source),
@@ -645,8 +771,107 @@ def verify(
         remeasured=remeasured,
         timing={
             "weights_s": weights_s,
+            "graph_s": graph_s,
             "reference_s": reference_s,
             "emulated_s": emulated_s,
             "float_s": float_s,
+            "emulation_ratio": ratio,
+            "total_ratio": total,
         },
+        mode=mode,
+        device=hw.name,
+        noise_seed=int(noise_seed),
+        energy_per_inference_j=float(sum(c.energy_j for c in costs)),
+        latency_per_inference_s=float(sum(c.latency_s for c in costs)),
+        energy=[c.to_dict() for c in costs],
     )
+
+
+def _tile_model(
+    image: Image,
+    reference: onnx.ModelProto,
+    levels: dict[int, np.ndarray],
+    hw: Hardware,
+    biases: list[np.ndarray],
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    source: str,
+) -> tilemode.Built:
+    """The tile-mode graph; a ``calibrated`` ADC first measures its ranges on one batch."""
+    try:
+        graph = onnx.load_from_string(image.graph)
+    except Exception as e:
+        raise BadImage(f"{source}: the digital graph does not parse as ONNX ({e})") from e
+    step = _batch_step(reference, batch_size)
+    shapes = energy.infer_shapes(
+        reference, {k: (step, *v.shape[1:]) for k, v in dataset.inputs.items()}
+    )
+    widest = _widest_slice(image, shapes)
+    ranges = None
+    conv = hw.converters
+    if conv.adc_bits < 24 and conv.adc_range == "calibrated":
+        cal = tilemode.build(image, graph, levels, hw, biases, seed=seed, calibrate=True)
+        first = Dataset(
+            inputs={k: v[:step] for k, v in dataset.inputs.items()}, labels=None,
+            n=min(step, dataset.n), source=dataset.source,
+        )
+        outs = run(cal.model, first, step, source=source)
+        extra = outs[len(outs) - 2 * len(cal.calibration):]
+        ranges = {
+            key: (float(np.min(extra[2 * i])), float(np.max(extra[2 * i + 1])))
+            for i, key in enumerate(cal.slices)
+        }
+    return tilemode.build(image, graph, levels, hw, biases, seed=seed, adc_ranges=ranges,
+                          max_column_values=widest)
+
+
+def _batch_step(model: onnx.ModelProto, batch_size: int) -> int:
+    fixed = {s.fixed_batch for s in input_specs(model) if s.fixed_batch}
+    return fixed.pop() if len(fixed) == 1 else max(1, int(batch_size))
+
+
+def _widest_slice(image: Image, shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """Largest column-current tensor of one slice in one batch (values), None if unknown."""
+    nodes_out = _node_outputs(image)
+    widest = 0
+    for tile in image.tiles:
+        for s in tile.slices:
+            shape = shapes.get(nodes_out.get(image.layers[s.layer].op.node, ""))
+            if shape is None:
+                return None
+            per_out = int(np.prod(shape, dtype=np.int64)) // max(1, image.layers[s.layer].op.n_out)
+            widest = max(widest, per_out * 2 * len(s.outs))
+    return widest
+
+
+def _node_outputs(image: Image) -> dict[str, str]:
+    model = onnx.load_from_string(image.graph)
+    return {n.name: n.output[0] for n in model.graph.node if n.output}
+
+
+def _costs(
+    image: Image,
+    reference: onnx.ModelProto,
+    levels: dict[int, np.ndarray],
+    hw: Hardware,
+    probes: list[tilemode.Probes],
+    outs: list[np.ndarray],
+    dataset: Dataset,
+) -> list[energy.LayerCost]:
+    """Energy and latency per layer from the probes the emulated graph returned."""
+    acts = []
+    for i, p in enumerate(probes):
+        v2, ish, osh = outs[3 * i], outs[3 * i + 1], outs[3 * i + 2]
+        rank_v = v2.reshape(v2.shape[0], -1) if v2.ndim else v2.reshape(1, -1)
+        acts.append(
+            energy.Activity(
+                v2=rank_v.sum(axis=0) / max(1, dataset.n) / p.dac_q**2,
+                in_shape=tuple(int(d) for d in np.asarray(ish).reshape(-1, ish.shape[-1])[0]),
+                out_shape=tuple(int(d) for d in np.asarray(osh).reshape(-1, osh.shape[-1])[0]),
+            )
+        )
+    crossbar = {rec.op.node for rec in image.layers}
+    sample = {k: (1, *v.shape[1:]) for k, v in dataset.inputs.items()}
+    periphery = energy.periphery_ops(reference, sample, crossbar)
+    return energy.estimate(image, levels, hw, acts, periphery)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import multiprocessing as mp
 import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 from ortools.graph.python import linear_sum_assignment
 
 from rcompile.errors import SolverError
+
+T = TypeVar("T")
 
 _INT_RANGE = float(2**40)
 #: OR-Tools' cost-scaling assignment refuses (``POSSIBLE_OVERFLOW``) once the largest integer
@@ -99,16 +107,67 @@ def _solve(solver: linear_sum_assignment.SimpleLinearSumAssignment, n: int, what
 
 
 def jobs() -> int:
-    """Worker processes a per-chip pass may use: ``RCOMPILE_JOBS`` (default: every core).
+    """Worker processes a per-chip pass may use: 1 inside :func:`serial`, else
+    ``RCOMPILE_JOBS`` if set, else every core this process may run on.
 
     Parallelism never changes a result: work is split into independent blocks whose answers
-    are put back in order. ``rcompile provision`` sets it to 1 in its own workers, which
-    already keep every core busy with one chip each.
+    are put back in order.
     """
-    raw = os.environ.get("RCOMPILE_JOBS", "")
+    forced = _JOBS.get()
+    if forced is not None:
+        return forced
+    raw = os.environ.get("RCOMPILE_JOBS", "").strip()
+    if raw.isdigit() and int(raw) >= 1:
+        return int(raw)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Using every core inside one per-chip pass
+# --------------------------------------------------------------------------------------------
+
+_JOBS: contextvars.ContextVar[int | None] = contextvars.ContextVar("rcompile_jobs", default=None)
+_SHARED: dict[str, Any] = {}
+"""What :func:`fork_map` hands its forked workers (set just before the fork)."""
+
+
+@contextlib.contextmanager
+def serial() -> Iterator[None]:
+    """Run per-chip passes on this thread only (for callers that parallelise over chips)."""
+    token = _JOBS.set(1)
     try:
-        n = int(raw) if raw.strip() else 0
-    except ValueError:
-        n = 0
-    return n if n >= 1 else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                else (os.cpu_count() or 1))
+        yield
+    finally:
+        _JOBS.reset(token)
+
+
+def fork_map(fn: Callable[[Any, list[int]], list[T]], shared: Any, items: list[int],
+             min_items: int = 16) -> list[T]:
+    """``[r for chunk in chunks(items) for r in fn(shared, chunk)]``, the chunks spread over
+    :func:`jobs` forked worker processes when there are at least ``min_items`` items.
+
+    ``shared`` reaches the workers by ``fork`` (copy-on-write, never pickled); only the results
+    travel back, in order, so the answer is the same for any number of workers. Without
+    ``fork`` (not Linux), or inside :func:`serial`, everything runs here.
+    """
+    n = jobs()
+    if n <= 1 or len(items) < max(min_items, 2) or "fork" not in mp.get_all_start_methods():
+        return fn(shared, items)
+    size = max(1, -(-len(items) // (n * 8)))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    _SHARED["work"] = (fn, shared)
+    try:
+        ctx = mp.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(n, len(chunks)), mp_context=ctx) as pool:
+            parts = list(pool.map(_run_shared, chunks))
+    finally:
+        _SHARED.clear()
+    return [r for part in parts for r in part]
+
+
+def _run_shared(chunk: list[int]) -> list[Any]:
+    fn, shared = _SHARED["work"]
+    with serial():
+        return fn(shared, chunk)  # type: ignore[no-any-return]

@@ -157,6 +157,31 @@ def test_weights_computed_from_constants_are_evaluated(tmp_path: object) -> None
     assert not left & {"DequantizeLinear", "Transpose", "Reshape"}
 
 
+def test_folding_keeps_other_outputs_of_a_shared_producer(tmp_path: object) -> None:
+    """Split of one constant into a weight and a value the digital graph still reads."""
+    nodes = [
+        helper.make_node("Split", ["c", "sizes"], ["w", "row"], axis=0, name="split"),
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+        helper.make_node("Add", ["h", "row"], ["y"], name="add"),
+    ]
+    inits = [init("c", arr(4, 4)), init("sizes", np.array([3, 1], np.int64))]
+    model = make(nodes, [vi("x", ["N", 3])], [vi("y", ["N", 4])], inits)
+    fe = check(tmp_path, model, {"x": arr(5, 3)}, n_ops=1)
+    assert [d[0] for d in fe.digital] == ["split", "add"]
+
+
+def test_initializers_listed_as_graph_inputs_are_constants(tmp_path: object) -> None:
+    """IR version 3 exporters list every initializer among the graph inputs too."""
+    model = make([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+                 [vi("x", ["N", 3, 5, 5]), vi("w", [4, 3, 3, 3])], [vi("y", ["N", 4, 3, 3])],
+                 [init("w", arr(4, 3, 3, 3))])
+    model.ir_version = 3
+    fe = check(tmp_path, model, {"x": arr(2, 3, 5, 5)}, n_ops=1)
+    inits = {t.name for t in fe.model.graph.initializer}
+    assert {i.name for i in fe.model.graph.input} == {"x"} | inits
+    assert fe.ops[0].weight in inits
+
+
 def test_sparse_initializer_is_made_dense(tmp_path: object) -> None:
     w = np.zeros((4, 3), np.float32)
     w[1, 2], w[3, 0] = 1.5, -2.0
@@ -626,3 +651,23 @@ def test_weight_computed_at_run_time_stays_digital(tmp_path: object) -> None:
                  [vi("y", ["N", 4, 3, 3])])
     fe = check(tmp_path, model, {"x": arr(2, 3, 5, 5), "k": arr(4, 3, 3, 3)}, n_ops=0)
     assert ("dynconv", "Conv", "weight 'w' is computed at run time") in fe.digital
+
+
+def test_build_lists_crossbar_and_digital_ops(tmp_path: object, chip: str) -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("ConvTranspose", ["r", "wt"], ["u"], name="up"),
+        helper.make_node("Relu", ["u"], ["y"], name="relu2"),
+    ]
+    model = make(nodes, [vi("x", ["N", 3, 5, 5])], [vi("y", ["N", 2, 5, 5])],
+                 [init("w", arr(4, 3, 3, 3)), init("wt", arr(4, 2, 3, 3))])
+    path = save(model, os.path.join(str(tmp_path), "m.onnx"))
+    r = rcompile("build", path, "--faultmap", chip, "-o", os.path.join(str(tmp_path), "m.rimg"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "crossbar: 1 ops" in lines and "digital: 3 ops" in lines
+    assert lines[lines.index("crossbar: 1 ops") + 2].split() == ["conv", "Conv", "4x3x3x3", "1",
+                                                                 "1"]
+    assert "  not a weight op: Relu x2" in lines
+    assert "  ConvTranspose is not mapped to crossbars; runs digitally: up (ConvTranspose)" in lines
