@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -19,7 +20,7 @@ from rcompile import __version__, api, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import input_specs, load_calib, load_data
-from rcompile.errors import RcompileError
+from rcompile.errors import BadDevice, RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
 from rcompile.pipeline import SolverOptions
 
@@ -70,6 +71,19 @@ def _prune_option(f: Any) -> Any:
                         help="Post-training pruning before mapping: magnitude|rows|cols:FRACTION.")(f)
 
 
+def _device_option(f: Any) -> Any:
+    return click.option("--device", "device_spec", metavar="PRESET|FILE.toml",
+                        help="Device model: a preset (ideal, neurosim) or a TOML device file "
+                        "(docs/device.md).")(f)
+
+
+def _load_device(spec: str | None) -> Any:
+    """The :class:`~rcompile.device.Hardware` of ``--device`` (None without it)."""
+    from rcompile.device import load_hardware
+
+    return None if spec is None else load_hardware(spec)
+
+
 def _calib(plan: Any, path: str | None) -> Any:
     if path is None:
         return None
@@ -89,23 +103,32 @@ def _calib(plan: Any, path: str | None) -> Any:
               help="Calibration data (.npz): weights rows by E[x^2], cancels mean error in the bias.")
 @_prune_option
 @_solver_options
+@_device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def build(model: str, faultmap_path: str, output: str | None, strategy: str, pipeline: str | None,
           calib: str | None, prune: str | None, time_limit: float, solver_seed: int,
-          as_json: bool) -> None:
+          device_spec: str | None, as_json: bool) -> None:
     """Compile MODEL for one chip and write its programming image."""
+    from rcompile.programming import compiler_device
+
     t0 = time.perf_counter()
+    hw = _load_device(device_spec)
     fm = fmap.load(faultmap_path)
     geo = fm.geometry
+    if hw is not None and (hw.tile_rows, hw.tile_cols) != (geo.rows, geo.cols):
+        raise BadDevice(f"device {hw.name} has {hw.tile_rows}x{hw.tile_cols} tiles but fault map "
+                        f"{faultmap_path} has {geo.rows}x{geo.cols}; expected the same tiles")
     plan, _, plan_log = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
-                                      device=fm.device(), pipeline=api.plan_pipeline(prune))
+                                      device=fm.device(compiler_device(hw) if hw else None),
+                                      pipeline=api.plan_pipeline(prune))
     stats = _calib(plan, calib)
     t1 = time.perf_counter()
     res = api.build(plan, fm, strategy=strategy, pipeline=pipeline, calib=stats,
                     solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed))
     t2 = time.perf_counter()
     out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
-    rimg.write(res.image, out)
+    rimg.write(res.image if hw is None else replace(
+        res.image, header={**res.image.header, "hardware": hw.to_dict()}), out)
     layer_tiles: list[set[int]] = [set() for _ in plan.ops]  # physical tiles under each op
     for tile in res.image.tiles:
         for sl in tile.slices:
@@ -171,10 +194,18 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
               help="Original float model: also report its accuracy.")
 @click.option("--allow-remeasured", is_flag=True,
               help="Accept a fault map of the same chip that differs from the compiled one.")
+@_device_option
+@click.option("--mode", type=click.Choice(runtime.MODES), default="auto", show_default=True,
+              help="ideal: effective weights; tile: per-tile DAC, read noise and ADC as ONNX; "
+              "auto: tile when the device's periphery is not ideal.")
+@click.option("--noise-seed", type=int, default=0, show_default=True,
+              help="Seed of programming variation and read noise.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def verify(image: str, faultmap_path: str, data_path: str, model_path: str | None,
-           allow_remeasured: bool, as_json: bool) -> None:
+           allow_remeasured: bool, device_spec: str | None, mode: str, noise_seed: int,
+           as_json: bool) -> None:
     """Emulate the programmed chip and report how well it does."""
+    hw = _load_device(device_spec)
     img = rimg.read(image)
     fm = fmap.load(faultmap_path)
     data = load_data(data_path, runtime.image_input_specs(img))
@@ -187,14 +218,15 @@ def verify(image: str, faultmap_path: str, data_path: str, model_path: str | Non
             raise RcompileError(f"{model_path}: not the model image {image} was compiled from")
         ref = fe.model
     rep = runtime.verify(img, fm, data, allow_remeasured=allow_remeasured, reference_model=ref,
-                         image_source=image)
+                         image_source=image, hardware=hw, mode=mode, noise_seed=noise_seed)
     d = rep.to_dict()
     if as_json:
         click.echo(json.dumps(d))
         return
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.2f} %"
-    click.echo(f"chip {rep.chip_id}: {rep.n_samples} samples")
+    click.echo(f"chip {rep.chip_id}: {rep.n_samples} samples, device {rep.device}, "
+               f"{rep.mode} mode, noise seed {rep.noise_seed}")
     if rep.float_accuracy is not None:
         click.echo(f"  float model accuracy      {pct(rep.float_accuracy)}")
     click.echo(f"  fault-free chip accuracy  {pct(rep.fault_free_accuracy)}")
@@ -207,6 +239,16 @@ def verify(image: str, faultmap_path: str, data_path: str, model_path: str | Non
         err = layer["weight_rel_error"]
         click.echo(f"  {layer['node']:<40} weight rel. error "
                    f"{'n/a' if err is None else f'{err:.4f}'}, {layer['stuck_cells']} stuck cells")
+    click.echo(f"  energy per inference      {(rep.energy_per_inference_j or 0) * 1e9:.3f} nJ, "
+               f"latency {(rep.latency_per_inference_s or 0) * 1e6:.3f} us")
+    for c in rep.energy:
+        click.echo(f"    {c['node']:<38} {c['energy_j'] * 1e9:9.3f} nJ (cells "
+                   f"{c['cell_j'] * 1e9:.3f}, ADC {c['adc_j'] * 1e9:.3f}, DAC "
+                   f"{c['dac_j'] * 1e9:.3f}, digital {c['digital_j'] * 1e9:.3f}) "
+                   f"{c['latency_s'] * 1e6:8.3f} us")
+    t = rep.timing
+    click.echo(f"  emulation {t['emulated_s']:.3f} s vs plain onnxruntime {t['reference_s']:.3f} s "
+               f"({t['emulation_ratio'] or 0:.2f}x)")
 
 
 @cli.command()
@@ -248,21 +290,26 @@ def _csv(kind: type) -> Any:
 @click.option("--cols", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data for 'full'.")
 @_prune_option
+@_device_option
+@click.option("--mode", type=click.Choice(runtime.MODES), default="auto", show_default=True,
+              help="Emulation mode of every verification (see verify --mode).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write accuracy vs fault rate PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[float, float]],
           strategies: list[str], seeds: int, spare: float, rows: int, cols: int,
-          calib: str | None, prune: str | None, plot: str | None, as_json: bool) -> None:
+          calib: str | None, prune: str | None, device_spec: str | None, mode: str,
+          plot: str | None, as_json: bool) -> None:
     """Accuracy against fault rate for several strategies on synthetic chips."""
     from rcompile.sweep import render_plot, run_sweep, table
 
     for s in strategies:
         if s not in api.STRATEGIES:
             raise click.BadParameter(f"unknown strategy {s!r}; known: {sorted(api.STRATEGIES)}")
+    hw = _load_device(device_spec)
     result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
                        seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
                        plan_pipeline=api.plan_pipeline(prune),
-                       progress=not as_json)
+                       progress=not as_json, hardware=hw, mode=mode)
     if plot:
         render_plot(result, plot)
     if as_json:

@@ -62,11 +62,12 @@ class _Rule:
             return False
         if self.kind is int and not isinstance(v, numbers.Integral):
             return False
-        if not math.isfinite(float(v)):
+        x = float(v)
+        if not math.isfinite(x):
             return False
-        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
             return False
-        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+        return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
 
 
 def _num(x: float) -> str:
@@ -289,10 +290,14 @@ class Converters:
     Gemm/MatMul, per feature map for Conv) and per tile slice, from 0 (or the most negative
     column current) up to the largest column current — the per-sample analogue of NeuroSim's
     min-max partial-sum quantiser. ``calibrated``: fixed per tile slice, the extreme column
-    currents seen on the first batch of the data times ``adc_headroom``."""
-    adc_headroom: float = 1.0
-    """Full scale of a ``calibrated`` ADC relative to the calibration extremes (>= 1 leaves
-    room; < 1 clips the largest currents for finer steps)."""
+    currents seen on a calibration batch (the first batch of the data) times ``headroom``."""
+    dac_range: str = "dynamic"
+    """How the DAC full scale is set: ``dynamic``, the largest ``|x|`` of each inference (as
+    ``adc_range``); ``calibrated``, fixed per layer, the largest ``|x|`` of the calibration batch
+    times ``headroom`` (larger inputs clip)."""
+    headroom: float = 1.0
+    """Full scale of a ``calibrated`` converter relative to the calibration extremes (> 1 leaves
+    room for unseen inputs; < 1 clips the largest values for finer steps)."""
     cols_per_adc: int = 8
     """Columns that share one ADC through a multiplexer (they convert one after another)."""
 
@@ -301,7 +306,8 @@ class Converters:
         "adc_bits": _Rule(int, 1, IDEAL_BITS),
         "dac_bits": _Rule(int, 1, IDEAL_BITS),
         "adc_range": _Rule(str, choices=("dynamic", "calibrated")),
-        "adc_headroom": _Rule(float, 0, 100, lo_open=True),
+        "dac_range": _Rule(str, choices=("dynamic", "calibrated")),
+        "headroom": _Rule(float, 0, 100, lo_open=True),
         "cols_per_adc": _Rule(int, 1, 4096),
     }
 
@@ -423,7 +429,10 @@ PRESETS: dict[str, Hardware] = {
             max_iterations=20,
         ),
         read=Read(noise_rel=0.0289, pulse_ns=10.0),
-        converters=Converters(adc_bits=5, dac_bits=8, adc_range="dynamic", cols_per_adc=8),
+        converters=Converters(
+            adc_bits=5, dac_bits=8, adc_range="calibrated", dac_range="calibrated",
+            headroom=1.0, cols_per_adc=8,
+        ),
         costs=Costs(),
     ),
 }
@@ -431,7 +440,8 @@ PRESETS: dict[str, Hardware] = {
 noise — today's behaviour. ``neurosim``: a DNN+NeuroSim-like RRAM: 128x128 tiles, 16 levels
 (4-bit cells) over 10..100 uS (on/off ratio 10), read at 0.5 V with 2.89 % read noise, written
 by write-verify with 64 pulses full range, non-linearity LTP 4 / LTD -4 and 3.5 %
-cycle-to-cycle variation, 8-bit DAC, 5-bit ADC shared by 8 columns."""
+cycle-to-cycle variation, 8-bit DAC and 5-bit ADC (shared by 8 columns) whose ranges are
+calibrated on the first batch, as NeuroSim sets them from the partial sums it sees."""
 
 
 def preset_names() -> list[str]:
@@ -530,18 +540,20 @@ def _section(section: str, cls: type, table: dict[str, Any], base: Any) -> Any:
         if "g_min_us" in table:
             raise BadDevice("device: [cell] gives both g_min_us and on_off_ratio; expected one")
         ratio = table.pop("on_off_ratio")
-        rule = _Rule(float, 1, lo_open=True)
-        if not rule.ok(ratio):
-            raise _bad("cell", "on_off_ratio", ratio, rule.text())
+        ratio_rule = _Rule(float, 1, lo_open=True)
+        if not ratio_rule.ok(ratio):
+            raise _bad("cell", "on_off_ratio", ratio, ratio_rule.text())
         g_max = table.get("g_max_us", base.g_max_us if base is not None else None)
         if g_max is None:
-            raise BadDevice(f"device: cell.g_max_us is missing; expected {rules['g_max_us'].text()}")
+            raise BadDevice(
+                f"device: cell.g_max_us is missing; expected {rules['g_max_us'].text()}"
+            )
         if not rules["g_max_us"].ok(g_max):
             raise _bad("cell", "g_max_us", g_max, rules["g_max_us"].text())
         table["g_min_us"] = float(g_max) / float(ratio)
     kwargs: dict[str, Any] = {}
     for n in names:
-        rule = rules.get(n)
+        rule: _Rule | None = rules.get(n)
         if n in table:
             v = table[n]
             if rule is not None and rule.kind is float and isinstance(v, int) and not isinstance(

@@ -60,13 +60,10 @@ class Activity:
     v2: np.ndarray
     """Per input channel (Conv) or feature (Gemm/MatMul): ``sum v^2`` per inference, ``v`` the
     DAC value relative to full scale, summed over the input positions."""
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-
-
-def positions(shape: tuple[int, ...], conv: bool) -> int:
-    """MVMs per sample for an output (or input) of this shape."""
-    return int(np.prod(shape[2:] if conv else shape[1:-1], dtype=np.int64))
+    in_positions: int
+    """Input positions per sample (spatial size of a Conv input, rows of a MatMul)."""
+    out_positions: int
+    """MVMs per sample: output positions of a Conv, rows of a MatMul, 1 for a Gemm."""
 
 
 def estimate(
@@ -91,8 +88,8 @@ def estimate(
         op = rec.op
         act = activity[li]
         conv = op.layout == LAYOUT_CONV
-        mvms = float(positions(act.out_shape, conv))
-        ratio = mvms / max(1, positions(act.in_shape, conv)) if conv else 1.0
+        mvms = float(act.out_positions)
+        ratio = mvms / max(1, act.in_positions) if conv else 1.0
         cell_j = adc_n = dac_n = dig = 0.0
         tile_time: dict[int, float] = {}
         for t, s in by_layer.get(li, []):
@@ -137,16 +134,15 @@ def estimate(
 _POOLS = ("MaxPool", "AveragePool", "LpPool")
 
 
-def periphery_ops(
-    model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]], crossbar: set[str]
-) -> float:
-    """Digital operations per inference of every node outside the crossbars: one per output
-    element (times the window for pooling). ``sample_shapes`` fixes each graph input's shape for
-    one sample; outputs whose shape cannot be inferred count zero."""
+def infer_shapes(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every tensor whose shape ONNX shape inference can fix once each graph
+    input has the shape given in ``input_shapes`` (empty on an exotic graph)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for inp in m.graph.input:
-        shape = sample_shapes.get(inp.name)
+        shape = input_shapes.get(inp.name)
         if shape is None or not inp.type.HasField("tensor_type"):
             continue
         dims = inp.type.tensor_type.shape.dim
@@ -155,17 +151,29 @@ def periphery_ops(
         for d, n in zip(dims, shape, strict=True):
             d.ClearField("dim_param")
             d.dim_value = int(n)
+    del m.graph.value_info[:]
     try:
         m = onnx.shape_inference.infer_shapes(m)
-    except Exception:  # an exotic graph: estimate without the periphery
-        return 0.0
-    sizes: dict[str, int] = {}
-    for vi in (*m.graph.value_info, *m.graph.output):
+    except Exception:  # shape inference is a convenience here, never a requirement
+        return {}
+    out: dict[str, tuple[int, ...]] = {}
+    for vi in (*m.graph.input, *m.graph.value_info, *m.graph.output):
         dims = vi.type.tensor_type.shape.dim
         if dims and all(d.HasField("dim_value") for d in dims):
-            sizes[vi.name] = int(np.prod([d.dim_value for d in dims], dtype=np.int64))
+            out[vi.name] = tuple(int(d.dim_value) for d in dims)
+    return out
+
+
+def periphery_ops(
+    model: onnx.ModelProto, sample_shapes: dict[str, tuple[int, ...]], crossbar: set[str]
+) -> float:
+    """Digital operations per inference of every node outside the crossbars: one per output
+    element (times the window for pooling). ``sample_shapes`` fixes each graph input's shape for
+    one sample; outputs whose shape cannot be inferred count zero."""
+    shapes = infer_shapes(model, sample_shapes)
+    sizes = {k: int(np.prod(v, dtype=np.int64)) for k, v in shapes.items()}
     total = 0.0
-    for node in m.graph.node:
+    for node in model.graph.node:
         if node.name in crossbar or not node.output:
             continue
         n = sizes.get(node.output[0], 0)

@@ -55,9 +55,9 @@ from rcompile import energy, tilemode
 from rcompile.data import Dataset, InputSpec, input_specs
 from rcompile.device import PRESETS, Device, Hardware, hardware_from_dict
 from rcompile.errors import BadData, BadDevice, BadImage, BadModel
-from rcompile.programming import program
 from rcompile.image import Image, LayerRecord, SliceRecord
 from rcompile.ir import from_matrices
+from rcompile.programming import program
 
 if TYPE_CHECKING:
     from rcompile.faultmap import FaultMap
@@ -718,7 +718,7 @@ def verify(
     biases = chip_biases(image)
     if mode == "ideal":
         emulated, probes = tilemode.add_probes(emulated_model(image, effective, biases), image)
-        n_out = len(emulated.graph.output) - 3 * len(probes)
+        n_out = len(emulated.graph.output) - 2 * len(probes)
     else:
         built = _tile_model(image, reference, levels, hw, biases, dataset, batch_size, noise_seed,
                             src)
@@ -807,47 +807,25 @@ def _tile_model(
     shapes = energy.infer_shapes(
         reference, {k: (step, *v.shape[1:]) for k, v in dataset.inputs.items()}
     )
-    widest = _widest_slice(image, shapes)
-    ranges = None
-    conv = hw.converters
-    if conv.adc_bits < 24 and conv.adc_range == "calibrated":
+    calibration = None
+    cv = hw.converters
+    if (cv.adc_bits < 24 and cv.adc_range == "calibrated") or (
+        cv.dac_bits < 24 and cv.dac_range == "calibrated"
+    ):
         cal = tilemode.build(image, graph, levels, hw, biases, seed=seed, calibrate=True)
         first = Dataset(
             inputs={k: v[:step] for k, v in dataset.inputs.items()}, labels=None,
             n=min(step, dataset.n), source=dataset.source,
         )
         outs = run(cal.model, first, step, source=source)
-        extra = outs[len(outs) - 2 * len(cal.calibration):]
-        ranges = {
-            key: (float(np.min(extra[2 * i])), float(np.max(extra[2 * i + 1])))
-            for i, key in enumerate(cal.slices)
-        }
-    return tilemode.build(image, graph, levels, hw, biases, seed=seed, adc_ranges=ranges,
-                          max_column_values=widest)
+        calibration = cal.read_calibration(outs, len(image.layers))
+    return tilemode.build(image, graph, levels, hw, biases, seed=seed, calibration=calibration,
+                          shapes=shapes)
 
 
 def _batch_step(model: onnx.ModelProto, batch_size: int) -> int:
     fixed = {s.fixed_batch for s in input_specs(model) if s.fixed_batch}
     return fixed.pop() if len(fixed) == 1 else max(1, int(batch_size))
-
-
-def _widest_slice(image: Image, shapes: dict[str, tuple[int, ...]]) -> int | None:
-    """Largest column-current tensor of one slice in one batch (values), None if unknown."""
-    nodes_out = _node_outputs(image)
-    widest = 0
-    for tile in image.tiles:
-        for s in tile.slices:
-            shape = shapes.get(nodes_out.get(image.layers[s.layer].op.node, ""))
-            if shape is None:
-                return None
-            per_out = int(np.prod(shape, dtype=np.int64)) // max(1, image.layers[s.layer].op.n_out)
-            widest = max(widest, per_out * 2 * len(s.outs))
-    return widest
-
-
-def _node_outputs(image: Image) -> dict[str, str]:
-    model = onnx.load_from_string(image.graph)
-    return {n.name: n.output[0] for n in model.graph.node if n.output}
 
 
 def _costs(
@@ -862,13 +840,14 @@ def _costs(
     """Energy and latency per layer from the probes the emulated graph returned."""
     acts = []
     for i, p in enumerate(probes):
-        v2, ish, osh = outs[3 * i], outs[3 * i + 1], outs[3 * i + 2]
-        rank_v = v2.reshape(v2.shape[0], -1) if v2.ndim else v2.reshape(1, -1)
+        v2, shape = outs[2 * i], np.asarray(outs[2 * i + 1])
+        first = tuple(int(d) for d in shape.reshape(-1, shape.shape[-1])[0])
+        n_in, n_out = p.positions(first)
         acts.append(
             energy.Activity(
-                v2=rank_v.sum(axis=0) / max(1, dataset.n) / p.dac_q**2,
-                in_shape=tuple(int(d) for d in np.asarray(ish).reshape(-1, ish.shape[-1])[0]),
-                out_shape=tuple(int(d) for d in np.asarray(osh).reshape(-1, osh.shape[-1])[0]),
+                v2=v2.reshape(-1, v2.shape[-1]).sum(axis=0) / max(1, dataset.n),
+                in_positions=n_in,
+                out_positions=n_out,
             )
         )
     crossbar = {rec.op.node for rec in image.layers}

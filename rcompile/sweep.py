@@ -22,7 +22,9 @@ import onnx
 from rcompile import api, runtime
 from rcompile import faultmap as fmap
 from rcompile.data import input_specs, load_calib, load_data
+from rcompile.device import Hardware
 from rcompile.errors import BadData
+from rcompile.programming import compiler_device
 
 
 def run_sweep(
@@ -39,9 +41,15 @@ def run_sweep(
     calib_path: str | None = None,
     plan_pipeline: str = api.PLAN_PIPELINE,
     progress: bool = False,
+    hardware: Hardware | None = None,
+    mode: str = "auto",
 ) -> dict[str, Any]:
+    """``hardware`` (a device model) is what the compiler quantises for and what every chip is
+    verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
+    cell, as before device models existed."""
+    device = compiler_device(hardware) if hardware is not None else None
     plan, _, plan_log = api.make_plan(
-        model_path, tile_rows=rows, tile_cols=cols, pipeline=plan_pipeline
+        model_path, tile_rows=rows, tile_cols=cols, pipeline=plan_pipeline, device=device
     )
     data = load_data(data_path, input_specs(plan.model))
     if data.labels is None:
@@ -54,7 +62,7 @@ def run_sweep(
     float_acc = float(np.mean(np.argmax(float_out.reshape(len(float_out), -1), 1) == data.labels))
     tiles = api.spare_tiles(plan.tiles_needed(), spare)
     points = [(r, a, s) for r in rates for a in ratios for s in range(seeds)]
-    raw: dict[tuple[str, float, str], list[tuple[float, float]]] = {}
+    raw: dict[tuple[str, float, str], list[tuple[float, float, float]]] = {}
     fault_free: list[float] = []
     sink = sys.stderr if progress else io.StringIO()
     with click.progressbar(points, label="sweep", file=sink) as bar:
@@ -64,10 +72,13 @@ def run_sweep(
                 t0 = time.perf_counter()
                 res = api.build(plan, fm, strategy=strategy, calib=stats)
                 seconds = time.perf_counter() - t0
-                rep = runtime.verify(res.image, fm, data)
+                rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
+                                     noise_seed=seed)
                 assert rep.accuracy is not None
                 key = (strategy, rate, f"{ratio[0]:g}:{ratio[1]:g}")
-                raw.setdefault(key, []).append((rep.accuracy, seconds))
+                raw.setdefault(key, []).append(
+                    (rep.accuracy, seconds, rep.energy_per_inference_j or 0.0)
+                )
                 if rep.fault_free_accuracy is not None:
                     fault_free.append(rep.fault_free_accuracy)
     rowsout = []
@@ -82,20 +93,45 @@ def run_sweep(
                 "accuracy_std": float(accs.std()),
                 "accuracy_min": float(accs.min()),
                 "build_seconds_median": float(np.median([v[1] for v in vals])),
+                "energy_per_inference_j_mean": float(np.mean([v[2] for v in vals])),
                 "seeds": len(vals),
             }
         )
-    return {
+    result = {
         "model": os.path.basename(model_path),
         "data": os.path.basename(data_path),
         "n_samples": data.n,
         "tiles": tiles,
         "plan_pipeline": plan_pipeline,
         "plan": plan_log,
+        "device": hardware.name if hardware is not None else "ideal",
+        "mode": mode,
         "float_accuracy": float_acc,
         "quantised_accuracy": float(np.mean(fault_free)) if fault_free else None,
         "points": rowsout,
     }
+    result["tolerated"] = tolerated(result)
+    return result
+
+
+def tolerated(result: dict[str, Any], within: float = 0.01) -> list[dict[str, Any]]:
+    """Per (strategy, ratio): the highest swept p whose mean accuracy stays within ``within``
+    of the fault-free chip's accuracy, with every lower swept p also within (DESIGN §7)."""
+    ref = result["quantised_accuracy"]
+    out = []
+    pts = result["points"]
+    for strategy in dict.fromkeys(p["strategy"] for p in pts):
+        for ratio in dict.fromkeys(p["ratio"] for p in pts):
+            best = None
+            for p in sorted(
+                (p for p in pts if p["strategy"] == strategy and p["ratio"] == ratio),
+                key=lambda p: p["rate"],
+            ):
+                if p["accuracy_mean"] < ref - within:
+                    break
+                best = p["rate"]
+            out.append({"strategy": strategy, "ratio": ratio, "tolerated_rate": best})
+    return out
 
 
 def table(result: dict[str, Any]) -> str:
@@ -107,7 +143,8 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"float model {100 * result['float_accuracy']:.2f} %, fault-free chip (quantised) "
         f"{100 * (result['quantised_accuracy'] or math.nan):.2f} %, {result['n_samples']} samples, "
-        f"{result['tiles']} tiles",
+        f"{result['tiles']} tiles, device {result.get('device', 'ideal')} "
+        f"({result.get('mode', 'auto')} mode)",
         "",
         "| SA1:SA0 | p | " + " | ".join(strategies) + " |",
         "|---|---|" + "---|" * len(strategies),
@@ -122,6 +159,10 @@ def table(result: dict[str, Any]) -> str:
                 else f"{100 * p['accuracy_mean']:.2f} ± {100 * p['accuracy_std']:.2f}"
             )
         lines.append(f"| {ratio} | {100 * rate:g} % | " + " | ".join(cells) + " |")
+    lines += ["", "Tolerated fault rate (highest p within 1 point of the fault-free chip):"]
+    for t in result.get("tolerated", []):
+        rate = "none" if t["tolerated_rate"] is None else f"{100 * t['tolerated_rate']:g} %"
+        lines.append(f"  {t['strategy']:<12} {t['ratio']:>4}  {rate}")
     return "\n".join(lines)
 
 
