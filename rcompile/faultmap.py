@@ -64,7 +64,8 @@ from typing import Any, Literal
 import numpy as np
 
 from rcompile.device import Device, Geometry
-from rcompile.errors import BadFaultMap, RcompileError
+from rcompile.errors import BadFaultMap
+from rcompile.fileio import atomic_write
 
 STATE_HEALTHY, STATE_SA0, STATE_SA1 = 0, 1, 2
 """State codes of :attr:`FaultMap.faults`."""
@@ -507,29 +508,7 @@ def save(fm: FaultMap, path: str | os.PathLike[str]) -> None:
     The file appears complete or not at all (a temporary file in the same directory is renamed
     over ``path``). :func:`load` of the result gives a map with the same :meth:`~FaultMap.digest`.
     """
-    atomic_write_bytes(path, to_npz_bytes(fm))
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a same-directory temporary file and ``os.replace``.
-
-    Raises :class:`~rcompile.errors.RcompileError` naming ``path`` if it cannot be written.
-    """
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    except OSError as e:
-        raise RcompileError(f"{path}: cannot write ({e.strerror or e})") from e
+    atomic_write(path, to_npz_bytes(fm), what="fault map")
 
 
 # -- synthetic maps -----------------------------------------------------------------------------
@@ -812,7 +791,7 @@ def render_heatmap(fm: FaultMap, path: str | os.PathLike[str]) -> None:
     )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), what="heat map")
 
 
 def summary_text(fm: FaultMap) -> str:

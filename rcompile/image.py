@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from rcompile.errors import BadImage
+from rcompile.fileio import atomic_write
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
 MAGIC = b"RCIMG\x00\r\n"
@@ -664,47 +664,10 @@ def _check_image(image: Image, source: str) -> None:
 
 
 def write(image: Image, path: str | os.PathLike[str]) -> None:
-    """Write ``image`` to ``path`` atomically.
-
-    The bytes go to a fresh temporary file in the same directory, are fsynced, and the file is
-    renamed over ``path``; on any failure the temporary file is removed, so ``path`` is either
-    the old file or the complete new image, never a partial one. An OS error becomes
-    :class:`BadImage` naming the path (the CLI's one-line error contract).
-    """
-    target = Path(path)
-    data = encode(image)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # O_EXCL: never clobber anything; mode 0o666 so the umask applies as for open().
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as e:
-        raise BadImage(f"{target}: cannot write image ({e.strerror or e})") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise BadImage(f"{target}: cannot write image ({e.strerror or e})") from e
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (best effort: not every OS lets a directory be fsynced)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``image`` to ``path`` atomically (:func:`rcompile.fileio.atomic_write`): ``path``
+    is either the old file or the complete new image, never a partial one. An OS error becomes
+    :class:`BadImage` naming the path (the CLI's one-line error contract)."""
+    atomic_write(path, encode(image), what="image", error=BadImage)
 
 
 def read(path: str | os.PathLike[str]) -> Image:

@@ -11,7 +11,6 @@ import io
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from rcompile import faultmap as fmap
 from rcompile.data import input_specs, load_calib, load_data
 from rcompile.device import Hardware
 from rcompile.errors import BadData
+from rcompile.fileio import atomic_write
 from rcompile.programming import compiler_device
 
 
@@ -195,14 +195,9 @@ def render_plot(result: dict[str, Any], path: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".png")
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, buf.getvalue(), what="plot")
