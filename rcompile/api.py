@@ -90,8 +90,13 @@ def tiles_needed(model_path: str, rows: int, cols: int) -> int:
 
 
 def spare_tiles(needed: int, spare: float) -> int:
-    """Tiles for a chip sized to ``needed`` plus a fraction ``spare`` of extra tiles."""
-    return needed + (math.ceil(needed * spare) if spare > 0 else 0)
+    """Tiles for a chip that needs ``needed`` with a ``spare`` fraction on top.
+
+    ``ceil(needed * (1 + spare))``, at least ``needed + 1`` when ``spare > 0``; rounded to 9
+    decimals first so that, e.g., 10 tiles with 10 % spare give 11, not 12.
+    """
+    tiles = math.ceil(round(needed * (1.0 + spare), 9))
+    return max(tiles, needed + 1) if spare > 0 else tiles
 
 
 def chip_device(plan: Plan, fm: FaultMap) -> Device:

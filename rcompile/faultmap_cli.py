@@ -79,16 +79,6 @@ def _check_even_cols(cols: int) -> None:
         )
 
 
-def spare_tiles(needed: int, spare: float) -> int:
-    """Tiles for a chip that needs ``needed`` with a ``spare`` fraction on top.
-
-    ``ceil(needed * (1 + spare))``, at least ``needed + 1`` when ``spare > 0``; rounded to 9
-    decimals first so that, e.g., 10 tiles with 10 % spare give 11, not 12.
-    """
-    tiles = math.ceil(round(needed * (1.0 + spare), 9))
-    return max(tiles, needed + 1) if spare > 0 else tiles
-
-
 @click.group("faultmap")
 def faultmap() -> None:
     """Synthesise, import and inspect chip fault maps (.npz, DESIGN §4)."""
@@ -162,7 +152,7 @@ def synth_cmd(
     else:
         if tiles is not None:
             raise click.UsageError("--like and --tiles are mutually exclusive; give one of them")
-        from rcompile.api import tiles_needed
+        from rcompile.api import spare_tiles, tiles_needed
 
         needed = tiles_needed(model, rows, cols)
         tiles = spare_tiles(needed, spare)

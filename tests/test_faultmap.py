@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rcompile import faultmap as F
+from rcompile.api import spare_tiles
 from rcompile.device import Device
 from rcompile.errors import BadFaultMap
 from rcompile.faultmap_cli import faultmap as faultmap_cli
-from rcompile.faultmap_cli import spare_tiles
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -429,24 +427,30 @@ def test_cli_synth_usage_errors(tmp_path: Path, extra: list[str]) -> None:
     assert not (tmp_path / "x.npz").exists()
 
 
-def test_cli_synth_like(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("rcompile.api")
-    seen: list[tuple[str, int, int]] = []
+def test_cli_synth_like(tmp_path: Path) -> None:
+    from rcompile.api import tiles_needed
+    from tests.conftest import conv_bn_gemm, save
 
-    def tiles_needed(model_path: str, rows: int, cols: int) -> int:
-        seen.append((model_path, rows, cols))
-        return 10
-
-    setattr(fake, "tiles_needed", tiles_needed)  # noqa: B010 - a fake module
-    monkeypatch.setitem(sys.modules, "rcompile.api", fake)
-    model = tmp_path / "m.onnx"
-    model.write_bytes(b"")
+    model = save(conv_bn_gemm(), str(tmp_path / "m.onnx"))
+    needed = tiles_needed(model, 16, 8)  # a real model, tiled for small 16x8 tiles
     out = tmp_path / "like.npz"
-    args = ["synth", "--like", str(model), "--rows", "64", "--rate", "0.01", "-o", str(out)]
+    args = [
+        "synth",
+        "--like",
+        model,
+        "--rows",
+        "16",
+        "--cols",
+        "8",
+        "--rate",
+        "0.01",
+        "-o",
+        str(out),
+    ]
     res = CliRunner().invoke(faultmap_cli, args)
     assert res.exit_code == 0, res.output
-    assert seen == [(str(model), 64, 128)]
-    assert F.load(out).geometry.tiles == 11
+    assert needed > 1
+    assert F.load(out).geometry.tiles == spare_tiles(needed, 0.10)
 
 
 def test_cli_show_bad_file_raises_domain_error(tmp_path: Path) -> None:
