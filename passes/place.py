@@ -88,7 +88,7 @@ class Place:
         nt = ctx.geometry.tiles
         if nt <= DENSE_TILES:
             return assign(mass[:, None] * density[shape])
-        return _assign_rank1_classes(mass, shape, density, nt)
+        return assign_rank1_classes(mass, shape, density, nt)
 
     def _factors(self, plan: Plan, ctx: ChipContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The estimated cost ``cost[b, t] = mass[b] * density[shape[b], t]``: one sensitivity
@@ -117,7 +117,7 @@ class Place:
 DENSE_TILES = 1448
 
 
-def _assign_rank1_classes(
+def assign_rank1_classes(
     mass: np.ndarray, shape: np.ndarray, density: np.ndarray, tiles: int
 ) -> np.ndarray:
     """Exact minimum of ``sum_b mass[b] * density[shape[b], tile(b)]`` over injective

@@ -104,10 +104,12 @@ def _calib(plan: Any, path: str | None) -> Any:
 @_prune_option
 @_solver_options
 @_device_option
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="Reuse a saved plan of MODEL (from 'rcompile plan') instead of re-planning.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def build(model: str, faultmap_path: str, output: str | None, strategy: str, pipeline: str | None,
           calib: str | None, prune: str | None, time_limit: float, solver_seed: int,
-          device_spec: str | None, as_json: bool) -> None:
+          device_spec: str | None, plan_path: str | None, as_json: bool) -> None:
     """Compile MODEL for one chip and write its programming image."""
     from rcompile.programming import compiler_device
 
@@ -118,10 +120,22 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
     if hw is not None and (hw.tile_rows, hw.tile_cols) != (geo.rows, geo.cols):
         raise BadDevice(f"device {hw.name} has {hw.tile_rows}x{hw.tile_cols} tiles but fault map "
                         f"{faultmap_path} has {geo.rows}x{geo.cols}; expected the same tiles")
-    plan, _, plan_log = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
-                                      device=fm.device(compiler_device(hw) if hw else None),
-                                      pipeline=api.plan_pipeline(prune))
-    stats = _calib(plan, calib)
+    if plan_path is not None:
+        if prune is not None or calib is not None:
+            raise click.BadParameter("a saved plan already fixes pruning and calibration; "
+                                     "drop --prune/--calib", param_hint="'--plan'")
+        from rcompile import planfile
+
+        saved = planfile.read(plan_path)
+        planfile.check_model(saved, model)
+        planfile.check_chip(saved, fm)
+        plan, stats = saved.plan, saved.calib
+        plan_log: list[dict[str, Any]] = []
+    else:
+        plan, _, plan_log = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
+                                          device=fm.device(compiler_device(hw) if hw else None),
+                                          pipeline=api.plan_pipeline(prune))
+        stats = _calib(plan, calib)
     t1 = time.perf_counter()
     res = api.build(plan, fm, strategy=strategy, pipeline=pipeline, calib=stats,
                     solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed))
@@ -316,6 +330,110 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
         click.echo(json.dumps(result))
     else:
         click.echo(table(result))
+
+
+@cli.command("plan")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Plan file to write (.rplan).")
+@click.option("--rows", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Rows per crossbar tile of the chip family.")
+@click.option("--cols", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Columns per crossbar tile (even).")
+@click.option("--levels", type=click.IntRange(min=2, max=256), default=16, show_default=True,
+              help="Conductance levels per cell.")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Calibration data (.npz): its row statistics are saved with the plan.")
+@_prune_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: str | None,
+             prune: str | None, as_json: bool) -> None:
+    """Make MODEL's chip-independent plan once, for 'build --plan' and 'provision --plan'."""
+    from rcompile import planfile
+    from rcompile.device import Device
+
+    if cols % 2:
+        raise click.BadParameter(f"{cols} is odd; expected an even column count "
+                                 "(differential pairs)", param_hint="'--cols'")
+    t0 = time.perf_counter()
+    plan, _, log = api.make_plan(model, tile_rows=rows, tile_cols=cols,
+                                 device=Device(levels=levels), pipeline=api.plan_pipeline(prune))
+    stats = _calib(plan, calib)
+    planfile.write(output, plan, stats)
+    size = os.path.getsize(output)
+    info: dict[str, Any] = {"plan": output, "model_sha256": plan.model_sha256, "tile_rows": rows,
+            "tile_cols": cols, "levels": levels, "crossbar_ops": len(plan.ops),
+            "blocks": len(plan.blocks), "calibrated": stats is not None,
+            "bytes": size, "seconds": time.perf_counter() - t0,
+            "passes": log}
+    if as_json:
+        click.echo(json.dumps(info, default=float))
+        return
+    click.echo(f"wrote {output}: {len(plan.ops)} crossbar ops in {len(plan.blocks)} blocks of "
+               f"{rows}x{cols}, {levels} levels{', calibrated' if stats is not None else ''} "
+               f"({size / 1e6:.1f} MB, {info['seconds']:.2f} s)")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--faultmaps", "faultmaps_dir", required=True,
+              type=click.Path(file_okay=False),
+              help="Directory of the lot's fault maps (*.npz), one per chip.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the images (NAME.rimg) and report.jsonl.")
+@click.option("-j", "--jobs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Local worker processes (0: one per core).")
+@_strategy_option
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="Reuse a saved plan of MODEL (from 'rcompile plan').")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Calibration data (.npz) when no --plan is given.")
+@click.option("--verify-data", type=click.Path(dir_okay=False),
+              help="Evaluation data (.npz): verify every image and report its accuracy.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local",
+              show_default=True, help="Run chips in local processes or on a dask cluster.")
+@click.option("--scheduler", help="dask.distributed scheduler address (with --executor dask).")
+@_solver_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
+def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy: str,
+              plan_path: str | None, calib: str | None, verify_data: str | None, executor: str,
+              scheduler: str | None, time_limit: float, solver_seed: int,
+              as_json: bool) -> None:
+    """Compile every chip of a lot: plan once, chips in parallel, resumable, one report line
+    per chip in OUTDIR/report.jsonl."""
+    from rcompile import provision as prov
+
+    if executor == "dask" and not scheduler:
+        raise click.BadParameter("--executor dask needs --scheduler ADDRESS",
+                                 param_hint="'--scheduler'")
+    if scheduler and executor != "dask":
+        raise click.BadParameter("--scheduler is only for --executor dask",
+                                 param_hint="'--scheduler'")
+    if plan_path is not None and calib is not None:
+        raise click.BadParameter("a saved plan already fixes calibration; drop --calib",
+                                 param_hint="'--plan'")
+    total = len(prov.find_faultmaps(faultmaps_dir))
+    prov.check_writable(out_dir)  # fail before the progress bar starts
+    with click.progressbar(length=total, label="provisioning", file=sys.stderr,
+                           show_pos=True) as bar:
+        summary = prov.provision(
+            model, faultmaps_dir, out_dir, jobs=jobs, strategy=strategy, plan_path=plan_path,
+            calib_path=calib, verify_data=verify_data, executor=executor, scheduler=scheduler,
+            solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
+            progress=lambda line: bar.update(1),
+        )
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+    else:
+        rate = summary.chips / summary.seconds * 3600 if summary.seconds else 0.0
+        click.echo(f"{summary.chips} chips: {summary.ok} compiled, {summary.skipped} already "
+                   f"done, {summary.errors} failed in {summary.seconds:.1f} s "
+                   f"({rate:.0f} chips/hour); report {summary.report}")
+    if summary.errors:
+        failed = [x for x in summary.lines if x.get("status") == "error"]
+        raise RcompileError(f"{summary.errors} of {summary.chips} chips failed (first: "
+                            f"{failed[0]['faultmap']}: {failed[0].get('message')}); "
+                            f"see {summary.report}")
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ seeded, so one seed gives one realised chip.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 
@@ -42,6 +43,7 @@ def _max_deviation(a: float) -> float:
     return (1.0 - a * u) / u - x_star
 
 
+@functools.lru_cache(maxsize=64)
 def param_a(nl: float) -> float:
     """Normalised NeuroSim parameter ``A / P`` of a non-linearity label (sign kept; inf if 0)."""
     if nl == 0:
@@ -103,25 +105,26 @@ def program(
     span = cell.g_max_us - cell.g_min_us
     tol = prog.tolerance_levels * step
     c2c = prog.c2c_sigma * span
-    idx = np.arange(tgt.size)
+    # the cells still being written, compacted after every verify
+    idx, ga, ta = np.arange(tgt.size), g.copy(), tgt
     for _ in range(prog.max_iterations):
-        gi = g[idx]
-        seen = gi
+        seen = ga
         if read_noise_rel > 0:  # the verify read is a read like any other
-            seen = gi * (1.0 + read_noise_rel * rng.standard_normal(idx.size))
-        err = tgt[idx] - seen
+            seen = ga * (1.0 + read_noise_rel * rng.standard_normal(ga.size))
+        err = ta - seen
         todo = np.abs(err) > tol
-        idx, gi, err = idx[todo], gi[todo], err[todo]
+        if not todo.all():
+            g[idx[~todo]] = ga[~todo]
+            idx, ga, ta, err = idx[todo], ga[todo], ta[todo], err[todo]
         if idx.size == 0:
             break
-        n = np.maximum(1.0, np.rint(np.abs(err) / span * prog.pulses))
+        n = np.maximum(1.0, np.rint(np.abs(err) * (prog.pulses / span)))
         up = err > 0
-        new = np.empty_like(gi)
-        new[up] = ltp.g(ltp.x(gi[up]) + n[up])
-        new[~up] = ltd.g(ltd.x(gi[~up]) - n[~up])
+        new = np.where(up, ltp.g(ltp.x(ga) + n), ltd.g(ltd.x(ga) - n))
         if c2c > 0:
-            new += c2c * np.sqrt(n) * rng.standard_normal(idx.size)
-        g[idx] = np.clip(new, cell.g_min_us, cell.g_max_us)
+            new += c2c * np.sqrt(n) * rng.standard_normal(ga.size)
+        ga = np.clip(new, cell.g_min_us, cell.g_max_us)
+    g[idx] = ga
     return ((g - cell.g_min_us) / step).reshape(shape)
 
 

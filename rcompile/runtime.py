@@ -35,6 +35,16 @@ The *fault-free chip* is the same image with intended weights ``q * scale`` from
 every weight were programmed exactly to its quantised value. :func:`verify` compares the
 faulty chip against it, and optionally against the original float model.
 
+**Device models** (:class:`~rcompile.device.Hardware`, ``docs/device.md``). Step 1 uses the
+device's write-verify model (:mod:`rcompile.programming`): each used cell lands near, not on,
+its target level, seeded by ``noise_seed`` and the tile, before stuck cells override it. The
+``ideal`` mode then proceeds as above with those fractional levels (the ``g_min`` offset still
+cancels in a pair); the ``tile`` mode instead runs every slice through its DAC, its crossbar of
+realised conductances (leak included), read noise and its ADC (:mod:`rcompile.tilemode`). Both
+modes report energy and latency per inference (:mod:`rcompile.energy`) from probes the emulated
+graph returns alongside the model's outputs. Without a device model the runtime emulates the
+ideal device with the image's own cell, exactly as described above.
+
 Every structural problem in the image (an index out of range, a level above ``L-1``, a slice
 with mismatched lengths) raises :class:`~rcompile.errors.BadImage`, never an ``IndexError``.
 """
@@ -70,6 +80,7 @@ __all__ = [
     "chip_biases",
     "chip_levels",
     "effective_weights",
+    "emulate",
     "emulated_model",
     "image_device",
     "image_hardware",
@@ -81,6 +92,9 @@ __all__ = [
 ]
 
 _DEVICE_KEYS = ("levels", "g_min_us", "g_max_us", "read_v")
+
+CALIBRATION_SAMPLES = 128
+"""Samples (the first of the data, at most one batch) a ``calibrated`` converter is set on."""
 
 MODES = ("auto", "ideal", "tile")
 """Emulation modes of :func:`verify`: ``ideal`` inserts the effective weights into the digital
@@ -281,11 +295,13 @@ def _effective(
     realised level of every used tile goes to ``sink`` when given."""
     name = _image_name(image, image_source)
     device = image_device(image, image_source) if hw is None else hw.cell
-    prog: Callable[[int, np.ndarray], np.ndarray] | None = None
+    prog: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None
     if hw is not None and not hw.programming.ideal:
-        def prog(t: int, levels: np.ndarray) -> np.ndarray:
+        def prog(t: int, levels: np.ndarray, used: np.ndarray) -> np.ndarray:
             rng = np.random.default_rng([int(noise_seed), t])
-            return program(levels, hw.cell, hw.programming, rng, hw.read.noise_rel)
+            out = levels.astype(np.float64)
+            out[used] = program(levels[used], hw.cell, hw.programming, rng, hw.read.noise_rel)
+            return out
     stuck = np.asarray(faultmap.stuck_levels(device))
     T, R, C = _geometry(image, name)
     if stuck.shape != (T, R, C):
@@ -300,7 +316,7 @@ def _realise(
     image: Image,
     stuck: np.ndarray | None,
     image_source: str | None = None,
-    prog: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    prog: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None,
     sink: dict[int, np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Shared core of :func:`effective_weights` (``stuck`` given) and :func:`programmed_weights`.
@@ -337,7 +353,7 @@ def _realise(
                 f"expected 0..{device.max_level}"
             )
         # 1. programming realises the targets; stuck cells override it
-        lv = levels.astype(np.float64) if prog is None else prog(t, levels)
+        lv = levels.astype(np.float64) if prog is None else prog(t, levels, _used(tile, R, C))
         hit = np.zeros((R, C), bool)
         if stuck is not None:
             st = stuck[t]
@@ -358,6 +374,18 @@ def _realise(
         for rec, m in zip(image.layers, mats, strict=True)
     ]
     return weights, n_stuck
+
+
+def _used(tile: Any, rows: int, cols: int) -> np.ndarray:
+    """Bool ``[R, C]``: the cells some slice of ``tile`` reads (only they need programming)."""
+    used = np.zeros((rows, cols), bool)
+    for s in tile.slices:
+        pr = np.asarray(s.phys_rows, np.intp)
+        pr = pr[(pr >= 0) & (pr < rows)]
+        for c in (s.pos, s.neg):
+            cc = np.asarray(c, np.intp)
+            used[np.ix_(pr, cc[(cc >= 0) & (cc < cols)])] = True
+    return used
 
 
 def _accumulate(mat: np.ndarray, s: SliceRecord, lv: np.ndarray) -> None:
@@ -715,14 +743,9 @@ def verify(
     reference_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    biases = chip_biases(image)
-    if mode == "ideal":
-        emulated, probes = tilemode.add_probes(emulated_model(image, effective, biases), image)
-        n_out = len(emulated.graph.output) - 2 * len(probes)
-    else:
-        built = _tile_model(image, reference, levels, hw, biases, dataset, batch_size, noise_seed,
-                            src)
-        emulated, probes, n_out = built.model, built.probes, built.n_outputs
+    emulated, probes, n_out = _emulated_graph(
+        image, mode, hw, levels, effective, reference, dataset, batch_size, noise_seed, src
+    )
     graph_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     every = run(emulated, dataset, batch_size, source=src)
@@ -787,6 +810,54 @@ def verify(
     )
 
 
+def emulate(
+    image: Image,
+    faultmap: FaultMap,
+    dataset: Dataset,
+    *,
+    hardware: Hardware | None = None,
+    mode: str = "auto",
+    noise_seed: int = 0,
+    batch_size: int = 256,
+    image_source: str | None = None,
+) -> list[np.ndarray]:
+    """The outputs of the emulated chip on ``dataset`` (what :func:`verify` scores)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    hw = image_hardware(image, hardware, faultmap, image_source)
+    if mode == "auto":
+        mode = "tile" if hw.needs_tile_mode else "ideal"
+    levels: dict[int, np.ndarray] = {}
+    effective, _ = _effective(image, faultmap, image_source, hw, noise_seed, levels)
+    reference = emulated_model(image, intended_weights(image))
+    src = f"image {_image_name(image, image_source)}"
+    model, _, n_out = _emulated_graph(
+        image, mode, hw, levels, effective, reference, dataset, batch_size, noise_seed, src
+    )
+    return run(model, dataset, batch_size, source=src)[:n_out]
+
+
+def _emulated_graph(
+    image: Image,
+    mode: str,
+    hw: Hardware,
+    levels: dict[int, np.ndarray],
+    effective: list[np.ndarray],
+    reference: onnx.ModelProto,
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    source: str,
+) -> tuple[onnx.ModelProto, list[tilemode.Probes], int]:
+    """The emulated chip's graph with its energy probes, and how many outputs are the model's."""
+    biases = chip_biases(image)
+    if mode == "ideal":
+        model, probes = tilemode.add_probes(emulated_model(image, effective, biases), image)
+        return model, probes, len(model.graph.output) - 2 * len(probes)
+    built = _tile_model(image, reference, levels, hw, biases, dataset, batch_size, seed, source)
+    return built.model, built.probes, built.n_outputs
+
+
 def _tile_model(
     image: Image,
     reference: onnx.ModelProto,
@@ -813,9 +884,11 @@ def _tile_model(
         cv.dac_bits < 24 and cv.dac_range == "calibrated"
     ):
         cal = tilemode.build(image, graph, levels, hw, biases, seed=seed, calibrate=True)
+        fixed = any(sp.fixed_batch for sp in input_specs(reference))
+        n_cal = min(step if fixed else min(step, CALIBRATION_SAMPLES), dataset.n)
         first = Dataset(
-            inputs={k: v[:step] for k, v in dataset.inputs.items()}, labels=None,
-            n=min(step, dataset.n), source=dataset.source,
+            inputs={k: v[:n_cal] for k, v in dataset.inputs.items()}, labels=None,
+            n=n_cal, source=dataset.source,
         )
         outs = run(cal.model, first, step, source=source)
         calibration = cal.read_calibration(outs, len(image.layers))

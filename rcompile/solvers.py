@@ -150,10 +150,11 @@ def fork_map(fn: Callable[[Any, list[int]], list[T]], shared: Any, items: list[i
 
     ``shared`` reaches the workers by ``fork`` (copy-on-write, never pickled); only the results
     travel back, in order, so the answer is the same for any number of workers. Without
-    ``fork`` (not Linux), or inside :func:`serial`, everything runs here.
+    ``fork`` (not Linux), inside :func:`serial`, or in a daemonic worker, everything runs here.
     """
     n = jobs()
-    if n <= 1 or len(items) < max(min_items, 2) or "fork" not in mp.get_all_start_methods():
+    if (n <= 1 or len(items) < max(min_items, 2) or "fork" not in mp.get_all_start_methods()
+            or mp.current_process().daemon):  # a daemonic pool worker may not have children
         return fn(shared, items)
     size = max(1, -(-len(items) // (n * 8)))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]

@@ -261,8 +261,8 @@ def build(
         elif dac_bits >= IDEAL_BITS:  # an ideal DAC: x drives the rows as it is
             v = x
             if dac_fixed and calibration is not None:
-                full = max(calibration.dac_max[li] * cv.headroom, 1e-30)
-                v2 = _sum_sq(g, x, conv, spatial, op.shape[0], scale=1.0 / full)
+                inv_full = 1.0 / max(calibration.dac_max[li] * cv.headroom, 1e-30)
+                v2 = _sum_sq(g, x, conv, spatial, op.shape[0], scale=inv_full)
             else:  # energy counts v relative to each inference's own full scale
                 v2 = _sum_sq(g, g.op("Div", [x, _dyn_scale(g, x, axes)]), conv, spatial,
                              op.shape[0])

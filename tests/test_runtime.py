@@ -491,3 +491,16 @@ def test_slice_offsets_add_to_the_chip_bias_only() -> None:
     )
     err = verify(image, fm, ds).relative_output_error
     assert err is not None and err > 0
+
+
+def test_default_report_is_the_ideal_device_with_energy_and_timing() -> None:
+    fm = healthy()
+    image = make_image(gemm_graph(), [layer_record(GEMM_OP, 1)], fm)
+    rep = verify(image, fm, dataset(gemm_graph(), 8))
+    assert (rep.mode, rep.device, rep.noise_seed) == ("ideal", "ideal", 0)
+    assert rep.relative_output_error == 0.0
+    assert rep.energy_per_inference_j is not None and rep.energy_per_inference_j > 0
+    assert rep.latency_per_inference_s is not None and rep.latency_per_inference_s > 0
+    assert [c["node"] for c in rep.energy] == ["fc", "<digital periphery>"]
+    assert rep.timing["emulation_ratio"] is not None and rep.timing["graph_s"] is not None
+    json.dumps(rep.to_dict())

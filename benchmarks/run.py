@@ -1,0 +1,243 @@
+"""``make bench``: per-chip speed, scaling, memory, emulation cost and lot throughput, side by side.
+
+Every number is measured in this run, on this machine; ratios compare two things measured in
+the same run on the same inputs. Sections (DESIGN §7, issue 4):
+
+1. per-chip stage of ``full`` and ``two-column`` on one chip per model (MNIST, VGG-8,
+   ResNet-18), median of several runs, and their ratio;
+2. per-chip ``full`` time against weight count over VGG-8 scaled 1x / 4x / 16x, log-log slope;
+3. peak memory of planning + building VGG-8 with ``full`` (a fresh subprocess, ru_maxrss);
+4. verifying runtime against plain onnxruntime on the same model and data;
+5. provisioning throughput on the MNIST example: chips per hour per core.
+
+Chips are synthetic: uniform faults at p = 1 %, SA1:SA0 = 5:1, 10 % spare tiles. Workloads are
+written to a temporary directory (``benchmarks/models.py``), never committed. The machine may be
+shared: the load average is printed next to the numbers, and every time is a median.
+
+Usage: ``python benchmarks/run.py [--quick] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from benchmarks import models  # noqa: E402
+from rcompile import api, runtime  # noqa: E402
+from rcompile import faultmap as fmap  # noqa: E402
+from rcompile.data import dataset_from_arrays, input_specs, load_data  # noqa: E402
+
+MNIST = os.path.join(ROOT, "examples", "mnist", "mnist_cnn.onnx")
+MNIST_DATA = os.path.join(ROOT, "examples", "mnist", "test.npz")
+RATE, RATIO, SPARE, SEED = 0.01, (5.0, 1.0), 0.10, 1
+TARGET_S, TARGET_RATIO, TARGET_GB, TARGET_CHIPS = 10.0, 20.0, 2.0, 3600.0
+
+
+def median_time(fn: Callable[[], Any], runs: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def chip_for(plan: Any, seed: int = SEED) -> fmap.FaultMap:
+    tiles = api.spare_tiles(plan.tiles_needed(), SPARE)
+    return fmap.synth(tiles, plan.tile_rows, plan.tile_cols, RATE, RATIO, seed)
+
+
+def load() -> str:
+    a, b, c = os.getloadavg()
+    return f"load average {a:.2f} {b:.2f} {c:.2f} on {os.cpu_count()} cores"
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def per_chip(name: str, path: str, weights: int, runs: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    plan, _, _ = api.make_plan(path)
+    plan_s = time.perf_counter() - t0
+    fm = chip_for(plan)
+    two, two_all = median_time(lambda: api.build(plan, fm, strategy="two-column"), max(runs, 3))
+    full, full_all = median_time(lambda: api.build(plan, fm, strategy="full"), runs)
+    row = {"model": name, "weights": weights, "blocks": len(plan.blocks),
+           "tiles": fm.geometry.tiles, "plan_s": plan_s, "two_column_s": two,
+           "full_s": full, "ratio": full / two, "full_runs": full_all, "two_column_runs": two_all}
+    print(f"  {name:<10} {weights / 1e6:7.2f} M {len(plan.blocks):6d} {plan_s:8.2f} "
+          f"{two:12.3f} {full:9.2f} {full / two:7.1f}x   runs {[round(t, 2) for t in full_all]}",
+          flush=True)
+    return row
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    x = np.log([p[0] for p in points])
+    y = np.log([p[1] for p in points])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def memory_probe(path: str) -> None:
+    """(Subprocess) plan and build ``path`` with ``full``; print peak RSS in bytes as JSON."""
+    plan, _, _ = api.make_plan(path)
+    api.build(plan, chip_for(plan), strategy="full")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(json.dumps({"main_bytes": own, "worker_bytes": workers}))
+
+
+def peak_memory(path: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-probe", path],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"main_gb": got["main_bytes"] / 1e9, "worker_gb": got["worker_bytes"] / 1e9}
+
+
+def emulation(name: str, path: str, data: Any, runs: int) -> dict[str, Any]:
+    import onnx
+
+    plan, _, _ = api.make_plan(path)
+    fm = chip_for(plan)
+    img = api.build(plan, fm, strategy="full").image
+    model = onnx.load(path)
+    plain, _ = median_time(lambda: runtime.run(model, data), runs)
+    emu, _ = median_time(lambda: runtime.verify(img, fm, data), runs)
+    print(f"  {name:<10} {data.n:6d} samples  onnxruntime {plain:7.3f} s  verify {emu:7.3f} s  "
+          f"ratio {emu / plain:6.1f}x", flush=True)
+    return {"model": name, "samples": data.n, "onnxruntime_s": plain, "verify_s": emu,
+            "ratio": emu / plain}
+
+
+def throughput(chips: int, jobs: int, workdir: str) -> dict[str, Any]:
+    from rcompile import provision as prov
+
+    lot, out = os.path.join(workdir, "lot"), os.path.join(workdir, "out")
+    os.makedirs(lot, exist_ok=True)
+    plan, _, _ = api.make_plan(MNIST)
+    for i in range(chips):
+        fm = fmap.synth(api.spare_tiles(plan.tiles_needed(), SPARE), 128, 128, RATE, RATIO, i,
+                        chip_id=f"chip-{i}")
+        fmap.save(fm, os.path.join(lot, f"chip{i:04d}.npz"))
+    t0 = time.perf_counter()
+    s = prov.provision(MNIST, lot, out, jobs=jobs)
+    wall = time.perf_counter() - t0
+    per_core = s.ok / wall * 3600 / jobs
+    print(f"  MNIST lot of {chips} chips, {jobs} workers: {wall:.1f} s wall "
+          f"({s.ok} ok, {s.errors} failed) -> {s.ok / wall * 3600:.0f} chips/hour, "
+          f"{per_core:.0f} chips/hour/core", flush=True)
+    return {"chips": chips, "jobs": jobs, "wall_s": wall, "ok": s.ok,
+            "chips_per_hour": s.ok / wall * 3600, "chips_per_hour_per_core": per_core}
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a short version (~1 minute)")
+    ap.add_argument("--json", help="also write every number to this JSON file")
+    ap.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_probe:
+        memory_probe(args.memory_probe)
+        return 0
+    quick = args.quick
+    runs = 1 if quick else 3
+    result: dict[str, Any] = {"quick": quick, "load_before": os.getloadavg()}
+    print(f"rcompile benchmarks ({'quick' if quick else 'full'}); {load()}")
+    print(f"chips: uniform p={RATE:g}, SA1:SA0={RATIO[0]:g}:{RATIO[1]:g}, {SPARE:.0%} spare "
+          f"tiles, 128x128 tiles, 16 levels")
+    with tempfile.TemporaryDirectory(prefix="rcompile-bench-") as tmp:
+        t0 = time.perf_counter()
+        w = models.write_all(tmp, resnet=not quick)
+        print(f"workloads written in {time.perf_counter() - t0:.1f} s")
+
+        print("\n1. per-chip stage, median of runs (two-column >= 3 runs)")
+        print("  model      weights  blocks   plan s  two-column s    full s   ratio")
+        rows = [per_chip("mnist", MNIST, _weights(MNIST), max(runs, 3)),
+                per_chip("vgg8", w["vgg8"].path, w["vgg8"].weights, runs)]
+        if "resnet18" in w:
+            rows.append(per_chip("resnet18", w["resnet18"].path, w["resnet18"].weights, 1))
+        result["per_chip"] = rows
+
+        print("\n2. per-chip full time against weights (VGG-8 scaled by channel width)")
+        print("  model      weights  blocks   plan s  two-column s    full s   ratio")
+        scaled = [per_chip(k, w[k].path, w[k].weights, runs) for k in ("vgg8-1x", "vgg8-4x")]
+        scaled.append(next(r for r in rows if r["model"] == "vgg8") | {"model": "vgg8-16x"})
+        s_full = slope([(r["weights"], r["full_s"]) for r in scaled])
+        s_two = slope([(r["weights"], r["two_column_s"]) for r in scaled])
+        print(f"  log-log slope: full {s_full:.2f}, two-column {s_two:.2f} (1.0 = linear)")
+        result["scaling"] = {"rows": scaled, "slope_full": s_full, "slope_two_column": s_two}
+
+        print("\n3. peak memory, plan + full build of VGG-8 in a fresh process")
+        mem = peak_memory(w["vgg8"].path)
+        print(f"  main process {mem['main_gb']:.2f} GB, largest worker {mem['worker_gb']:.2f} GB")
+        result["memory"] = mem
+
+        print("\n4. verifying runtime against plain onnxruntime, same model and data")
+        mnist = load_data(MNIST_DATA, input_specs(_model(MNIST)))
+        emus = [emulation("mnist", MNIST, mnist, runs)]
+        rng = np.random.default_rng(0)
+        n = 64 if quick else 256
+        vdata = dataset_from_arrays({"x": rng.normal(size=(n, 3, 32, 32)).astype(np.float32)},
+                                    input_specs(_model(w["vgg8"].path)))
+        emus.append(emulation("vgg8", w["vgg8"].path, vdata, runs))
+        result["emulation"] = emus
+
+        print("\n5. provisioning throughput (plan once, chips in parallel, images written)")
+        jobs = os.cpu_count() or 1
+        result["provision"] = throughput(8 if quick else 40, jobs, tmp)
+
+    vgg = next(r for r in rows if r["model"] == "vgg8")
+    checks = [
+        (f"VGG-8 full per-chip <= {TARGET_S:g} s", vgg["full_s"] <= TARGET_S,
+         f"{vgg['full_s']:.2f} s"),
+        (f"VGG-8 full <= {TARGET_RATIO:g}x two-column", vgg["ratio"] <= TARGET_RATIO,
+         f"{vgg['ratio']:.1f}x"),
+        ("per-chip time ~linear in weights", s_full <= 1.15, f"slope {s_full:.2f}"),
+        (f"VGG-8 peak memory <= {TARGET_GB:g} GB", mem["main_gb"] <= TARGET_GB,
+         f"{mem['main_gb']:.2f} GB"),
+        (f">= {TARGET_CHIPS:.0f} MNIST chips/hour/core",
+         result["provision"]["chips_per_hour_per_core"] >= TARGET_CHIPS,
+         f"{result['provision']['chips_per_hour_per_core']:.0f}"),
+    ]
+    print(f"\ntargets ({load()})")
+    for text, ok, value in checks:
+        print(f"  {'PASS' if ok else 'MISS'}  {text:<42} {value}")
+    result["targets"] = [{"target": t, "met": ok, "value": v} for t, ok, v in checks]
+    result["load_after"] = os.getloadavg()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, default=float)
+    return 0
+
+
+def _model(path: str) -> Any:
+    import onnx
+
+    return onnx.load(path, load_external_data=False)
+
+
+def _weights(path: str) -> int:
+    plan, _, _ = api.make_plan(path)
+    return int(sum(math.prod(op.shape) for op in plan.ops))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The plan file (``.rplan``): the chip-independent stage, saved once and reused for a whole lot.
+
+``rcompile plan MODEL -o model.rplan`` writes it; ``rcompile build --plan`` and ``rcompile
+provision --plan`` read it instead of loading, quantising and tiling the model again. The spec
+is ``docs/provisioning.md``; in short, a ``.rplan`` is a numpy ``.npz`` (zip) archive read with
+``allow_pickle=False``, every member a plain ``.npy`` array, stored uncompressed with fixed
+timestamps so one plan always gives the same bytes:
+
+=====================  =============================================================
+member                 content
+=====================  =============================================================
+``meta``               uint8: UTF-8 canonical JSON, see :func:`_meta` (format, version,
+                       compiler version, model digest, geometry, device, ops, options)
+``model``              uint8: the normalised ONNX graph (serialized ModelProto)
+``L<i>.float``         float32 ``[groups, rows, outs]``: trained weights of layer ``i``
+``L<i>.fbias``         float32 ``[n_out]``: its trained bias
+``L<i>.bias``          float32 ``[n_out]``: its digital bias
+``L<i>.q``             int8 ``[groups, rows, outs]``: quantised levels difference
+``L<i>.scale``         float32 ``[groups, outs]``: weight per level step
+``L<i>.power``,        float32 ``[groups, rows]``: ``E[x^2]`` and ``E[x]`` of every row on the
+``L<i>.mean``          calibration data (only in a plan made with ``--calib``)
+``blocks.head``        int32 ``[B, 2]``: layer and group of every block
+``blocks.rows``,       int64 ``[B+1]``: where each block's rows / outputs start in
+``blocks.outs``        ``blocks.row_ix`` / ``blocks.out_ix`` (CSR offsets)
+``blocks.row_ix``,     int32: the logical rows and outputs of all blocks, concatenated
+``blocks.out_ix``
+=====================  =============================================================
+
+A plan is bound to the compiler that made it: :func:`read` refuses (:class:`BadPlan`) a plan of
+another format version or another compiler version, and :func:`check_chip` one whose tile
+geometry or cell levels differ from a chip's fault map, each with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+import rcompile
+from rcompile.device import Device
+from rcompile.errors import BadPlan, RcompileError
+from rcompile.faultmap import FaultMap
+from rcompile.fileio import atomic_write
+from rcompile.ir import Block, Layer, Plan, WeightOp
+
+FORMAT = "rcompile-plan"
+VERSION = 1
+SUFFIX = ".rplan"
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+Calib = tuple[tuple[np.ndarray, np.ndarray], ...]
+
+
+@dataclass(frozen=True)
+class SavedPlan:
+    """A plan as read back: the plan itself and the calibration statistics made with it."""
+
+    plan: Plan
+    calib: Calib | None
+    """Per layer ``(E[x^2], E[x])``, each float32 ``[groups, rows]``; None without ``--calib``."""
+    source: str = "<memory>"
+
+
+def _meta(plan: Plan, calib: Calib | None) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "compiler_version": rcompile.__version__,
+        "model_sha256": plan.model_sha256,
+        "tile_rows": plan.tile_rows,
+        "tile_cols": plan.tile_cols,
+        "device": plan.device.to_dict(),
+        "ops": [op.to_dict() for op in plan.ops],
+        "digital": [list(d) for d in plan.digital],
+        "options": plan.options,
+        "layers": len(plan.layers),
+        "blocks": len(plan.blocks),
+        "calibrated": calib is not None,
+    }
+
+
+def encode(plan: Plan, calib: Calib | None = None) -> bytes:
+    """The exact bytes :func:`write` stores for ``plan`` (and its calibration statistics)."""
+    if len(plan.layers) != len(plan.ops) or not plan.blocks:
+        raise RcompileError("plan: only a quantised and tiled plan can be saved")
+    meta = json.dumps(_meta(plan, calib), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False).encode("ascii")
+    arrays: list[tuple[str, np.ndarray]] = [
+        ("meta", np.frombuffer(meta, np.uint8)),
+        ("model", np.frombuffer(plan.model.SerializeToString(), np.uint8)),
+    ]
+    for i, (layer, fm, fb) in enumerate(zip(plan.layers, plan.float_mats, plan.biases,
+                                            strict=True)):
+        arrays += [
+            (f"L{i}.float", fm.astype(np.float32)),
+            (f"L{i}.fbias", fb.astype(np.float32)),
+            (f"L{i}.bias", layer.bias.astype(np.float32)),
+            (f"L{i}.q", layer.q.astype(np.int8)),
+            (f"L{i}.scale", layer.scale.astype(np.float32)),
+        ]
+        if calib is not None:
+            arrays += [(f"L{i}.power", calib[i][0].astype(np.float32)),
+                       (f"L{i}.mean", calib[i][1].astype(np.float32))]
+    blocks = plan.blocks
+    arrays += [
+        ("blocks.head", np.array([[b.layer, b.group] for b in blocks], np.int32).reshape(-1, 2)),
+        ("blocks.rows", np.cumsum([0] + [len(b.rows) for b in blocks]).astype(np.int64)),
+        ("blocks.outs", np.cumsum([0] + [len(b.outs) for b in blocks]).astype(np.int64)),
+        ("blocks.row_ix", np.concatenate([b.rows for b in blocks]).astype(np.int32)),
+        ("blocks.out_ix", np.concatenate([b.outs for b in blocks]).astype(np.int32)),
+    ]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, a in arrays:
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.create_system = 3
+            info.external_attr = 0o100644 << 16
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write(path: str | Path, plan: Plan, calib: Calib | None = None) -> None:
+    """Write ``plan`` to ``path`` atomically (temporary file + rename)."""
+    atomic_write(path, encode(plan, calib), what="plan", error=BadPlan)
+
+
+def read(path: str | Path) -> SavedPlan:
+    """Read and check a plan file; any defect is one :class:`BadPlan` line naming ``path``."""
+    src = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise BadPlan(f"{src}: cannot read plan ({e.strerror or e})") from e
+    return decode(data, src)
+
+
+def decode(data: bytes, src: str = "<bytes>") -> SavedPlan:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            if "meta" not in npz.files:
+                raise BadPlan(f"{src}: not an rcompile plan (no 'meta' member); "
+                              "make one with 'rcompile plan MODEL -o FILE.rplan'")
+            arrays = {k: npz[k] for k in npz.files}
+    except BadPlan:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise BadPlan(f"{src}: not a readable plan file ({type(e).__name__}: {e}); "
+                      "make one with 'rcompile plan MODEL -o FILE.rplan'") from None
+    try:
+        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadPlan(f"{src}: meta: not JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BadPlan(f"{src}: not an rcompile plan (format {meta.get('format')!r})"
+                      if isinstance(meta, dict) else f"{src}: meta: expected a JSON object")
+    if meta.get("version") != VERSION:
+        raise BadPlan(f"{src}: plan format version {meta.get('version')!r}; this rcompile reads "
+                      f"version {VERSION}: re-run 'rcompile plan'")
+    if meta.get("compiler_version") != rcompile.__version__:
+        raise BadPlan(f"{src}: plan made by rcompile {meta.get('compiler_version')}, this is "
+                      f"rcompile {rcompile.__version__}: re-run 'rcompile plan'")
+    try:
+        return SavedPlan(*_rebuild(meta, arrays), source=src)
+    except BadPlan:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise BadPlan(f"{src}: damaged plan ({type(e).__name__}: {e})") from None
+
+
+def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Calib | None]:
+    ops = tuple(WeightOp.from_dict(d) for d in meta["ops"])
+    n = int(meta["layers"])
+    if n != len(ops):
+        raise ValueError(f"{n} layers but {len(ops)} ops")
+    layers = tuple(
+        Layer(op=ops[i], q=a[f"L{i}.q"].astype(np.int8), scale=a[f"L{i}.scale"],
+              bias=a[f"L{i}.bias"])
+        for i in range(n)
+    )
+    for i, layer in enumerate(layers):
+        if layer.q.shape != (ops[i].groups, ops[i].rows, ops[i].outs):
+            raise ValueError(f"layer {i}: q has shape {layer.q.shape}, op {ops[i].node!r} "
+                             f"needs {(ops[i].groups, ops[i].rows, ops[i].outs)}")
+    head, ro, oo = a["blocks.head"], a["blocks.rows"], a["blocks.outs"]
+    rix, oix = a["blocks.row_ix"], a["blocks.out_ix"]
+    blocks = tuple(
+        Block(layer=int(head[b, 0]), group=int(head[b, 1]), rows=rix[ro[b]:ro[b + 1]].copy(),
+              outs=oix[oo[b]:oo[b + 1]].copy())
+        for b in range(len(head))
+    )
+    if len(blocks) != int(meta["blocks"]) or not blocks:
+        raise ValueError(f"{len(blocks)} blocks, meta says {meta['blocks']}")
+    for b, blk in enumerate(blocks):
+        q = layers[blk.layer].q  # IndexError on a bad layer index
+        if (blk.group >= q.shape[0] or blk.rows.size and blk.rows.max() >= q.shape[1]
+                or blk.outs.size and blk.outs.max() >= q.shape[2]):
+            raise ValueError(f"block {b} lies outside layer {blk.layer}")
+    model = onnx.ModelProto()
+    model.ParseFromString(a["model"].tobytes())
+    plan = Plan(
+        model=model,
+        model_sha256=str(meta["model_sha256"]),
+        tile_rows=int(meta["tile_rows"]),
+        tile_cols=int(meta["tile_cols"]),
+        device=Device(**meta["device"]),
+        ops=ops,
+        float_mats=tuple(a[f"L{i}.float"] for i in range(n)),
+        biases=tuple(a[f"L{i}.fbias"] for i in range(n)),
+        layers=layers,
+        blocks=blocks,
+        digital=tuple((str(x), str(y), str(z)) for x, y, z in meta["digital"]),
+        options=dict(meta["options"]),
+    )
+    calib = (tuple((a[f"L{i}.power"], a[f"L{i}.mean"]) for i in range(n))
+             if meta["calibrated"] else None)
+    return plan, calib
+
+
+def check_chip(saved: SavedPlan, fm: FaultMap) -> None:
+    """Refuse a chip whose tile geometry or cell levels differ from the plan's."""
+    plan, geo = saved.plan, fm.geometry
+    if (geo.rows, geo.cols) != (plan.tile_rows, plan.tile_cols):
+        raise BadPlan(
+            f"{saved.source}: plan is for {plan.tile_rows}x{plan.tile_cols} tiles but fault map "
+            f"{fm.source} has {geo.rows}x{geo.cols}: make a plan with --rows {geo.rows} "
+            f"--cols {geo.cols}"
+        )
+    if fm.levels is not None and fm.levels != plan.device.levels:
+        raise BadPlan(
+            f"{saved.source}: plan is quantised for {plan.device.levels} levels but fault map "
+            f"{fm.source} has {fm.levels}: make a plan with --levels {fm.levels}"
+        )
+
+
+def check_model(saved: SavedPlan, model_path: str) -> None:
+    """Refuse a plan that was not made from the model at ``model_path``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(model_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise BadPlan(f"{model_path}: cannot read model ({e.strerror or e})") from e
+    if h.hexdigest() == saved.plan.model_sha256:
+        return
+    from rcompile.frontend import load_model  # external data: the digest covers it too
+
+    if load_model(model_path).sha256 != saved.plan.model_sha256:
+        raise BadPlan(f"{saved.source}: plan was made from another model than {model_path} "
+                      "(model SHA-256 differs): re-run 'rcompile plan'")
