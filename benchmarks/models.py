@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -83,7 +84,7 @@ class _Builder:
             [n], name=n, transB=1))
         return n
 
-    def op(self, op_type: str, inputs: list[str], **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
         n = self.name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [n], name=n, **attrs))
         return n

@@ -7,6 +7,8 @@ Rules:
   OR-Tools assignment over blocks x tiles of an estimated cost ``E_b * D_t(n_b, m_b)``, where
   ``E_b`` is the block's weighted squared-weight mass and ``D_t`` the stuck-cell density of the
   cleanest ``n_b`` rows and ``2 m_b`` columns of tile ``t`` (the ones later passes can pick).
+  Chips of more than ``DENSE_TILES`` tiles get the same optimum from a provably sufficient
+  subset of the arcs (:func:`assign_rank1_classes`).
 Requires: blocks. Guarantees: one block per tile, identity rows and adjacent pairs.
 Raises DoesNotFit when the chip has fewer tiles than blocks.
 """

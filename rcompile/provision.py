@@ -188,7 +188,7 @@ def _result(fut: Any, task: ChipTask) -> dict[str, Any]:
 
 
 def _run_dask(state: LotState, tasks: list[ChipTask], scheduler: str | None,
-              client: Any = None) -> Iterator[dict[str, Any]]:
+              client: Any = None, timeout_s: float = 20.0) -> Iterator[dict[str, Any]]:
     try:
         from dask.distributed import Client
         from dask.distributed import as_completed as dask_completed
@@ -201,7 +201,7 @@ def _run_dask(state: LotState, tasks: list[ChipTask], scheduler: str | None,
             raise RcompileError("--executor dask needs --scheduler ADDRESS "
                                 "(e.g. tcp://10.0.0.5:8786)")
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=f"{timeout_s}s")
         except (OSError, TimeoutError) as e:
             raise RcompileError(f"dask scheduler {scheduler}: cannot connect ({e})") from e
     try:
@@ -304,12 +304,14 @@ def provision(
     executor: str = "local",
     scheduler: str | None = None,
     client: Any = None,
+    connect_timeout_s: float = 20.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> LotSummary:
     """Compile every chip of the lot in ``faultmaps`` into ``out_dir`` (see module docstring).
 
     ``jobs`` local worker processes (0: one per core); ``executor="dask"`` sends the chips to
-    the ``dask.distributed`` scheduler at ``scheduler`` (or to an existing ``client``).
+    the ``dask.distributed`` scheduler at ``scheduler`` (or to an existing ``client``), giving
+    up after ``connect_timeout_s`` if it does not answer.
     ``progress`` is called with each chip's report line as it arrives.
     """
     if strategy not in api.STRATEGIES:
@@ -333,7 +335,7 @@ def provision(
     n_jobs = jobs if jobs >= 1 else solvers.jobs()
     results: Iterable[dict[str, Any]] = (
         _run_local(state, tasks, n_jobs) if executor == "local"
-        else _run_dask(state, tasks, scheduler, client)
+        else _run_dask(state, tasks, scheduler, client, connect_timeout_s)
     )
     _remove_stale_temporaries(out_dir)
     try:
