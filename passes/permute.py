@@ -7,11 +7,15 @@ pairs with polarity, then each side) run with the rows fixed. Rounds repeat whil
 Tiles without faults are skipped: they cost nothing; a block stops as soon as its cost is
 exactly zero. Blocks are independent, so they are solved on every core
 (:func:`rcompile.solvers.fork_map`); results do not depend on the number of workers.
+Each block gets ``--time-limit`` seconds (checked between rounds); blocks stopped by it are
+counted in ``time_limit_hits`` and ``build`` reports them.
 Requires: placements. Guarantees: rows and columns stay injective; cost never increases.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -23,8 +27,8 @@ from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
 from rcompile.solvers import assign, fork_map
 
-Solved = tuple[np.ndarray, np.ndarray, np.ndarray, float, float]
-"""rows, pos, neg, cost before, cost after of one block."""
+Solved = tuple[np.ndarray, np.ndarray, np.ndarray, float, float, bool]
+"""rows, pos, neg, cost before, cost after of one block, and whether its time limit was hit."""
 
 
 def move_rows(bp: BlockProblem, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -34,14 +38,19 @@ def move_rows(bp: BlockProblem, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
 
 
 def solve_block(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray,
-                rounds: int, columns: bool) -> Solved:
-    """Alternate row and column moves on one block; returns rows, pos, neg and the cost
-    before and after. A cost of exactly zero cannot fall: solving stops there (every later
-    move would be rejected, since a move is kept only if it lowers the cost)."""
+                rounds: int, columns: bool, time_limit_s: float = math.inf) -> Solved:
+    """Alternate row and column moves on one block; returns rows, pos, neg, the cost before
+    and after, and whether the block's time limit stopped it. A cost of exactly zero cannot
+    fall: solving stops there (every later move would be rejected, since a move is kept only if
+    it lowers the cost). The time limit is checked between rounds: the result is always a
+    complete, valid mapping, only a less optimised one."""
+    t0 = time.perf_counter()
     start = cost = bp.cost(rows, pos, neg)
     for _ in range(rounds):
         if cost == 0.0:
             break
+        if time.perf_counter() - t0 > time_limit_s:
+            return rows, pos, neg, start, cost, True
         prev = cost
         r2 = move_rows(bp, pos, neg)
         c2 = bp.cost(r2, pos, neg)
@@ -51,7 +60,7 @@ def solve_block(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.nda
             pos, neg, cost = improve_columns(bp, rows, pos, neg)
         if cost >= prev * (1 - 1e-9):
             break
-    return rows, pos, neg, start, cost
+    return rows, pos, neg, start, cost, False
 
 
 @register
@@ -71,11 +80,18 @@ class Permute:
         solved = fork_map(_solve_blocks, (self, plan, ctx, placements), todo)
         out = list(placements)
         before = after = 0.0
-        for k, (rows, pos, neg, start, cost) in zip(todo, solved, strict=True):
+        hits = 0
+        for k, (rows, pos, neg, start, cost, hit) in zip(todo, solved, strict=True):
             before += start
             after += cost
+            hits += hit
             out[k] = replace(placements[k], phys_rows=rows.astype(np.int32), pos=pos, neg=neg)
-        stats = {"blocks_solved": len(todo), "cost_before": before, "cost_after": after}
+        stats = {
+            "blocks_solved": len(todo),
+            "cost_before": before,
+            "cost_after": after,
+            "time_limit_hits": hits,
+        }
         return replace(mapping, placements=tuple(out)), stats
 
 
@@ -87,5 +103,6 @@ def _solve_blocks(shared: tuple[Permute, Plan, ChipContext, tuple[Placement, ...
     for k in which:
         pl = placements[k]
         bp = problem(plan, ctx, pl)
-        out.append(solve_block(bp, pl.phys_rows, pl.pos, pl.neg, self.rounds, self.columns))
+        out.append(solve_block(bp, pl.phys_rows, pl.pos, pl.neg, self.rounds, self.columns,
+                               ctx.solver.time_limit_s))
     return out

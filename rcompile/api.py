@@ -50,6 +50,7 @@ class BuildResult:
     image: Image
     mapping: ChipMapping
     log: list[dict[str, Any]]
+    warnings: list[str]
 
 
 def make_plan(
@@ -118,8 +119,13 @@ def build(
     pipeline: str | None = None,
     solver: pl.SolverOptions | None = None,
     calib: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None,
+    hardware: dict[str, Any] | None = None,
 ) -> BuildResult:
-    """Per-chip stage: place, pair, permute, program and calibrate for one fault map."""
+    """Per-chip stage: place, pair, permute, program and calibrate for one fault map.
+
+    ``hardware`` (a :class:`rcompile.device.Hardware` as a dict) is recorded in the image header
+    so that ``verify`` emulates the same device by default.
+    """
     geo = fm.geometry
     if (geo.rows, geo.cols) != (plan.tile_rows, plan.tile_cols):
         raise BadFaultMap(
@@ -158,7 +164,25 @@ def build(
         "device": device.to_dict(),
         "geometry": {"tiles": geo.tiles, "rows": geo.rows, "cols": geo.cols},
     }
-    return BuildResult(to_image(plan, mapping, header), mapping, log)
+    if hardware is not None:
+        header["hardware"] = hardware
+    return BuildResult(to_image(plan, mapping, header), mapping, log, _warnings(mapping, log, ctx))
+
+
+def _warnings(mapping: ChipMapping, log: list[dict[str, Any]], ctx: pl.ChipContext) -> list[str]:
+    """What an operator should know about this chip's build (the image is valid regardless)."""
+    out = []
+    hits = sum(int(p.get("time_limit_hits", 0)) for p in log)
+    if hits:
+        out.append(
+            f"solver time limit ({ctx.solver.time_limit_s:g} s per block) hit on {hits} "
+            "block(s); their mapping is valid but less optimised"
+        )
+    used = sorted({p.tile for p in mapping.placements})
+    dead = [t for t in used if not np.isnan(ctx.stuck[t]).any()]
+    if dead:
+        out.append(f"chip {ctx.chip_id}: tile(s) {dead[:8]} in use have every cell stuck")
+    return out
 
 
 def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import click
@@ -67,8 +66,10 @@ def _parse_prune(ctx: Any, param: Any, value: str | None) -> str | None:
 
 
 def _prune_option(f: Any) -> Any:
-    return click.option("--prune", callback=_parse_prune, metavar="MODE:AMOUNT",
-                        help="Post-training pruning before mapping: magnitude|rows|cols:FRACTION.")(f)
+    return click.option(
+        "--prune", callback=_parse_prune, metavar="MODE:AMOUNT",
+        help="Post-training pruning before mapping: magnitude|rows|cols:FRACTION.",
+    )(f)
 
 
 def _device_option(f: Any) -> Any:
@@ -98,9 +99,11 @@ def _calib(plan: Any, path: str | None) -> Any:
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Image to write [default: <fault map name>.rimg in the current directory].")
 @_strategy_option
-@click.option("--pipeline", help="Explicit per-chip pipeline, e.g. 'place,permute{rounds=2},program'.")
+@click.option("--pipeline",
+              help="Explicit per-chip pipeline, e.g. 'place,permute{rounds=2},program'.")
 @click.option("--calib", type=click.Path(dir_okay=False),
-              help="Calibration data (.npz): weights rows by E[x^2], cancels mean error in the bias.")
+              help="Calibration data (.npz): weights rows by E[x^2]; cancels mean error in "
+              "the bias.")
 @_prune_option
 @_solver_options
 @_device_option
@@ -138,16 +141,21 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         stats = _calib(plan, calib)
     t1 = time.perf_counter()
     res = api.build(plan, fm, strategy=strategy, pipeline=pipeline, calib=stats,
-                    solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed))
+                    solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
+                    hardware=None if hw is None else hw.to_dict())
     t2 = time.perf_counter()
     out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
-    rimg.write(res.image if hw is None else replace(
-        res.image, header={**res.image.header, "hardware": hw.to_dict()}), out)
+    rimg.write(res.image, out)
+    for w in res.warnings:
+        click.echo(f"rcompile: warning: {w}", err=True)
+    cells = plan.tile_rows * plan.tile_cols
     layer_tiles: list[set[int]] = [set() for _ in plan.ops]  # physical tiles under each op
     for tile in res.image.tiles:
         for sl in tile.slices:
             layer_tiles[sl.layer].add(int(tile.tile))
     layer_blocks = [sum(b.layer == i for b in plan.blocks) for i in range(len(plan.ops))]
+    layer_cells = [sum(2 * len(b.rows) * len(b.outs) for b in plan.blocks if b.layer == i)
+                   for i in range(len(plan.ops))]
     report = {
         "image": out,
         "chip_id": fm.chip_id,
@@ -157,7 +165,10 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         "tiles": geo.tiles,
         "crossbar": [{"node": op.node, "op_type": op.op_type, "shape": list(op.shape),
                       "groups": op.groups, "blocks": layer_blocks[i],
-                      "tiles": len(layer_tiles[i])} for i, op in enumerate(plan.ops)],
+                      "tiles": len(layer_tiles[i]),
+                      "cell_utilisation": layer_cells[i] / max(1, len(layer_tiles[i]) * cells)}
+                     for i, op in enumerate(plan.ops)],
+        "warnings": res.warnings,
         "digital": [{"node": n, "op_type": t, "reason": r} for n, t, r in plan.digital],
         "passes": plan_log + res.log,
         "plan_seconds": t1 - t0,
@@ -171,11 +182,13 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
     click.echo(f"crossbar: {len(plan.ops)} ops")
     width = min(40, max([len(op.node) for op in plan.ops] + [4]))
     if plan.ops:
-        click.echo(f"  {'node':<{width}} {'op':<7} {'weight':<16} {'groups':>6} {'tiles':>5}")
+        click.echo(f"  {'node':<{width}} {'op':<7} {'weight':<16} {'groups':>6} {'tiles':>5} "
+                   f"{'cells used':>10}")
     for entry in report["crossbar"]:
         shape = "x".join(map(str, entry["shape"]))
         click.echo(f"  {entry['node']:<{width}} {entry['op_type']:<7} {shape:<16} "
-                   f"{entry['groups']:>6} {entry['tiles']:>5}")
+                   f"{entry['groups']:>6} {entry['tiles']:>5} "
+                   f"{100 * entry['cell_utilisation']:>9.1f}%")
     click.echo(f"digital: {len(plan.digital)} ops")
     by_reason: dict[str, list[tuple[str, str]]] = {}
     for name, op_type, reason in plan.digital:

@@ -281,7 +281,7 @@ def main() -> None:
     assert len(rows) == len(layers)
     tot_z = tot_n = 0
     print("zero weights in the ONNX Conv/Gemm initializers:")
-    for (op, name, z, n), (lname, layer) in zip(rows, layers):
+    for (op, name, z, n), (_lname, layer) in zip(rows, layers, strict=True):
         assert z == int((layer.weight == 0).sum()) and n == layer.weight.numel(), name
         tot_z += z
         tot_n += n
