@@ -667,7 +667,8 @@ def test_build_lists_crossbar_and_digital_ops(tmp_path: object, chip: str) -> No
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert "crossbar: 1 ops" in lines and "digital: 3 ops" in lines
+    # 27 rows x 4 outputs x 2 cells of one 128x128 tile
     assert lines[lines.index("crossbar: 1 ops") + 2].split() == ["conv", "Conv", "4x3x3x3", "1",
-                                                                 "1"]
+                                                                 "1", "1.3%"]
     assert "  not a weight op: Relu x2" in lines
     assert "  ConvTranspose is not mapped to crossbars; runs digitally: up (ConvTranspose)" in lines
