@@ -1,11 +1,12 @@
 """Compiler passes, one module each, in pipeline order (installed as ``rcompile.passes``).
 
-Chip-independent: prune (optional), quantize, tile. Per chip: place, pair, permute,
+Chip-independent: prune (optional), quantize, tile, pack. Per chip: place, pair, permute,
 transform (the MT baseline), program, calibrate.
 """
 
 from rcompile.passes import (
     calibrate,
+    pack,
     pair,
     permute,
     place,
@@ -20,6 +21,7 @@ __all__ = [
     "prune",
     "quantize",
     "tile",
+    "pack",
     "place",
     "pair",
     "permute",

@@ -30,8 +30,16 @@ class BlockProblem:
 
     q: np.ndarray  # int [n, m]
     w: np.ndarray  # float [n, m]: r_i * s_j^2
-    codes: np.ndarray  # int16 [R, C]
+    codes: np.ndarray  # int16 [R, S]: the tile's cells on the block's strip of S columns
     top: int
+    cols: np.ndarray  # int32 [S]: physical column of each strip column (moves work on strip ones)
+
+    def local(self, physical: np.ndarray) -> np.ndarray:
+        """Strip index of physical columns."""
+        return np.searchsorted(self.cols, physical).astype(np.int32)
+
+    def physical(self, local: np.ndarray) -> np.ndarray:
+        return self.cols[local].astype(np.int32)
 
     def cost(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
         sub = self.codes[rows]
@@ -105,8 +113,9 @@ def problem(plan: Plan, ctx: ChipContext, pl: Placement) -> BlockProblem:
     return BlockProblem(
         q=block_q(plan, pl.block),
         w=block_weights(plan, ctx, pl.block),
-        codes=cell_codes(ctx.stuck[pl.tile]),
+        codes=cell_codes(ctx.stuck[pl.tile][:, pl.cols]),
         top=ctx.device.max_level,
+        cols=pl.cols,
     )
 
 
@@ -127,7 +136,7 @@ class Pair:
                 out.append(pl)  # a clean tile costs nothing to solve
                 continue
             bp = problem(plan, ctx, pl)
-            pos, neg = pl.pos, pl.neg
+            pos, neg = bp.local(pl.pos), bp.local(pl.neg)
             start = cost = bp.cost(pl.phys_rows, pos, neg)
             for _ in range(self.rounds):
                 pos, neg, new = improve_columns(bp, pl.phys_rows, pos, neg)
@@ -136,5 +145,5 @@ class Pair:
                 cost = new
             before += start
             after += cost
-            out.append(replace(pl, pos=pos, neg=neg))
+            out.append(replace(pl, pos=bp.physical(pos), neg=bp.physical(neg)))
         return replace(mapping, placements=tuple(out)), {"cost_before": before, "cost_after": after}

@@ -103,6 +103,9 @@ def _solve_blocks(shared: tuple[Permute, Plan, ChipContext, tuple[Placement, ...
     for k in which:
         pl = placements[k]
         bp = problem(plan, ctx, pl)
-        out.append(solve_block(bp, pl.phys_rows, pl.pos, pl.neg, self.rounds, self.columns,
-                               ctx.solver.time_limit_s))
+        rows, pos, neg, start, cost, hit = solve_block(
+            bp, pl.phys_rows, bp.local(pl.pos), bp.local(pl.neg), self.rounds, self.columns,
+            ctx.solver.time_limit_s,
+        )
+        out.append((rows, bp.physical(pos), bp.physical(neg), start, cost, hit))
     return out

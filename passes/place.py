@@ -3,13 +3,15 @@
 Rules:
 * ``order=sequential`` (baseline): block ``b`` goes to tile ``b``, first ``n`` rows, output ``j``
   on the adjacent columns ``(2j, 2j+1)``.
-* ``order=assign``: when the chip has spare tiles, blocks go where they lose least: an exact
+* ``order=assign``: when the chip has spare tiles, bins go where they lose least: an exact
   OR-Tools assignment over blocks x tiles of an estimated cost ``E_b * D_t(n_b, m_b)``, where
   ``E_b`` is the block's weighted squared-weight mass and ``D_t`` the stuck-cell density of the
   cleanest ``n_b`` rows and ``2 m_b`` columns of tile ``t`` (the ones later passes can pick).
   Chips of more than ``DENSE_TILES`` tiles get the same optimum from a provably sufficient
   subset of the arcs (:func:`assign_rank1_classes`).
-Requires: blocks. Guarantees: one block per tile, identity rows and adjacent pairs.
+Blocks that ``pack`` put in one bin share a tile, each on its own column strip
+(:func:`strips`); without ``pack`` every block is a bin of its own.
+Requires: blocks. Guarantees: one bin per tile, identity rows and adjacent pairs in each strip.
 Raises DoesNotFit when the chip has fewer tiles than blocks.
 """
 
@@ -43,19 +45,34 @@ def block_q(plan: Plan, b: int) -> np.ndarray:
     return plan.layers[blk.layer].q[blk.group][np.ix_(blk.rows, blk.outs)]
 
 
-def initial_placement(plan: Plan, b: int, tile: int) -> Placement:
+def initial_placement(plan: Plan, b: int, tile: int, cols: np.ndarray) -> Placement:
+    """Block ``b`` on ``tile``: first rows, outputs on adjacent pairs at the start of its strip."""
     blk = plan.blocks[b]
     m = len(blk.outs)
     return Placement(
         block=b,
         tile=tile,
         phys_rows=np.arange(len(blk.rows), dtype=np.int32),
-        pos=np.arange(0, 2 * m, 2, dtype=np.int32),
-        neg=np.arange(1, 2 * m, 2, dtype=np.int32),
+        pos=cols[0 : 2 * m : 2].astype(np.int32),
+        neg=cols[1 : 2 * m : 2].astype(np.int32),
         high=np.zeros(m, bool),
         scale=plan.layers[blk.layer].scale[blk.group][blk.outs].astype(np.float32),
+        cols=cols.astype(np.int32),
         offset=np.zeros(m, np.float32),
     )
+
+
+def strips(plan: Plan, members: list[int], cols: int) -> list[np.ndarray]:
+    """Disjoint column strips of one tile for the blocks ``members`` (in order): each block gets
+    its ``2 m`` columns plus an even share of the columns left over (room for pair moves)."""
+    need = [2 * len(plan.blocks[b].outs) for b in members]
+    spare = (cols - sum(need)) // 2  # spare pairs
+    extra = [2 * (spare // len(members) + (i < spare % len(members))) for i in range(len(members))]
+    out, start = [], 0
+    for n, e in zip(need, extra, strict=True):
+        out.append(np.arange(start, start + n + e, dtype=np.int32))
+        start += n + e
+    return out
 
 
 @register
@@ -69,45 +86,59 @@ class Place:
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
     ) -> tuple[ChipMapping, dict[str, Any]]:
-        nb, nt = len(plan.blocks), ctx.geometry.tiles
+        bins = plan.bins()
+        nb, nt = len(bins), ctx.geometry.tiles
         if nb > nt:
             raise DoesNotFit(
                 f"fault map {ctx.chip_id}: the model needs {nb} tiles of "
                 f"{ctx.geometry.rows}x{ctx.geometry.cols} but the chip has {nt}"
             )
         if self.order == "assign" and nt > nb:
-            tiles = self._assign(plan, ctx)
+            tiles = self._assign(plan, ctx, bins)
         elif self.order in ("sequential", "assign"):
             tiles = np.arange(nb, dtype=np.int32)
         else:
             raise ValueError(f"unknown order {self.order!r}; expected sequential or assign")
-        placements = tuple(initial_placement(plan, b, int(t)) for b, t in enumerate(tiles))
+        placements = []
+        for members, t in zip(bins, tiles, strict=True):
+            for b, cols in zip(members, strips(plan, members, ctx.geometry.cols), strict=True):
+                placements.append(initial_placement(plan, b, int(t), cols))
+        placements.sort(key=lambda p: p.block)
         bias = tuple(layer.bias.copy() for layer in plan.layers)
-        return ChipMapping(placements=placements, bias=bias), {"tiles_used": nb, "tiles": nt}
+        return ChipMapping(placements=tuple(placements), bias=bias), {
+            "tiles_used": nb,
+            "tiles": nt,
+        }
 
-    def _assign(self, plan: Plan, ctx: ChipContext) -> np.ndarray:
-        mass, shape, density = self._factors(plan, ctx)
+    def _assign(self, plan: Plan, ctx: ChipContext, bins: list[list[int]]) -> np.ndarray:
+        mass, shape, density = self._factors(plan, ctx, bins)
         nt = ctx.geometry.tiles
         if nt <= DENSE_TILES:
             return assign(mass[:, None] * density[shape])
         return assign_rank1_classes(mass, shape, density, nt)
 
-    def _factors(self, plan: Plan, ctx: ChipContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The estimated cost ``cost[b, t] = mass[b] * density[shape[b], t]``: one sensitivity
-        per block and one density row per distinct block shape ``(n_b, 2 m_b)``."""
+    def _factors(
+        self, plan: Plan, ctx: ChipContext, bins: list[list[int]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The estimated cost ``cost[k, t] = mass[k] * density[shape[k], t]`` of bin ``k`` on
+        tile ``t``: one sensitivity per bin (the sum over its blocks) and one density row per
+        distinct bin shape ``(most rows, columns used)``."""
         stuck = ~np.isnan(ctx.stuck)  # [T, R, C]
         row_frac = np.sort(stuck.mean(axis=2), axis=1)  # cleanest rows first
         col_frac = np.sort(stuck.mean(axis=1), axis=1)
         row_cum = np.cumsum(row_frac, axis=1)
         col_cum = np.cumsum(col_frac, axis=1)
         overall = max(float(stuck.mean()), 1e-12)
-        mass = np.empty(len(plan.blocks))
+        mass = np.zeros(len(bins))
         shapes: dict[tuple[int, int], int] = {}
-        shape = np.empty(len(plan.blocks), np.int64)
-        for b, blk in enumerate(plan.blocks):
-            q = block_q(plan, b).astype(np.float64)
-            mass[b] = float(np.sum(block_weights(plan, ctx, b) * (q**2 + 1.0)))
-            shape[b] = shapes.setdefault((len(blk.rows), 2 * len(blk.outs)), len(shapes))
+        shape = np.empty(len(bins), np.int64)
+        for k, members in enumerate(bins):
+            for b in members:
+                q = block_q(plan, b).astype(np.float64)
+                mass[k] += float(np.sum(block_weights(plan, ctx, b) * (q**2 + 1.0)))
+            n = max(len(plan.blocks[b].rows) for b in members)
+            m2 = sum(2 * len(plan.blocks[b].outs) for b in members)
+            shape[k] = shapes.setdefault((n, m2), len(shapes))
         density = np.empty((len(shapes), ctx.geometry.tiles))
         for (n, m2), k in shapes.items():
             density[k] = (row_cum[:, n - 1] / n) * (col_cum[:, m2 - 1] / m2) / overall

@@ -1,7 +1,8 @@
 """transform — the mapping transformation (MT), solved per chip with OR-Tools.
 
-Rule: every logical output of a block goes to one of the tile's adjacent column pairs
-``(2p, 2p+1)`` under one of four transforms: polarity (which column is ``+``) x common mode
+Rule: every logical output of a block goes to one of the adjacent column pairs ``(2p, 2p+1)``
+of its strip of the tile under one of four transforms: polarity (which column is ``+``) x
+common mode
 (``low``: the idle cell of each weight sits at level 0, the two-column scheme; ``high``: it sits at
 the top level, so a stuck-on cell on the idle side costs nothing). There is no per-cell
 compensation: a transform applies to the whole pair, as in the MT paper. The cost of an
@@ -52,8 +53,8 @@ class Transform:
             q = block_q(plan, pl.block).astype(np.float64)  # [n, m]
             w = block_weights(plan, ctx, pl.block)
             n, m = q.shape
-            npairs = ctx.geometry.cols // 2
-            st = ctx.stuck[pl.tile][pl.phys_rows]  # [n, C]
+            npairs = len(pl.cols) // 2  # adjacent pairs of the block's strip
+            st = ctx.stuck[pl.tile][pl.phys_rows][:, pl.cols]  # [n, strip]
             a, b = st[:, 0 : 2 * npairs : 2], st[:, 1 : 2 * npairs : 2]  # [n, P]
             best = np.full((m, npairs), np.inf)
             pick = np.zeros((m, npairs), np.int8)
@@ -70,7 +71,7 @@ class Transform:
             choice = assign(best)
             t = pick[np.arange(m), choice]
             flip, high = (t % 2).astype(bool), (t >= 2)
-            even, odd = 2 * choice, 2 * choice + 1
+            even, odd = pl.cols[2 * choice], pl.cols[2 * choice + 1]
             total += float(best[np.arange(m), choice].sum())
             out.append(
                 replace(

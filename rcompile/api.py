@@ -34,7 +34,7 @@ STRATEGIES: dict[str, str] = {
     "full": "place{order=assign},permute,program,calibrate",
 }
 DEFAULT_STRATEGY = "full"
-PLAN_PIPELINE = "quantize,tile"
+PLAN_PIPELINE = "quantize,tile,pack"
 
 
 def plan_pipeline(prune: str | None = None) -> str:

@@ -154,12 +154,24 @@ class Plan:
     """Set by ``quantize``: one per op, same order."""
     blocks: tuple[Block, ...] = ()
     """Set by ``tile``."""
+    bin_of: tuple[int, ...] = ()
+    """Set by ``pack``: the bin (future physical tile) of every block; blocks sharing a bin get
+    disjoint column strips of one tile, in block order. Empty: one block per bin."""
     digital: tuple[tuple[str, str, str], ...] = ()
     """(node, op_type, reason) of every node that stays on the digital periphery."""
     options: dict[str, Any] = field(default_factory=dict)
 
+    def bins(self) -> list[list[int]]:
+        """Blocks of every bin, in block order (one block per bin without ``pack``)."""
+        if not self.bin_of:
+            return [[b] for b in range(len(self.blocks))]
+        out: list[list[int]] = [[] for _ in range(max(self.bin_of) + 1)]
+        for b, k in enumerate(self.bin_of):
+            out[k].append(b)
+        return out
+
     def tiles_needed(self) -> int:
-        return len(self.blocks)
+        return max(self.bin_of) + 1 if self.bin_of else len(self.blocks)
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,10 @@ class Placement:
     True = idle cell at the top level (pair sits high)."""
     scale: np.ndarray
     """float32 ``[n_outs]``: digital scale applied to this slice's column-pair difference."""
+    cols: np.ndarray
+    """int32, increasing: the physical columns this block may use (its strip of the tile;
+    every column when it has the tile alone). Blocks sharing a tile have disjoint strips and are
+    read one at a time, so each may use every row."""
     offset: np.ndarray
     """float32 ``[n_outs]``: digital correction added to each output (calibration)."""
 

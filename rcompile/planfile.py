@@ -24,6 +24,7 @@ member                 content
 ``blocks.outs``        ``blocks.row_ix`` / ``blocks.out_ix`` (CSR offsets)
 ``blocks.row_ix``,     int32: the logical rows and outputs of all blocks, concatenated
 ``blocks.out_ix``
+``blocks.bin``         int32 ``[B]``: the bin (tile) of every block (``pack``; 0..k-1)
 =====================  =============================================================
 
 A plan is bound to the compiler that made it: :func:`read` refuses (:class:`BadPlan`) a plan of
@@ -51,7 +52,7 @@ from rcompile.fileio import atomic_write
 from rcompile.ir import Block, Layer, Plan, WeightOp
 
 FORMAT = "rcompile-plan"
-VERSION = 1
+VERSION = 2
 SUFFIX = ".rplan"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -115,6 +116,7 @@ def encode(plan: Plan, calib: Calib | None = None) -> bytes:
         ("blocks.outs", np.cumsum([0] + [len(b.outs) for b in blocks]).astype(np.int64)),
         ("blocks.row_ix", np.concatenate([b.rows for b in blocks]).astype(np.int32)),
         ("blocks.out_ix", np.concatenate([b.outs for b in blocks]).astype(np.int32)),
+        ("blocks.bin", np.asarray(plan.bin_of or range(len(blocks)), np.int32)),
     ]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -198,6 +200,9 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
     )
     if len(blocks) != int(meta["blocks"]) or not blocks:
         raise ValueError(f"{len(blocks)} blocks, meta says {meta['blocks']}")
+    bin_of = tuple(int(k) for k in a["blocks.bin"])
+    if len(bin_of) != len(blocks) or min(bin_of) < 0 or set(bin_of) != set(range(max(bin_of) + 1)):
+        raise ValueError("blocks.bin must give every block a bin, bins numbered 0..k-1")
     for b, blk in enumerate(blocks):
         q = layers[blk.layer].q  # IndexError on a bad layer index
         if (blk.group >= q.shape[0] or blk.rows.size and blk.rows.max() >= q.shape[1]
@@ -216,6 +221,7 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
         biases=tuple(a[f"L{i}.fbias"] for i in range(n)),
         layers=layers,
         blocks=blocks,
+        bin_of=bin_of,
         digital=tuple((str(x), str(y), str(z)) for x, y, z in meta["digital"]),
         options=dict(meta["options"]),
     )

@@ -55,12 +55,15 @@ def test_build_reports_what_went_where(work: str) -> None:
     assert "crossbar: 10 ops" in lines and "digital: 11 ops" in lines
     assert "  not a weight op: Clip x9, GlobalAveragePool, Flatten" in lines
     depthwise = [ln for ln in lines if " 64x1x3x3 " in ln]
-    assert len(depthwise) == 2 and all(ln.split()[-2:] == ["64", "64"] for ln in depthwise)
+    # 64 groups of one output each: packed several to a tile (column strips), not 64 tiles
+    assert len(depthwise) == 2 and all(ln.split()[-3] == "64" for ln in depthwise)
+    assert all(int(ln.split()[-2]) <= 2 for ln in depthwise)
     r = rcompile("build", MODEL, "--faultmap", chip, "-o", image, "--json")
     report = json.loads(r.stdout)
     assert [c["op_type"] for c in report["crossbar"]] == ["Conv"] * 9 + ["Gemm"]
     assert [c["groups"] for c in report["crossbar"] if c["groups"] > 1] == [16, 32, 64, 64]
-    assert sum(c["tiles"] for c in report["crossbar"]) == report["tiles_used"]
+    # packed layers share tiles: every used tile holds at least one layer
+    assert sum(c["tiles"] for c in report["crossbar"]) >= report["tiles_used"]
     assert {d["op_type"] for d in report["digital"]} == {"Clip", "GlobalAveragePool", "Flatten"}
 
 

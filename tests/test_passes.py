@@ -60,7 +60,7 @@ def test_permutation_moves_are_bijections_and_never_worsen(seed: int, rate: floa
     q = rng.integers(-TOP, TOP + 1, size=(n, m))
     fm = fmap.synth(1, rows, cols, rate, (1, 1), seed)
     codes = cell_codes(fm.stuck_levels(Device())[0])
-    bp = BlockProblem(q=q, w=np.ones((n, m)), codes=codes, top=TOP)
+    bp = BlockProblem(q=q, w=np.ones((n, m)), codes=codes, top=TOP, cols=np.arange(cols))
     r0, p0, n0 = np.arange(n), np.arange(0, 2 * m, 2), np.arange(1, 2 * m, 2)
     c0 = bp.cost(r0, p0, n0)
     r1 = move_rows(bp, p0, n0)

@@ -133,7 +133,8 @@ def test_lot_with_bad_maps_among_good_ones(tmp_path: Path) -> None:
         assert img.header["chip_id"] == x["chip_id"]
     expect = {"garbage.npz": "not an .npz", "truncated.npz": "truncated.npz",
               "nokey.npz": "faults", "smalltiles.npz": "64x64",
-              "toofew.npz": "needs 10 tiles", "levels.npz": "--levels 8"}
+              "toofew.npz": f"needs {api.tiles_needed(MODEL, 128, 128)} tiles",
+              "levels.npz": "--levels 8"}
     for name, text in expect.items():
         assert lines[name]["status"] == "error" and text in lines[name]["message"], lines[name]
         assert not (out / (name[:-4] + ".rimg")).exists()
