@@ -105,3 +105,33 @@ def realised_error(
 ) -> np.ndarray:
     """Level error of every entry given the stuck levels of its + and - cells."""
     return best_levels(q, sp, sn, top)[2]
+
+
+def best_levels_noisy(
+    q: np.ndarray, sp: np.ndarray, sn: np.ndarray, top: int, sq_err: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`best_levels` on a device whose level ``k`` is programmed with expected squared
+    error ``sq_err[k]`` (level steps squared): minimise ``(realised - q)^2`` plus the expected
+    programming error of every healthy cell written. A healthy pair picks the common mode whose
+    two levels program best; a stuck cell's partner trades exactness against a reliable level.
+    """
+    q = np.asarray(q, np.int64)
+    hp, hn = np.isnan(sp), np.isnan(sn)
+    fp, fn = np.nan_to_num(sp), np.nan_to_num(sn)
+    best = np.full(q.shape, np.inf)
+    kp = np.zeros(q.shape, np.int64)
+    kn = np.zeros(q.shape, np.int64)
+    for c in range(top + 1):
+        # both healthy: common mode c (when it fits), exact difference q
+        p_h, n_h = c + np.maximum(q, 0), c + np.maximum(-q, 0)
+        cost_hh = np.where(np.maximum(p_h, n_h) <= top,
+                           sq_err[np.minimum(p_h, top)] + sq_err[np.minimum(n_h, top)], np.inf)
+        # + stuck: the - cell takes level c;  - stuck: the + cell takes level c
+        cost_sp = (fp - c - q) ** 2 + sq_err[c]
+        cost_sn = (c - fn - q) ** 2 + sq_err[c]
+        cost = np.where(hp & hn, cost_hh, np.where(hn, cost_sp, np.where(hp, cost_sn, 0.0)))
+        better = cost < best
+        best = np.where(better, cost, best)
+        kp = np.where(better, np.where(hp & hn, p_h, np.where(hp, c, np.rint(fp))), kp)
+        kn = np.where(better, np.where(hp & hn, n_h, np.where(hn, c, np.rint(fn))), kn)
+    return kp.astype(np.uint8), kn.astype(np.uint8)

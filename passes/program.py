@@ -11,7 +11,10 @@ Schemes:
 * ``transform``: each pair's common mode as chosen by ``transform`` (``Placement.high``).
 * ``compensate``: with the fault map, each pair is programmed optimally
   (``passes/_objective.best_levels``): a stuck cell's healthy partner is set so that
-  ``G+ - G-`` comes as close as the levels allow to the weight.
+  ``G+ - G-`` comes as close as the levels allow to the weight. On a device that programs
+  some levels less accurately (``Device.level_rms_error``) the expected programming error of
+  every written level joins the objective (``_objective.best_levels_noisy``): a healthy pair
+  sits at the common mode whose levels program best.
 Unused cells stay at level 0 (least current).
 Requires: placements. Guarantees: ``levels`` for every used tile.
 """
@@ -22,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import best_levels
+from rcompile.passes._objective import best_levels, best_levels_noisy
 from rcompile.passes.place import block_q
 from rcompile.passes.transform import scheme_levels
 
@@ -50,13 +53,18 @@ class Program:
         rows, cols = ctx.geometry.rows, ctx.geometry.cols
         levels: dict[int, np.ndarray] = {}
         high_all = self._common_high(ctx)
+        noisy = bool(ctx.device.level_rms_error)
+        sq_err = ctx.device.expected_sq_error(np.arange(top + 1))
         for pl in mapping.placements:
             lv = levels.setdefault(pl.tile, np.zeros((rows, cols), np.uint8))
             q = block_q(plan, pl.block)
             r = pl.phys_rows[:, None]
             if self.scheme == "compensate":
                 st = ctx.stuck[pl.tile]
-                kp, kn, _ = best_levels(q, st[r, pl.pos], st[r, pl.neg], top)
+                if noisy:
+                    kp, kn = best_levels_noisy(q, st[r, pl.pos], st[r, pl.neg], top, sq_err)
+                else:
+                    kp, kn, _ = best_levels(q, st[r, pl.pos], st[r, pl.neg], top)
             else:
                 high = {"two-column": False, "differential": high_all}.get(self.scheme, pl.high)
                 kp, kn = scheme_levels(q, np.broadcast_to(high, q.shape[1:]), top)

@@ -7,7 +7,9 @@ common mode
 the top level, so a stuck-on cell on the idle side costs nothing). There is no per-cell
 compensation: a transform applies to the whole pair, as in the MT paper. The cost of an
 (output, pair) is the least true error over the four transforms; outputs go to pairs by an exact
-linear assignment. Rows stay in order.
+linear assignment. Rows stay in order. On a device with per-level programming error
+(``Device.level_rms_error``) the expected error of the levels each transform writes joins the
+cost, so MT knows when a high common mode is costly to program.
 Requires: placements. Guarantees: ``pos``/``neg``/``high`` set per output.
 """
 
@@ -49,6 +51,8 @@ class Transform:
         top = ctx.device.max_level
         out = []
         total = 0.0
+        noisy = bool(ctx.device.level_rms_error)
+        sq_err = ctx.device.expected_sq_error(np.arange(top + 1))
         for pl in mapping.placements:
             q = block_q(plan, pl.block).astype(np.float64)  # [n, m]
             w = block_weights(plan, ctx, pl.block)
@@ -64,7 +68,11 @@ class Transform:
                 e = realised(kp[:, :, None], sp[:, None, :]) - realised(
                     kn[:, :, None], sn[:, None, :]
                 )
-                cost = np.einsum("ij,ijp->jp", w, (e - q[:, :, None]) ** 2)
+                err = (e - q[:, :, None]) ** 2
+                if noisy:  # expected programming error of the healthy cells written
+                    err += np.isnan(sp)[:, None, :] * sq_err[kp.astype(np.intp)][:, :, None]
+                    err += np.isnan(sn)[:, None, :] * sq_err[kn.astype(np.intp)][:, :, None]
+                cost = np.einsum("ij,ijp->jp", w, err)
                 better = cost < best
                 best = np.where(better, cost, best)
                 pick = np.where(better, t, pick)

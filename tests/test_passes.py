@@ -132,3 +132,28 @@ def test_two_builds_give_identical_images(tiny_model: str) -> None:
     a = image.encode(api.build(plan, fm).image)
     b = image.encode(api.build(plan, fm).image)
     assert a == b
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000))
+def test_device_aware_programming_never_loses_to_plain(seed: int) -> None:
+    """With exact levels it equals best_levels; with noisy levels its expected error is lower."""
+    from rcompile.passes._objective import best_levels_noisy
+
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-TOP, TOP + 1, 200)
+    stuck = rng.random(200) < 0.4
+    sp = np.where(stuck & (rng.random(200) < 0.5), rng.choice([0.0, TOP], 200), np.nan)
+    sn = np.where(stuck & np.isnan(sp), rng.choice([0.0, TOP], 200), np.nan)
+
+    def expected(kp: np.ndarray, kn: np.ndarray, sq: np.ndarray) -> float:
+        real = np.where(np.isnan(sp), kp, sp) - np.where(np.isnan(sn), kn, sn)
+        noise = np.isnan(sp) * sq[kp] + np.isnan(sn) * sq[kn]
+        return float(np.sum((real - q) ** 2 + noise))
+
+    zero = np.zeros(TOP + 1)
+    kp, kn, _ = best_levels(q, sp, sn, TOP)
+    assert expected(*best_levels_noisy(q, sp, sn, TOP, zero), zero) == expected(kp, kn, zero)
+    sq = rng.uniform(0, 2, TOP + 1)
+    sq[0] = 0.0
+    assert expected(*best_levels_noisy(q, sp, sn, TOP, sq), sq) <= expected(kp, kn, sq) + 1e-9
