@@ -11,9 +11,9 @@ Schemes:
 * ``transform``: each pair's common mode as chosen by ``transform`` (``Placement.high``).
 * ``compensate``: with the fault map, each pair is programmed optimally
   (``passes/_objective.best_levels``): a stuck cell's healthy partner is set so that
-  ``G+ - G-`` comes as close as the levels allow to the weight. On a device that programs
-  some levels less accurately (``Device.level_rms_error``) the expected programming error of
-  every written level joins the objective (``_objective.best_levels_noisy``): a healthy pair
+  ``G+ - G-`` comes as close as the levels allow to the weight. With ``noise=true``, on a
+  device that programs some levels less accurately (``Device.level_rms_error``), the expected
+  programming error of every written level joins the objective (``_objective.best_levels_noisy``): a healthy pair
   sits at the common mode whose levels program best.
 Unused cells stay at level 0 (least current).
 Requires: placements. Guarantees: ``levels`` for every used tile.
@@ -43,6 +43,9 @@ class Program:
     scheme: str = "compensate"
     common: str = "auto"
     """For ``differential``: auto | high | low."""
+    noise: bool = False
+    """For ``compensate``: weigh in the device's per-level programming error (opt-in: on the
+    neurosim preset it did not measurably help, see docs/device.md)."""
 
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
@@ -53,7 +56,7 @@ class Program:
         rows, cols = ctx.geometry.rows, ctx.geometry.cols
         levels: dict[int, np.ndarray] = {}
         high_all = self._common_high(ctx)
-        noisy = bool(ctx.device.level_rms_error)
+        noisy = self.noise and bool(ctx.device.level_rms_error)
         sq_err = ctx.device.expected_sq_error(np.arange(top + 1))
         for pl in mapping.placements:
             lv = levels.setdefault(pl.tile, np.zeros((rows, cols), np.uint8))

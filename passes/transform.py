@@ -7,9 +7,9 @@ common mode
 the top level, so a stuck-on cell on the idle side costs nothing). There is no per-cell
 compensation: a transform applies to the whole pair, as in the MT paper. The cost of an
 (output, pair) is the least true error over the four transforms; outputs go to pairs by an exact
-linear assignment. Rows stay in order. On a device with per-level programming error
-(``Device.level_rms_error``) the expected error of the levels each transform writes joins the
-cost, so MT knows when a high common mode is costly to program.
+linear assignment. Rows stay in order. With ``noise=true``, on a device with per-level
+programming error (``Device.level_rms_error``), the expected error of the levels each
+transform writes joins the cost, so MT knows when a high common mode is costly to program.
 Requires: placements. Guarantees: ``pos``/``neg``/``high`` set per output.
 """
 
@@ -44,6 +44,8 @@ def realised(k: np.ndarray, stuck: np.ndarray) -> np.ndarray:
 class Transform:
     name: ClassVar[str] = "transform"
     stage: ClassVar[str] = CHIP
+    noise: bool = False
+    """Weigh in the device's per-level programming error (opt-in)."""
 
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
@@ -51,7 +53,7 @@ class Transform:
         top = ctx.device.max_level
         out = []
         total = 0.0
-        noisy = bool(ctx.device.level_rms_error)
+        noisy = self.noise and bool(ctx.device.level_rms_error)
         sq_err = ctx.device.expected_sq_error(np.arange(top + 1))
         for pl in mapping.placements:
             q = block_q(plan, pl.block).astype(np.float64)  # [n, m]
