@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    := out
-MODEL  := examples/mnist/mnist_cnn.onnx
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test lint bench clean
@@ -19,11 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-demo: install  ## synthesise a 1 % (5:1) chip for the MNIST example, build, verify
-	@mkdir -p $(OUT)
-	$(BIN)/rcompile faultmap synth --like $(MODEL) --rate 0.01 --ratio 5:1 --seed 1 -o $(OUT)/chip.npz
-	$(BIN)/rcompile build $(MODEL) --faultmap $(OUT)/chip.npz --calib examples/mnist/calib.npz -o $(OUT)/chip.rimg
-	$(BIN)/rcompile verify $(OUT)/chip.rimg --faultmap $(OUT)/chip.npz --data examples/mnist/test.npz --model $(MODEL)
+demo: install  ## synthesise a 1 % (5:1) chip for the MNIST example, build, verify, compare
+	$(BIN)/python examples/demo.py $(OUT)
 
 test: install  ## run the whole test suite, lint and type checks
 	$(BIN)/pytest
