@@ -13,8 +13,9 @@ Schemes:
   (``passes/_objective.best_levels``): a stuck cell's healthy partner is set so that
   ``G+ - G-`` comes as close as the levels allow to the weight. With ``noise=true``, on a
   device that programs some levels less accurately (``Device.level_rms_error``), the expected
-  programming error of every written level joins the objective (``_objective.best_levels_noisy``): a healthy pair
-  sits at the common mode whose levels program best.
+  programming error of every written level joins the objective
+  (``_objective.best_levels_noisy``): a healthy pair sits at the common mode whose levels
+  program best.
 Unused cells stay at level 0 (least current).
 Requires: placements. Guarantees: ``levels`` for every used tile.
 """
