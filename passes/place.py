@@ -149,6 +149,10 @@ class Place:
 #: costs of :func:`rcompile.solvers.assign`); larger ones the sparse, equally exact one below.
 DENSE_TILES = 1448
 
+#: Arcs offered to each block at least, in :func:`assign_rank1_classes` (speed only: with
+#: fewer, a dominant block shape leaves a nearly tight matching that OR-Tools solves slowly).
+SLACK_ARCS = 32
+
 
 def assign_rank1_classes(
     mass: np.ndarray, shape: np.ndarray, density: np.ndarray, tiles: int
@@ -183,7 +187,9 @@ def assign_rank1_classes(
         members = np.flatnonzero(shape == k)
         members = members[np.lexsort((members, -mass[members]))]  # mass descending
         order = np.argsort(density[k], kind="stable")
-        width = nb - len(members) + 1
+        # N - n_k + 1 tiles suffice (above); a few more keep that optimum (a superset of a
+        # sufficient set is sufficient) and make the matching far less tight for the solver
+        width = min(max(nb - len(members) + 1, SLACK_ARCS), tiles - len(members) + 1)
         pos = np.arange(len(members))[:, None] + np.arange(width)[None, :]
         t = order[pos]  # [n_k, width]
         left.append(np.repeat(members, width))
