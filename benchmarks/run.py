@@ -73,7 +73,7 @@ def load() -> str:
 
 def per_chip(name: str, path: str, weights: int, runs: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    plan, _, _ = api.make_plan(path)
+    plan, _ = api.make_plan(path)
     plan_s = time.perf_counter() - t0
     fm = chip_for(plan)
     two, two_all = median_time(lambda: api.build(plan, fm, strategy="two-column"), max(runs, 3))
@@ -95,7 +95,7 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 def memory_probe(path: str) -> None:
     """(Subprocess) plan and build ``path`` with ``full``; print peak RSS in bytes as JSON."""
-    plan, _, _ = api.make_plan(path)
+    plan, _ = api.make_plan(path)
     api.build(plan, chip_for(plan), strategy="full")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
@@ -112,7 +112,7 @@ def peak_memory(path: str) -> dict[str, float]:
 def emulation(name: str, path: str, data: Any, runs: int) -> dict[str, Any]:
     import onnx
 
-    plan, _, _ = api.make_plan(path)
+    plan, _ = api.make_plan(path)
     fm = chip_for(plan)
     img = api.build(plan, fm, strategy="full").image
     model = onnx.load(path)
@@ -129,7 +129,7 @@ def throughput(chips: int, jobs: int, workdir: str) -> dict[str, Any]:
 
     lot, out = os.path.join(workdir, "lot"), os.path.join(workdir, "out")
     os.makedirs(lot, exist_ok=True)
-    plan, _, _ = api.make_plan(MNIST)
+    plan, _ = api.make_plan(MNIST)
     for i in range(chips):
         fm = fmap.synth(api.spare_tiles(plan.tiles_needed(), SPARE), 128, 128, RATE, RATIO, i,
                         chip_id=f"chip-{i}")
@@ -235,7 +235,7 @@ def _model(path: str) -> Any:
 
 
 def _weights(path: str) -> int:
-    plan, _, _ = api.make_plan(path)
+    plan, _ = api.make_plan(path)
     return int(sum(math.prod(op.shape) for op in plan.ops))
 
 

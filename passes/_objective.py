@@ -59,11 +59,6 @@ def error_table(codes_p: np.ndarray, codes_n: np.ndarray, top: int) -> np.ndarra
     return e**2
 
 
-def weighted_q(q: np.ndarray, r: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of each q into an error table row, and the weight ``r_i * s_j^2`` of each entry."""
-    return q.astype(np.int64), (r[:, None] * (s.astype(np.float64) ** 2)[None, :])
-
-
 @lru_cache(maxsize=8)
 def code_table(top: int) -> np.ndarray:
     """Squared level error ``[top+2, top+2, 2*top+1]`` of every (code+, code-) for every q.
@@ -98,13 +93,6 @@ def pair_cost_by_state(
     starts = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
     cost[:, x[starts]] = np.add.reduceat(w[:, j] * err, starts, axis=1)
     return cost
-
-
-def realised_error(
-    q: np.ndarray, sp: np.ndarray, sn: np.ndarray, top: int
-) -> np.ndarray:
-    """Level error of every entry given the stuck levels of its + and - cells."""
-    return best_levels(q, sp, sn, top)[2]
 
 
 def best_levels_noisy(

@@ -2,14 +2,13 @@
 
 One line per stage, in processing order::
 
-    plan  = make_plan("model.onnx", tile_rows=128, tile_cols=128)   # chip-independent, once a lot
+    plan, _ = make_plan("model.onnx", tile_rows=128, tile_cols=128)  # chip-independent, once a lot
     image = build(plan, faultmap.load("chip.npz"), strategy="full").image   # per chip
     report = runtime.verify(image, faultmap, data)                   # independent check
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -59,14 +58,14 @@ def make_plan(
     tile_rows: int = 128,
     tile_cols: int = 128,
     device: Device | None = None,
-    calib: dict[str, np.ndarray] | None = None,
     pipeline: str = PLAN_PIPELINE,
-) -> tuple[Plan, pl.PlanContext, list[dict[str, Any]]]:
-    """Chip-independent stage: load and normalise the model, quantise, tile."""
+) -> tuple[Plan, list[dict[str, Any]]]:
+    """Chip-independent stage: load and normalise the model, quantise, tile, pack.
+
+    Returns the plan and the log of its passes."""
     device = device or Device()
     fe = load_model(model_path)
     mats = tuple(to_matrices(op, w) for op, w in zip(fe.ops, fe.weights, strict=True))
-    stats = calib_stats(fe.model, fe.ops, calib, model_path) if calib is not None else None
     plan = Plan(
         model=fe.model,
         model_sha256=fe.sha256,
@@ -79,14 +78,13 @@ def make_plan(
         digital=fe.digital,
         options={"plan_pipeline": pipeline},
     )
-    ctx = pl.PlanContext(tile_rows, tile_cols, device, stats)
-    plan, log = pl.run_plan(pl.parse(pipeline), plan, ctx)
-    return plan, ctx, log
+    ctx = pl.PlanContext(tile_rows, tile_cols, device)
+    return pl.run_plan(pl.parse(pipeline), plan, ctx)
 
 
 def tiles_needed(model_path: str, rows: int, cols: int) -> int:
     """Crossbar tiles of ``rows`` x ``cols`` the model needs (one block per tile)."""
-    plan, _, _ = make_plan(model_path, tile_rows=rows, tile_cols=cols)
+    plan, _ = make_plan(model_path, tile_rows=rows, tile_cols=cols)
     return plan.tiles_needed()
 
 
@@ -220,6 +218,14 @@ def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:
     return Image(header=header, layers=layers, tiles=tiles, graph=stripped.SerializeToString())
 
 
+def load_calib_stats(plan: Plan, path: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """:func:`calib_stats` of the calibration data file ``path`` for ``plan``'s model."""
+    from rcompile.data import input_specs, load_calib
+
+    data = load_calib(path, input_specs(plan.model))
+    return calib_stats(plan.model, plan.ops, data.inputs, path)
+
+
 def calib_stats(
     model: onnx.ModelProto, ops: tuple[Any, ...], data: dict[str, np.ndarray], source: str
 ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -282,14 +288,6 @@ def calib_stats(
             power, mean = power.reshape(1, -1), mean.reshape(1, -1)
         result.append((power.astype(np.float32), mean.astype(np.float32)))
     return tuple(result)
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 __all__ = [

@@ -18,7 +18,7 @@ import numpy as np
 from rcompile import __version__, api, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
-from rcompile.data import input_specs, load_calib, load_data
+from rcompile.data import load_data
 from rcompile.errors import BadDevice, RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
 from rcompile.pipeline import SolverOptions
@@ -85,13 +85,6 @@ def _load_device(spec: str | None) -> Any:
     return None if spec is None else load_hardware(spec)
 
 
-def _calib(plan: Any, path: str | None) -> Any:
-    if path is None:
-        return None
-    data = load_calib(path, input_specs(plan.model))
-    return api.calib_stats(plan.model, plan.ops, data.inputs, path)
-
-
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--faultmap", "faultmap_path", required=True, type=click.Path(dir_okay=False),
@@ -135,10 +128,10 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         plan, stats = saved.plan, saved.calib
         plan_log: list[dict[str, Any]] = []
     else:
-        plan, _, plan_log = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
+        plan, plan_log = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
                                           device=fm.device(compiler_device(hw) if hw else None),
                                           pipeline=api.plan_pipeline(prune))
-        stats = _calib(plan, calib)
+        stats = None if calib is None else api.load_calib_stats(plan, calib)
     t1 = time.perf_counter()
     res = api.build(plan, fm, strategy=strategy, pipeline=pipeline, calib=stats,
                     solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
@@ -369,9 +362,9 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
         raise click.BadParameter(f"{cols} is odd; expected an even column count "
                                  "(differential pairs)", param_hint="'--cols'")
     t0 = time.perf_counter()
-    plan, _, log = api.make_plan(model, tile_rows=rows, tile_cols=cols,
+    plan, log = api.make_plan(model, tile_rows=rows, tile_cols=cols,
                                  device=Device(levels=levels), pipeline=api.plan_pipeline(prune))
-    stats = _calib(plan, calib)
+    stats = None if calib is None else api.load_calib_stats(plan, calib)
     planfile.write(output, plan, stats)
     size = os.path.getsize(output)
     info: dict[str, Any] = {"plan": output, "model_sha256": plan.model_sha256, "tile_rows": rows,

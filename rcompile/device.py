@@ -195,11 +195,6 @@ class Geometry:
     rows: int
     cols: int
 
-    @property
-    def outs_per_tile(self) -> int:
-        """Logical outputs one tile can hold: each needs a differential pair of columns."""
-        return self.cols // 2
-
 
 # --------------------------------------------------------------------------- the rest of the chip
 

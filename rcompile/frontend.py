@@ -804,8 +804,3 @@ def _bn_blocker(gr: _Graph, bn: onnx.NodeProto, m: _Mapped | None, outputs: set[
     if any(p is not None and p.size != m.op.n_out for p in params):
         return f"its parameters do not have one entry per output of {m.op.node!r}"
     return None
-
-
-def graph_input_names(model: onnx.ModelProto) -> list[str]:
-    inits = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in inits]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rcompile.device import Device, Geometry
+from rcompile.device import Device
 
 #: Layouts of a weight tensor in the ONNX graph.
 LAYOUT_CONV = "conv"  # [Cout, Cin/g, *kernel]
@@ -209,7 +209,3 @@ class ChipMapping:
     bias: tuple[np.ndarray, ...] = ()
     """Per layer float32 ``[n_out]`` trained digital bias."""
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-def geometry_of(plan: Plan, tiles: int) -> Geometry:
-    return Geometry(tiles=tiles, rows=plan.tile_rows, cols=plan.tile_cols)

@@ -47,8 +47,6 @@ class PlanContext:
     tile_rows: int
     tile_cols: int
     device: Device
-    calib: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
-    """Per layer ``(E[x^2], E[x])``, each ``[groups, rows]``, from calibration data."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import numpy as np
 from rcompile import api, planfile, solvers
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
-from rcompile.data import Dataset, input_specs, load_calib, load_data
+from rcompile.data import Dataset, input_specs, load_data
 from rcompile.errors import BadPlan, RcompileError
 from rcompile.fileio import atomic_write
 from rcompile.pipeline import SolverOptions
@@ -262,12 +262,11 @@ def lot_plan(model: str, maps: list[str], *, plan_path: str | None = None,
     if first is None:
         raise RcompileError(f"{os.path.dirname(maps[0]) or '.'}: no fault map in the lot loads")
     geo = first.geometry
-    plan, _, _ = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
+    plan, _ = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
                                device=first.device())
     calib = None
     if calib_path is not None:
-        data = load_calib(calib_path, input_specs(plan.model))
-        calib = api.calib_stats(plan.model, plan.ops, data.inputs, calib_path)
+        calib = api.load_calib_stats(plan, calib_path)
     return planfile.SavedPlan(plan, calib, source=f"plan of {model}")
 
 

@@ -490,10 +490,7 @@ def emulated_model(
     """
     if len(weights) != len(image.layers):
         raise BadImage(f"image has {len(image.layers)} layers but {len(weights)} weights given")
-    try:
-        model = onnx.load_from_string(image.graph)
-    except Exception as e:  # protobuf DecodeError and friends
-        raise BadImage(f"image: the digital graph does not parse as ONNX ({e})") from e
+    model = image_graph(image)
     nodes = {n.name: n for n in model.graph.node}
     new: dict[str, np.ndarray] = {}
     if biases is None:
@@ -517,13 +514,18 @@ def emulated_model(
     return model
 
 
+def image_graph(image: Image, source: str = "image") -> onnx.ModelProto:
+    """The image's digital graph (weights stripped), or BadImage naming ``source``."""
+    try:
+        return onnx.load_from_string(image.graph)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise BadImage(f"{source}: the digital graph does not parse as ONNX ({e})") from e
+
+
 def image_input_specs(image: Image) -> list[InputSpec]:
     """The inputs evaluation data must provide for ``image``: its graph's real inputs, less any
     crossbar weight or bias a (pre-IR-4) graph still lists as an input."""
-    try:
-        model = onnx.load_from_string(image.graph)
-    except Exception as e:
-        raise BadImage(f"image: the digital graph does not parse as ONNX ({e})") from e
+    model = image_graph(image)
     crossbar = {n for rec in image.layers for n in (rec.op.weight, rec.op.bias)}
     return [s for s in input_specs(model) if s.name not in crossbar]
 
@@ -870,10 +872,7 @@ def _tile_model(
     source: str,
 ) -> tilemode.Built:
     """The tile-mode graph; a ``calibrated`` ADC first measures its ranges on one batch."""
-    try:
-        graph = onnx.load_from_string(image.graph)
-    except Exception as e:
-        raise BadImage(f"{source}: the digital graph does not parse as ONNX ({e})") from e
+    graph = image_graph(image, source)
     step = _batch_step(reference, batch_size)
     shapes = energy.infer_shapes(
         reference, {k: (step, *v.shape[1:]) for k, v in dataset.inputs.items()}

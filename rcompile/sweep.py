@@ -20,7 +20,7 @@ import onnx
 
 from rcompile import api, runtime
 from rcompile import faultmap as fmap
-from rcompile.data import input_specs, load_calib, load_data
+from rcompile.data import input_specs, load_data
 from rcompile.device import Hardware
 from rcompile.errors import BadData
 from rcompile.fileio import atomic_write
@@ -48,7 +48,7 @@ def run_sweep(
     verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
     cell, as before device models existed."""
     device = compiler_device(hardware) if hardware is not None else None
-    plan, _, plan_log = api.make_plan(
+    plan, plan_log = api.make_plan(
         model_path, tile_rows=rows, tile_cols=cols, pipeline=plan_pipeline, device=device
     )
     data = load_data(data_path, input_specs(plan.model))
@@ -56,8 +56,7 @@ def run_sweep(
         raise BadData(f"{data_path}: sweep needs 'labels' to measure accuracy")
     stats = None
     if calib_path is not None:
-        cal = load_calib(calib_path, input_specs(plan.model))
-        stats = api.calib_stats(plan.model, plan.ops, cal.inputs, calib_path)
+        stats = api.load_calib_stats(plan, calib_path)
     float_out = runtime.run(onnx.load(model_path), data)[0]
     float_acc = float(np.mean(np.argmax(float_out.reshape(len(float_out), -1), 1) == data.labels))
     tiles = api.spare_tiles(plan.tiles_needed(), spare)

@@ -518,7 +518,7 @@ def test_unusual_forms_compile_and_emulate(tmp_path: object) -> None:
     path = save(model, os.path.join(str(tmp_path), "odd.onnx"))
     x = arr(16, 3, 5, 5)
     calib = {"x": x[:2]}
-    plan, _, _ = api.make_plan(path)
+    plan, _ = api.make_plan(path)
     stats = api.calib_stats(plan.model, plan.ops, calib, "calib")
     assert [s[0].shape for s in stats] == [(1, 27), (1, 8), (1, 54)]
     fm = fmap.synth(plan.tiles_needed(), 128, 128, 0.0)

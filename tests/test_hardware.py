@@ -229,7 +229,7 @@ def test_energy_and_latency_of_one_gemm_by_hand() -> None:
 def mnist_energy() -> dict[str, float]:
     """Cell read energy of the MNIST CNN on one faulty chip (10 %, SA1:SA0 = 5:1) per strategy,
     and on a healthy chip."""
-    plan, _, _ = api.make_plan(MODEL)
+    plan, _ = api.make_plan(MODEL)
     tiles = api.spare_tiles(plan.tiles_needed(), 0.1)
     d = np.load(TEST_DATA)
     data = Dataset(inputs={"input": d["input"][:200]}, labels=d["labels"][:200], n=200)

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rcompile import fileio
 from rcompile import image as rimg
 from rcompile.errors import BadImage
 from rcompile.image import MAGIC, VERSION, Image, LayerRecord, SliceRecord, TileRecord
@@ -321,7 +322,7 @@ def test_failed_write_keeps_the_old_file(
     def broken_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(rimg.os, "fsync", broken_fsync)
+    monkeypatch.setattr(fileio.os, "fsync", broken_fsync)  # the writer images go through
     with pytest.raises(BadImage, match="No space left"):
         rimg.write(img, path)
     assert path.read_bytes() == b"old image"

@@ -81,7 +81,7 @@ def test_pipeline_strings_round_trip() -> None:
 
 
 def test_plan_blocks_cover_every_weight_once(tiny_model: str) -> None:
-    plan, _, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
     for li, layer in enumerate(plan.layers):
         cover = np.zeros(layer.q.shape, int)
         for b in plan.blocks:
@@ -104,7 +104,7 @@ def realised_weights(plan: Plan, res: api.BuildResult, fm: fmap.FaultMap) -> lis
 
 @pytest.mark.parametrize("strategy", sorted(api.STRATEGIES))
 def test_fault_free_chip_realises_the_quantised_weights(tiny_model: str, strategy: str) -> None:
-    plan, _, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
     fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.0, (1, 1), 0)
     res = api.build(plan, fm, strategy=strategy)
     for layer, w in zip(plan.layers, realised_weights(plan, res, fm), strict=True):
@@ -112,7 +112,7 @@ def test_fault_free_chip_realises_the_quantised_weights(tiny_model: str, strateg
 
 
 def test_full_beats_two_column_on_weight_error(tiny_model: str) -> None:
-    plan, _, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
     fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.2, (5, 1), 3)
     errs = {}
     for strategy in ("two-column", "full"):
@@ -127,7 +127,7 @@ def test_full_beats_two_column_on_weight_error(tiny_model: str) -> None:
 def test_two_builds_give_identical_images(tiny_model: str) -> None:
     from rcompile import image
 
-    plan, _, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
     fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.1, (1, 5), 9)
     a = image.encode(api.build(plan, fm).image)
     b = image.encode(api.build(plan, fm).image)

@@ -21,7 +21,7 @@ from tests.conftest import rcompile as run_cli
 
 @pytest.fixture
 def tiny_plan(tiny_model: str) -> api.Plan:
-    plan, _, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
     return plan
 
 
@@ -44,7 +44,7 @@ def test_round_trip_builds_the_same_image(tiny_model: str, tiny_plan: api.Plan, 
 def test_calibration_statistics_travel_with_the_plan(tmp_path) -> None:
     from rcompile.data import input_specs, load_calib
 
-    plan, _, _ = api.make_plan(MODEL)
+    plan, _ = api.make_plan(MODEL)
     stats = api.calib_stats(plan.model, plan.ops,
                             load_calib(CALIB, input_specs(plan.model)).inputs, CALIB)
     path = str(tmp_path / "m.rplan")

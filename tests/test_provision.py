@@ -78,7 +78,7 @@ def test_fork_map_keeps_order_for_any_worker_count(monkeypatch: pytest.MonkeyPat
 
 
 def test_full_gives_the_same_image_on_one_or_two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    plan, _, _ = api.make_plan(MODEL, tile_rows=64, tile_cols=32)  # enough blocks to fork
+    plan, _ = api.make_plan(MODEL, tile_rows=64, tile_cols=32)  # enough blocks to fork
     assert plan.tiles_needed() >= 16
     fm = fmap.synth(plan.tiles_needed() + 4, 64, 32, 0.1, (5, 1), 4)
     images = []
