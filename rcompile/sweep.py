@@ -3,6 +3,13 @@
 The plan is made once; for every (rate, ratio, seed) one synthetic chip is drawn and every
 strategy is compiled for that same chip, then checked by the verifying runtime on the labelled
 data. Means and spreads are over seeds. The float model's accuracy is the fault-free line.
+
+With a device model every build is verified twice, on the device (programming variation, read
+noise, converters; noise seed = fault-map seed) and on the ideal cell, so one sweep shows
+accuracy against fault rate with and without the non-idealities. The reference of the device's
+tolerated fault rate is then a fault-free chip *on that device* (one per seed, same noise
+seeds), not the ideal quantised model: a non-ideal device should not count its own noise
+floor as damage done by stuck cells.
 """
 
 from __future__ import annotations
@@ -61,9 +68,18 @@ def run_sweep(
     float_acc = float(np.mean(np.argmax(float_out.reshape(len(float_out), -1), 1) == data.labels))
     tiles = api.spare_tiles(plan.tiles_needed(), spare)
     points = [(r, a, s) for r in rates for a in ratios for s in range(seeds)]
-    raw: dict[tuple[str, float, str], list[tuple[float, float, float]]] = {}
+    raw: dict[tuple[str, float, str], list[tuple[float, float, float, float]]] = {}
     fault_free: list[float] = []
+    device_fault_free: list[float] = []
     sink = sys.stderr if progress else io.StringIO()
+    if hardware is not None:  # the device's own noise floor: a fault-free chip per noise seed
+        healthy = fmap.synth(tiles, rows, cols, 0.0, (1.0, 1.0), 0)
+        image = api.build(plan, healthy, strategy="two-column", calib=stats).image
+        for seed in range(seeds):
+            rep = runtime.verify(image, healthy, data, hardware=hardware, mode=mode,
+                                 noise_seed=seed)
+            assert rep.accuracy is not None
+            device_fault_free.append(rep.accuracy)
     with click.progressbar(points, label="sweep", file=sink) as bar:
         for rate, ratio, seed in bar:
             fm = fmap.synth(tiles, rows, cols, rate, ratio, seed)
@@ -74,29 +90,37 @@ def run_sweep(
                 rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
                                      noise_seed=seed)
                 assert rep.accuracy is not None
+                ideal = rep.accuracy
+                if hardware is not None:
+                    ideal_rep = runtime.verify(res.image, fm, data, mode="ideal")
+                    assert ideal_rep.accuracy is not None
+                    ideal = ideal_rep.accuracy
                 key = (strategy, rate, f"{ratio[0]:g}:{ratio[1]:g}")
                 raw.setdefault(key, []).append(
-                    (rep.accuracy, seconds, rep.energy_per_inference_j or 0.0)
+                    (rep.accuracy, seconds, rep.energy_per_inference_j or 0.0, ideal)
                 )
                 if rep.fault_free_accuracy is not None:
                     fault_free.append(rep.fault_free_accuracy)
     rowsout = []
     for (strategy, rate, ratio_text), vals in raw.items():
         accs = np.array([v[0] for v in vals])
-        rowsout.append(
-            {
-                "strategy": strategy,
-                "rate": rate,
-                "ratio": ratio_text,
-                "accuracy_mean": float(accs.mean()),
-                "accuracy_std": float(accs.std()),
-                "accuracy_min": float(accs.min()),
-                "build_seconds_median": float(np.median([v[1] for v in vals])),
-                "energy_per_inference_j_mean": float(np.mean([v[2] for v in vals])),
-                "seeds": len(vals),
-            }
-        )
-    result = {
+        row = {
+            "strategy": strategy,
+            "rate": rate,
+            "ratio": ratio_text,
+            "accuracy_mean": float(accs.mean()),
+            "accuracy_std": float(accs.std()),
+            "accuracy_min": float(accs.min()),
+            "build_seconds_median": float(np.median([v[1] for v in vals])),
+            "energy_per_inference_j_mean": float(np.mean([v[2] for v in vals])),
+            "seeds": len(vals),
+        }
+        if hardware is not None:
+            ideal_accs = np.array([v[3] for v in vals])
+            row["ideal_accuracy_mean"] = float(ideal_accs.mean())
+            row["ideal_accuracy_std"] = float(ideal_accs.std())
+        rowsout.append(row)
+    result: dict[str, Any] = {
         "model": os.path.basename(model_path),
         "data": os.path.basename(data_path),
         "n_samples": data.n,
@@ -109,14 +133,30 @@ def run_sweep(
         "quantised_accuracy": float(np.mean(fault_free)) if fault_free else None,
         "points": rowsout,
     }
+    if hardware is not None:
+        result["device_fault_free_accuracy"] = float(np.mean(device_fault_free))
+        result["device_fault_free_accuracy_std"] = float(np.std(device_fault_free))
+        result["tolerated_ideal"] = tolerated(
+            result, reference=result["quantised_accuracy"], key="ideal_accuracy_mean"
+        )
     result["tolerated"] = tolerated(result)
     return result
 
 
-def tolerated(result: dict[str, Any], within: float = 0.01) -> list[dict[str, Any]]:
-    """Per (strategy, ratio): the highest swept p whose mean accuracy stays within ``within``
-    of the fault-free chip's accuracy, with every lower swept p also within (DESIGN §7)."""
-    ref = result["quantised_accuracy"]
+def tolerated(
+    result: dict[str, Any],
+    within: float = 0.01,
+    *,
+    reference: float | None = None,
+    key: str = "accuracy_mean",
+) -> list[dict[str, Any]]:
+    """Per (strategy, ratio): the highest swept p whose mean accuracy (``key``) stays within
+    ``within`` of the fault-free chip's accuracy, with every lower swept p also within
+    (DESIGN §7). The fault-free chip is the one on the sweep's device when there is one
+    (``device_fault_free_accuracy``), else the quantised model; ``reference`` overrides."""
+    ref = reference
+    if ref is None:
+        ref = result.get("device_fault_free_accuracy", result["quantised_accuracy"])
     out = []
     pts = result["points"]
     for strategy in dict.fromkeys(p["strategy"] for p in pts):
@@ -126,7 +166,7 @@ def tolerated(result: dict[str, Any], within: float = 0.01) -> list[dict[str, An
                 (p for p in pts if p["strategy"] == strategy and p["ratio"] == ratio),
                 key=lambda p: p["rate"],
             ):
-                if p["accuracy_mean"] < ref - within:
+                if p[key] < ref - within:
                     break
                 best = p["rate"]
             out.append({"strategy": strategy, "ratio": ratio, "tolerated_rate": best})
@@ -134,17 +174,31 @@ def tolerated(result: dict[str, Any], within: float = 0.01) -> list[dict[str, An
 
 
 def table(result: dict[str, Any]) -> str:
-    """Markdown table: one row per (ratio, rate), one column per strategy (mean ± std %)."""
+    """Markdown table: one row per (ratio, rate), one column per strategy (mean ± std %); with a
+    device each cell reads ``device / ideal``."""
     pts = result["points"]
     strategies = list(dict.fromkeys(p["strategy"] for p in pts))
     keys = sorted({(p["ratio"], p["rate"]) for p in pts}, key=lambda k: (k[0], k[1]))
     by = {(p["strategy"], p["ratio"], p["rate"]): p for p in pts}
-    lines = [
+    on_device = "device_fault_free_accuracy" in result
+    device = result.get("device", "ideal")
+    head = (
         f"float model {100 * result['float_accuracy']:.2f} %, fault-free chip (quantised) "
-        f"{100 * (result['quantised_accuracy'] or math.nan):.2f} %, {result['n_samples']} samples, "
-        f"{result['tiles']} tiles, device {result.get('device', 'ideal')} "
+        f"{100 * (result['quantised_accuracy'] or math.nan):.2f} %"
+    )
+    if on_device:
+        head += (
+            f", fault-free chip on {device} {100 * result['device_fault_free_accuracy']:.2f} ± "
+            f"{100 * result['device_fault_free_accuracy_std']:.2f} %"
+        )
+    lines = [
+        f"{head}, {result['n_samples']} samples, {result['tiles']} tiles, device {device} "
         f"({result.get('mode', 'auto')} mode)",
         "",
+    ]
+    if on_device:
+        lines += [f"each cell: on {device} / on the ideal cell (same build, same chip)", ""]
+    lines += [
         "| SA1:SA0 | p | " + " | ".join(strategies) + " |",
         "|---|---|" + "---|" * len(strategies),
     ]
@@ -152,17 +206,26 @@ def table(result: dict[str, Any]) -> str:
         cells = []
         for s in strategies:
             p = by.get((s, ratio, rate))
-            cells.append(
-                ""
-                if p is None
-                else f"{100 * p['accuracy_mean']:.2f} ± {100 * p['accuracy_std']:.2f}"
-            )
+            cell = "" if p is None else _pm(p["accuracy_mean"], p["accuracy_std"])
+            if p is not None and on_device:
+                cell += " / " + _pm(p["ideal_accuracy_mean"], p["ideal_accuracy_std"])
+            cells.append(cell)
         lines.append(f"| {ratio} | {100 * rate:g} % | " + " | ".join(cells) + " |")
-    lines += ["", "Tolerated fault rate (highest p within 1 point of the fault-free chip):"]
-    for t in result.get("tolerated", []):
-        rate = "none" if t["tolerated_rate"] is None else f"{100 * t['tolerated_rate']:g} %"
-        lines.append(f"  {t['strategy']:<12} {t['ratio']:>4}  {rate}")
+    sets = [("", result.get("tolerated", []))]
+    if on_device:
+        sets = [(f" on {device}", result.get("tolerated", [])),
+                (" on the ideal cell", result.get("tolerated_ideal", []))]
+    for where, rows in sets:
+        lines += ["", f"Tolerated fault rate{where} (highest p within 1 point of the fault-free "
+                  f"chip{where}):"]
+        for t in rows:
+            rate = "none" if t["tolerated_rate"] is None else f"{100 * t['tolerated_rate']:g} %"
+            lines.append(f"  {t['strategy']:<12} {t['ratio']:>4}  {rate}")
     return "\n".join(lines)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def render_plot(result: dict[str, Any], path: str) -> None:
@@ -184,8 +247,15 @@ def render_plot(result: dict[str, Any], path: str) -> None:
             x = [p["rate"] for p in sel]
             y = np.array([100 * p["accuracy_mean"] for p in sel])
             e = np.array([100 * p["accuracy_std"] for p in sel])
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=s)
-        ax.axhline(100 * result["float_accuracy"], color="k", ls="--", lw=1, label="fault-free")
+            line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=s)
+            if sel and "ideal_accuracy_mean" in sel[0]:
+                yi = [100 * p["ideal_accuracy_mean"] for p in sel]
+                ax.plot(x, yi, ls=":", marker=".", color=line[0].get_color(),
+                        label=f"{s} (ideal cell)")
+        ax.axhline(100 * result["float_accuracy"], color="k", ls="--", lw=1, label="float model")
+        if "device_fault_free_accuracy" in result:
+            ax.axhline(100 * result["device_fault_free_accuracy"], color="grey", ls="-.", lw=1,
+                       label=f"fault-free on {result['device']}")
         ax.set_xscale("log")
         ax.set_xlabel("fault rate p")
         ax.set_ylabel("top-1 accuracy (%)")
