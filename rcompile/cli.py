@@ -400,11 +400,12 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
               show_default=True, help="Run chips in local processes or on a dask cluster.")
 @click.option("--scheduler", help="dask.distributed scheduler address (with --executor dask).")
 @_solver_options
+@_device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
 def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy: str,
               plan_path: str | None, calib: str | None, verify_data: str | None, executor: str,
               scheduler: str | None, time_limit: float, solver_seed: int,
-              as_json: bool) -> None:
+              device_spec: str | None, as_json: bool) -> None:
     """Compile every chip of a lot: plan once, chips in parallel, resumable, one report line
     per chip in OUTDIR/report.jsonl."""
     from rcompile import provision as prov
@@ -418,6 +419,7 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
     if plan_path is not None and calib is not None:
         raise click.BadParameter("a saved plan already fixes calibration; drop --calib",
                                  param_hint="'--plan'")
+    hw = _load_device(device_spec)
     total = len(prov.find_faultmaps(faultmaps_dir))
     prov.check_writable(out_dir)  # fail before the progress bar starts
     with click.progressbar(length=total, label="provisioning", file=sys.stderr,
@@ -426,7 +428,7 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
             model, faultmaps_dir, out_dir, jobs=jobs, strategy=strategy, plan_path=plan_path,
             calib_path=calib, verify_data=verify_data, executor=executor, scheduler=scheduler,
             solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
-            progress=lambda line: bar.update(1),
+            progress=lambda line: bar.update(1), hardware=hw,
         )
     if as_json:
         click.echo(json.dumps(summary.to_dict()))

@@ -37,7 +37,8 @@ from rcompile import api, planfile, solvers
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import Dataset, input_specs, load_data
-from rcompile.errors import BadPlan, RcompileError
+from rcompile.device import Hardware
+from rcompile.errors import BadDevice, BadPlan, RcompileError
 from rcompile.fileio import atomic_write
 from rcompile.pipeline import SolverOptions
 
@@ -54,6 +55,11 @@ class LotState:
     solver: SolverOptions = field(default_factory=SolverOptions)
     verify: Dataset | None = None
     out_dir: str = "."
+    hardware: Hardware | None = None
+    """The chips' device model (``--device``): recorded in every image, emulated by verify."""
+    reported: frozenset[str] = frozenset()
+    """Fault maps (file names) the existing report lists as done: only their images may be
+    skipped, so an image whose report line a crash lost is built again (same bytes)."""
 
 
 @dataclass(frozen=True)
@@ -103,12 +109,18 @@ def compile_chip(state: LotState, task: ChipTask) -> dict[str, Any]:
         line["faults"] = {"sa0": counts["sa0"], "sa1": counts["sa1"],
                           "rate": round(float(counts["rate"]), 6)}
         planfile.check_chip(state.saved, fm)
-        if _done(task.image, fm, state.saved.plan.model_sha256):
+        hw = state.hardware
+        if hw is not None and (hw.tile_rows, hw.tile_cols) != (fm.geometry.rows, fm.geometry.cols):
+            raise BadDevice(f"device {hw.name} has {hw.tile_rows}x{hw.tile_cols} tiles but fault "
+                            f"map {task.faultmap} has {fm.geometry.rows}x{fm.geometry.cols}; "
+                            "expected the same tiles")
+        if os.path.basename(task.faultmap) in state.reported and _done(task.image, fm, state):
             line.update(status="skipped", seconds=time.perf_counter() - t0)
             return line
         with solvers.serial():  # one chip per worker: the workers already fill the cores
             res = api.build(state.saved.plan, fm, strategy=state.strategy,
-                            solver=state.solver, calib=state.saved.calib)
+                            solver=state.solver, calib=state.saved.calib,
+                            hardware=None if hw is None else hw.to_dict())
         rimg.write(res.image, task.image)
         line["predicted_error"] = _predicted(res.log)
         line["tiles_used"] = len(res.image.tiles)
@@ -117,6 +129,7 @@ def compile_chip(state: LotState, task: ChipTask) -> dict[str, Any]:
 
             rep = runtime.verify(res.image, fm, state.verify, image_source=task.image)
             line["accuracy"] = rep.accuracy
+            line["mode"] = rep.mode
             line["agreement"] = rep.agreement
         line.update(status="ok", seconds=time.perf_counter() - t0)
     except RcompileError as e:
@@ -127,16 +140,20 @@ def compile_chip(state: LotState, task: ChipTask) -> dict[str, Any]:
     return line
 
 
-def _done(path: str, fm: fmap.FaultMap, model_sha256: str) -> bool:
-    """True if ``path`` holds a valid image of this chip and this model."""
+def _done(path: str, fm: fmap.FaultMap, state: LotState) -> bool:
+    """True if ``path`` holds a valid image of this chip and this model, built with the lot's
+    strategy for the lot's device (a rerun with other settings rebuilds)."""
     if not os.path.exists(path):
         return False
     try:
         head = rimg.read(path).header
     except RcompileError:
         return False
+    hw = None if state.hardware is None else state.hardware.to_dict()
     return bool(head.get("faultmap_sha256") == fm.digest()
-                and head.get("model_sha256") == model_sha256)
+                and head.get("model_sha256") == state.saved.plan.model_sha256
+                and head.get("strategy") == state.strategy
+                and head.get("hardware") == hw)
 
 
 def _predicted(log: list[dict[str, Any]]) -> float | None:
@@ -243,14 +260,20 @@ def check_writable(out_dir: str) -> None:
 
 
 def lot_plan(model: str, maps: list[str], *, plan_path: str | None = None,
-             calib_path: str | None = None) -> planfile.SavedPlan:
+             calib_path: str | None = None,
+             hardware: Hardware | None = None) -> planfile.SavedPlan:
     """The lot's plan: read from ``plan_path`` (checked against ``model``), or made from the
-    model for the geometry and levels of the first fault map that loads."""
+    model for the geometry and levels of the first fault map that loads (and for the cell of
+    ``hardware`` when given: its levels, conductances and programming error table)."""
     if plan_path is not None:
         saved = planfile.read(plan_path)
         planfile.check_model(saved, model)
         if calib_path is not None and saved.calib is None:
             raise BadPlan(f"{plan_path}: made without --calib; pass --calib to 'rcompile plan'")
+        if hardware is not None and hardware.cell.levels != saved.plan.device.levels:
+            raise BadPlan(f"{plan_path}: plan is quantised for {saved.plan.device.levels} levels "
+                          f"but device {hardware.name} has {hardware.cell.levels}: make a plan "
+                          f"with --levels {hardware.cell.levels}")
         return saved
     first = None
     for path in maps:
@@ -262,8 +285,13 @@ def lot_plan(model: str, maps: list[str], *, plan_path: str | None = None,
     if first is None:
         raise RcompileError(f"{os.path.dirname(maps[0]) or '.'}: no fault map in the lot loads")
     geo = first.geometry
+    base = None
+    if hardware is not None:
+        from rcompile.programming import compiler_device
+
+        base = compiler_device(hardware)
     plan, _ = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
-                               device=first.device())
+                            device=first.device(base))
     calib = None
     if calib_path is not None:
         calib = api.load_calib_stats(plan, calib_path)
@@ -305,13 +333,15 @@ def provision(
     client: Any = None,
     connect_timeout_s: float = 20.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    hardware: Hardware | None = None,
 ) -> LotSummary:
     """Compile every chip of the lot in ``faultmaps`` into ``out_dir`` (see module docstring).
 
     ``jobs`` local worker processes (0: one per core); ``executor="dask"`` sends the chips to
     the ``dask.distributed`` scheduler at ``scheduler`` (or to an existing ``client``), giving
     up after ``connect_timeout_s`` if it does not answer.
-    ``progress`` is called with each chip's report line as it arrives.
+    ``progress`` is called with each chip's report line as it arrives. ``hardware`` is the
+    lot's device model (``build --device`` for every chip).
     """
     if strategy not in api.STRATEGIES:
         raise RcompileError(f"unknown strategy {strategy!r}; known: {sorted(api.STRATEGIES)}")
@@ -320,14 +350,15 @@ def provision(
     t0 = time.perf_counter()
     maps = find_faultmaps(faultmaps)
     check_writable(out_dir)
-    saved = lot_plan(model, maps, plan_path=plan_path, calib_path=calib_path)
+    saved = lot_plan(model, maps, plan_path=plan_path, calib_path=calib_path, hardware=hardware)
     verify = None
     if verify_data is not None:
         verify = load_data(verify_data, input_specs(saved.plan.model))
-    state = LotState(saved, strategy, solver or SolverOptions(), verify, out_dir)
-
     report = os.path.join(out_dir, REPORT)
     previous = read_report(report)
+    reported = frozenset(k for k, v in previous.items() if v.get("status") in ("ok", "skipped"))
+    state = LotState(saved, strategy, solver or SolverOptions(), verify, out_dir, hardware,
+                     reported)
     tasks = [ChipTask(m, os.path.join(out_dir, Path(m).stem + ".rimg")) for m in maps]
     lines: dict[str, dict[str, Any]] = {}
     summary = LotSummary(chips=len(tasks), report=report)

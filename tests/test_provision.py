@@ -21,6 +21,7 @@ from rcompile import api, planfile, solvers
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile import provision as prov
+from rcompile.device import load_hardware
 from rcompile.errors import RcompileError
 from tests.conftest import MODEL, ROOT, TEST_DATA, conv_bn_gemm, save
 from tests.conftest import rcompile as run_cli
@@ -162,6 +163,37 @@ def test_rerun_skips_done_chips_and_keeps_one_line_each(tmp_path: Path) -> None:
     assert (out / "chip001.rimg").read_bytes() == before["chip001.rimg"]
 
 
+def test_lot_for_a_device_records_it_verifies_on_it_and_reruns_on_a_change(
+        tmp_path: Path) -> None:
+    lot, out = tmp_path / "lot", tmp_path / "out"
+    make_lot(lot, 2)
+    small = tmp_path / "small.npz"
+    d = np.load(TEST_DATA)
+    np.savez(small, input=d["input"][:100], labels=d["labels"][:100])
+    r = run_cli("provision", MODEL, "--faultmaps", str(lot), "-o", str(out), "-j", "1",
+                "--device", "neurosim", "--verify-data", str(small))
+    assert r.returncode == 0, r.stderr
+    for x in report_lines(out):
+        assert x["status"] == "ok" and x["mode"] == "tile" and x["accuracy"] > 0.8
+        head = rimg.read(out / x["file"]).header
+        assert head["hardware"]["name"] == "neurosim"
+        assert len(head["device"]["level_rms_error"]) == 16  # the plan was made for the device
+    same = prov.provision(MODEL, str(lot), str(out), jobs=1,
+                          hardware=load_hardware("neurosim"))
+    assert (same.ok, same.skipped) == (0, 2)
+    # the lot without the device is another build: nothing is skipped
+    plain = prov.provision(MODEL, str(lot), str(out), jobs=1)
+    assert (plain.ok, plain.skipped) == (2, 0)
+    assert "hardware" not in rimg.read(out / "chip000.rimg").header
+    # a device with other tiles than the chips: every chip fails with one clear line
+    dev = tmp_path / "small-tiles.toml"
+    dev.write_text('base = "neurosim"\ntile_rows = 64\ntile_cols = 64\n')
+    r = run_cli("provision", MODEL, "--faultmaps", str(lot), "-o", str(tmp_path / "o2"),
+                "--device", str(dev))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "2 of 2 chips failed" in r.stderr and "64x64 tiles" in r.stderr
+
+
 def test_empty_lot_and_unwritable_output(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     r = run_cli("provision", MODEL, "--faultmaps", str(tmp_path / "empty"), "-o",
@@ -210,7 +242,7 @@ def test_killed_mid_lot_then_restarted(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     lines = report_lines(out)
     assert [x["faultmap"] for x in lines] == [f"chip{i:03d}.npz" for i in range(10)]
-    assert all(x["status"] == "ok" for x in lines)
+    assert all(x["status"] == "ok" for x in lines), [(x["status"], x.get("message")) for x in lines]
     for x in lines:
         rimg.read(out / x["file"])  # every image decodes
     assert not list(out.glob(".*.tmp"))
