@@ -36,8 +36,10 @@ every weight were programmed exactly to its quantised value. :func:`verify` comp
 faulty chip against it, and optionally against the original float model.
 
 **Device models** (:class:`~rcompile.device.Hardware`, ``docs/device.md``). Step 1 uses the
-device's write-verify model (:mod:`rcompile.programming`): each used cell lands near, not on,
-its target level, seeded by ``noise_seed`` and the tile, before stuck cells override it. The
+device's write-verify model (:mod:`rcompile.programming`, its fast path
+:func:`~rcompile.programming.program_tiles`, all tiles at once): each used cell that is not stuck
+lands near, not on, its target level, seeded by ``noise_seed`` and the tile; stuck cells are
+not written (they would be overridden anyway) and sit where they are stuck. The
 ``ideal`` mode then proceeds as above with those fractional levels (the ``g_min`` offset still
 cancels in a pair); the ``tile`` mode instead runs every slice through its DAC, its crossbar of
 realised conductances (leak included), read noise and its ADC (:mod:`rcompile.tilemode`). Both
@@ -67,7 +69,7 @@ from rcompile.device import PRESETS, Device, Hardware, hardware_from_dict
 from rcompile.errors import BadData, BadDevice, BadImage, BadModel
 from rcompile.image import Image, LayerRecord, SliceRecord
 from rcompile.ir import from_matrices
-from rcompile.programming import program
+from rcompile.programming import program_tiles
 
 if TYPE_CHECKING:
     from rcompile.faultmap import FaultMap
@@ -92,6 +94,10 @@ __all__ = [
 ]
 
 _DEVICE_KEYS = ("levels", "g_min_us", "g_max_us", "read_v")
+
+_Programmer = Callable[[list[tuple[int, np.ndarray, np.ndarray]]], list[np.ndarray]]
+"""Writes every ``(tile, target levels [R, C], cells to write [R, C] bool)`` and returns the
+realised float64 levels of each tile (cells not written keep their target)."""
 
 CALIBRATION_SAMPLES = 128
 """Samples (the first of the data, at most one batch) a ``calibrated`` converter is set on."""
@@ -295,12 +301,19 @@ def _effective(
     realised level of every used tile goes to ``sink`` when given."""
     name = _image_name(image, image_source)
     device = image_device(image, image_source) if hw is None else hw.cell
-    prog: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None
+    prog: _Programmer | None = None
     if hw is not None and not hw.programming.ideal:
-        def prog(t: int, levels: np.ndarray, used: np.ndarray) -> np.ndarray:
-            rng = np.random.default_rng([int(noise_seed), t])
-            out = levels.astype(np.float64)
-            out[used] = program(levels[used], hw.cell, hw.programming, rng, hw.read.noise_rel)
+        def prog(jobs: list[tuple[int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+            # every tile in one vectorised write-verify; tile t draws from its own generator,
+            # seeded (noise_seed, t), so a tile's cells do not depend on the other tiles
+            rngs = [np.random.default_rng([int(noise_seed), t]) for t, _, _ in jobs]
+            got = program_tiles([lv[m] for _, lv, m in jobs], hw.cell, hw.programming, rngs,
+                                hw.read.noise_rel)
+            out = []
+            for (_, lv, m), g in zip(jobs, got, strict=True):
+                full = lv.astype(np.float64)
+                full[m] = g
+                out.append(full)
             return out
     stuck = np.asarray(faultmap.stuck_levels(device))
     T, R, C = _geometry(image, name)
@@ -316,7 +329,7 @@ def _realise(
     image: Image,
     stuck: np.ndarray | None,
     image_source: str | None = None,
-    prog: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    prog: _Programmer | None = None,
     sink: dict[int, np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Shared core of :func:`effective_weights` (``stuck`` given) and :func:`programmed_weights`.
@@ -334,6 +347,7 @@ def _realise(
     mats = [np.zeros((r.op.groups, r.op.rows, r.op.outs), np.float64) for r in image.layers]
     n_stuck = [0] * len(image.layers)
     seen: set[int] = set()
+    checked = []
     for tile in image.tiles:
         t = int(tile.tile)
         where = f"image {name}: tile {t}"
@@ -352,13 +366,18 @@ def _realise(
                 f"{where} has levels in {levels.min()}..{levels.max()}; "
                 f"expected 0..{device.max_level}"
             )
-        # 1. programming realises the targets; stuck cells override it
-        lv = levels.astype(np.float64) if prog is None else prog(t, levels, _used(tile, R, C))
-        hit = np.zeros((R, C), bool)
+        hit = np.zeros((R, C), bool) if stuck is None else ~np.isnan(stuck[t])
+        checked.append((tile, t, where, levels, hit))
+    # 1. programming realises the targets of the cells slices read (a stuck cell is not worth
+    # writing: it stays where it is stuck); stuck cells override it
+    if prog is None:
+        realised = [levels.astype(np.float64) for _, _, _, levels, _ in checked]
+    else:
+        realised = prog([(t, levels, _used(tile, R, C) & ~hit)
+                         for tile, t, _, levels, hit in checked])
+    for (tile, t, where, _, hit), lv in zip(checked, realised, strict=True):
         if stuck is not None:
-            st = stuck[t]
-            hit = ~np.isnan(st)
-            lv[hit] = st[hit]
+            lv[hit] = stuck[t][hit]
         if sink is not None:
             sink[t] = lv
         for k, s in enumerate(tile.slices):  # 2. route through every slice
@@ -531,17 +550,23 @@ def image_input_specs(image: Image) -> list[InputSpec]:
 
 
 def run(
-    model: onnx.ModelProto, dataset: Dataset, batch_size: int = 256, *, source: str = "model"
+    model: onnx.ModelProto, dataset: Dataset, batch_size: int = 256, *, source: str = "model",
+    optimize: bool = True,
 ) -> list[np.ndarray]:
     """All outputs of ``model`` on ``dataset``, in batches, concatenated along axis 0.
 
-    CPU execution provider, two intra-op threads, all graph optimisations. A model that fixes
-    its batch axis at ``b`` is run ``b`` samples at a time.
+    CPU execution provider, two intra-op threads, all graph optimisations (none with
+    ``optimize=False``: for the emulator's own graphs, whose hundreds of nodes make the
+    optimisers cost more session setup than they save in the run). A model that fixes its batch
+    axis at ``b`` is run ``b`` samples at a time.
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     opts.log_severity_level = 3
     try:
         sess = ort.InferenceSession(
@@ -621,11 +646,15 @@ class Report:
     remeasured: bool
     """True when the fault map is a re-measurement, not the map the image was compiled against."""
     timing: dict[str, float | None] = field(default_factory=dict)
-    """Seconds: ``weights_s`` (programming the cells and rebuilding the faulty weights),
-    ``graph_s`` (building the emulated graph, incl. ADC calibration), ``reference_s`` (plain
-    onnxruntime on the fault-free chip), ``emulated_s`` (the emulated chip), ``float_s`` (float
-    model run, None without it); ``emulation_ratio`` = ``emulated_s / reference_s`` and
-    ``total_ratio`` = ``(weights_s + graph_s + emulated_s) / reference_s``."""
+    """Seconds, each a wall-clock time in this call: ``reference_s`` (plain onnxruntime on the
+    fault-free chip's graph: session setup and run), ``emulated_s`` (the emulated chip's graph,
+    likewise), ``weights_s`` (simulating the programming of every cell and rebuilding the faulty
+    weights), ``graph_s`` (building the emulated graph, incl. a converter calibration run),
+    ``setup_s`` = ``weights_s + graph_s``, ``float_s`` (float model run, None without it);
+    ``emulation_ratio`` = ``emulated_s / reference_s`` (run against run) and ``total_ratio`` =
+    ``(setup_s + emulated_s) / reference_s`` (what emulating one chip costs against one plain
+    run). Not counted anywhere: building the reference graph, the error metrics and the energy
+    estimate."""
     mode: str = "ideal"
     """Emulation mode that ran: ``ideal`` or ``tile`` (see :data:`MODES`)."""
     device: str = "ideal"
@@ -750,7 +779,7 @@ def verify(
     )
     graph_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    every = run(emulated, dataset, batch_size, source=src)
+    every = run(emulated, dataset, batch_size, source=src, optimize=mode == "ideal")
     emulated_s = time.perf_counter() - t0
     emu = every[:n_out]
 
@@ -781,8 +810,9 @@ def verify(
     )
     ref_sq = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
     chip = image.header.get("chip_id") or faultmap.chip_id or None
+    setup_s = weights_s + graph_s
     ratio = emulated_s / reference_s if reference_s > 0 else None
-    total = (weights_s + graph_s + emulated_s) / reference_s if reference_s > 0 else None
+    total = (setup_s + emulated_s) / reference_s if reference_s > 0 else None
     return Report(
         accuracy=_accuracy(emu[0], dataset.labels, dataset.source),
         fault_free_accuracy=_accuracy(ref[0], dataset.labels, dataset.source),
@@ -797,6 +827,7 @@ def verify(
         timing={
             "weights_s": weights_s,
             "graph_s": graph_s,
+            "setup_s": setup_s,
             "reference_s": reference_s,
             "emulated_s": emulated_s,
             "float_s": float_s,
@@ -836,7 +867,7 @@ def emulate(
     model, _, n_out = _emulated_graph(
         image, mode, hw, levels, effective, reference, dataset, batch_size, noise_seed, src
     )
-    return run(model, dataset, batch_size, source=src)[:n_out]
+    return run(model, dataset, batch_size, source=src, optimize=mode == "ideal")[:n_out]
 
 
 def _emulated_graph(
@@ -889,7 +920,7 @@ def _tile_model(
             inputs={k: v[:n_cal] for k, v in dataset.inputs.items()}, labels=None,
             n=n_cal, source=dataset.source,
         )
-        outs = run(cal.model, first, step, source=source)
+        outs = run(cal.model, first, step, source=source, optimize=False)
         calibration = cal.read_calibration(outs, len(image.layers))
     return tilemode.build(image, graph, levels, hw, biases, seed=seed, calibration=calibration,
                           shapes=shapes)

@@ -154,6 +154,10 @@ def test_update_curve_spans_the_range_and_inverts(nl: float) -> None:
         assert c.x(g) == pytest.approx(np.linspace(0, 64, 9))
     # LTP (nl > 0) rises fastest at g_min, LTD (nl < 0) fastest at g_max
     first, last = np.diff(c.g(np.array([0.0, 1.0, 63.0, 64.0])))[[0, 2]]
+    # the closed-form write step is the curve walked n pulses on (either way)
+    for n in (1.0, 5.0, -3.0):
+        inside = g[(c.x(g) + n >= 0) & (c.x(g) + n <= 64)]
+        assert c.after(inside, np.full(inside.shape, n)) == pytest.approx(c.g(c.x(inside) + n))
     assert (first > last) if nl > 0 else (first < last) if nl < 0 else first == pytest.approx(last)
 
 

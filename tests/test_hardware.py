@@ -16,10 +16,11 @@ from rcompile import api, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import Dataset
-from rcompile.device import PRESETS, Converters, Device, Hardware, Read
+from rcompile.device import PRESETS, Converters, Device, Hardware, Programming, Read
 from rcompile.faultmap import FaultMap
 from rcompile.image import Image, SliceRecord, TileRecord
 from rcompile.ir import LAYOUT_KN, WeightOp
+from rcompile.programming import program, program_tiles
 from rcompile.sweep import run_sweep
 from tests.conftest import MODEL, TEST_DATA, rcompile
 from tests.test_runtime import (
@@ -180,6 +181,69 @@ def test_programming_misses_targets_but_stuck_cells_still_override() -> None:
     assert healthy_err.max() > 0.05 and healthy_err.mean() < 1.5  # near, not on, target
     exact = runtime.chip_levels(image, fm, IDEAL)[0]
     assert np.array_equal(exact[~hit], target[~hit])
+
+
+def test_stuck_cells_are_not_programmed_and_the_rest_is_one_seeded_write() -> None:
+    fm = faulty()
+    image, _ = CASES["split"](fm)
+    hw = PRESETS["neurosim"]
+    stuck = fm.stuck_levels(hw.cell)
+    got = runtime.chip_levels(image, fm, hw, noise_seed=7)
+    for tile in image.tiles:
+        t = int(tile.tile)
+        hit = ~np.isnan(stuck[t])
+        write = runtime._used(tile, R, C) & ~hit
+        assert hit.any() and (runtime._used(tile, R, C) & hit).any()  # stuck cells under slices
+        # exactly the written cells drew from the tile's generator: nothing spent on stuck ones
+        (want,) = program_tiles([tile.levels[write]], hw.cell, hw.programming,
+                                [np.random.default_rng([7, t])], hw.read.noise_rel)
+        assert np.array_equal(got[t][write], want)
+        assert np.array_equal(got[t][hit], stuck[t][hit])
+        unused = ~runtime._used(tile, R, C) & ~hit  # cells no slice reads keep their target
+        assert np.array_equal(got[t][unused], tile.levels[unused])
+    again = runtime.chip_levels(image, fm, hw, noise_seed=7)
+    assert all(np.array_equal(got[t], again[t]) for t in got)
+
+
+def test_fast_programming_is_seeded_per_group() -> None:
+    hw = PRESETS["neurosim"]
+    groups = [np.random.default_rng(s).integers(0, 16, size=(30, 7)) for s in range(3)]
+
+    def write(seeds: list[int], gs: list[np.ndarray]) -> list[np.ndarray]:
+        return program_tiles(gs, hw.cell, hw.programming,
+                             [np.random.default_rng([5, s]) for s in seeds], hw.read.noise_rel)
+
+    a, b = write([0, 1, 2], groups), write([0, 1, 2], groups)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert [x.shape for x in a] == [(30, 7)] * 3
+    (alone,) = write([1], groups[1:2])  # a group does not depend on the others
+    assert np.array_equal(alone, a[1])
+    assert not np.array_equal(write([0, 9, 2], groups)[1], a[1])
+
+
+def test_reset_cells_are_written_when_read_noise_could_reject_them() -> None:
+    # tolerance 0.5 steps of 6 uS = 3 uS, read noise 20 % of g_min = 50 uS: 0.3 sigmas
+    cell = Device(levels=16, g_min_us=50.0, g_max_us=140.0)
+    prog = Programming(pulses=64, nl_ltp=4.0, nl_ltd=-4.0, c2c_sigma=0.035,
+                       tolerance_levels=0.5, max_iterations=20)
+    zeros = np.zeros(500, np.int64)
+    (noisy,) = program_tiles([zeros], cell, prog, [np.random.default_rng(0)], 0.2)
+    assert np.any(noisy != 0)  # rejected readings were rewritten, as program() does
+    assert np.any(program(zeros, cell, prog, np.random.default_rng(0), 0.2) != 0)
+    (quiet,) = program_tiles([zeros], cell, prog, [np.random.default_rng(0)], 0.0)
+    assert np.all(quiet == 0)
+
+
+def test_verify_is_reproducible_in_tile_mode() -> None:
+    fm = faulty()
+    image, graph = CASES["split"](fm)
+    data = dataset(graph, 32)
+    hw = replace(PRESETS["neurosim"], tile_rows=R, tile_cols=C)
+    a, b = (runtime.verify(image, fm, data, hardware=hw, noise_seed=2).to_dict() for _ in "ab")
+    assert a["mode"] == "tile"
+    a.pop("timing")
+    b.pop("timing")
+    assert a == b
 
 
 def test_on_off_leak_cancels_in_pairs_but_costs_adc_range_and_energy() -> None:

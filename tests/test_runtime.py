@@ -504,3 +504,25 @@ def test_default_report_is_the_ideal_device_with_energy_and_timing() -> None:
     assert [c["node"] for c in rep.energy] == ["fc", "<digital periphery>"]
     assert rep.timing["emulation_ratio"] is not None and rep.timing["graph_s"] is not None
     json.dumps(rep.to_dict())
+
+
+def test_timing_reports_setup_and_both_ratios() -> None:
+    fm = healthy()
+    image = make_image(gemm_graph(), [layer_record(GEMM_OP, 1)], fm)
+    t = verify(image, fm, dataset(gemm_graph(), 8)).timing
+    keys = ("weights_s", "graph_s", "setup_s", "reference_s", "emulated_s", "emulation_ratio",
+            "total_ratio")
+    assert all(isinstance(t[k], float) and t[k] >= 0 for k in keys)
+    assert t["float_s"] is None  # no float model given
+    assert t["setup_s"] == pytest.approx(t["weights_s"] + t["graph_s"])
+    assert t["emulation_ratio"] == pytest.approx(t["emulated_s"] / t["reference_s"])
+    assert t["total_ratio"] == pytest.approx((t["setup_s"] + t["emulated_s"]) / t["reference_s"])
+
+
+def test_run_without_graph_optimisations_computes_the_same() -> None:
+    fm = healthy()
+    image = make_image(conv_graph(), [layer_record(CONV_OP, 2)], fm)
+    model = emulated_model(image, intended_weights(image))
+    ds = dataset(conv_graph(), 16)
+    (a,), (b,) = run(model, ds), run(model, ds, optimize=False)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
