@@ -8,9 +8,10 @@ ReRAM-based Edge AI" (ISQED 2021), that pruned models tolerate more faults.
 Steps:
 
 1. Train the dense model exactly as ``train.py`` does: the same architecture,
-   data split, seeds and training loop (they are imported from ``train.py``),
-   so the dense weights are those of ``mnist_cnn.onnx``; the script checks
-   this bit for bit when that file is present.
+   data split, seeds and training loop (``train.train_dense`` and the shared
+   ``examples/_training.py``), so the dense weights are those of
+   ``mnist_cnn.onnx``; the script checks this bit for bit when that file is
+   present.
 2. Gradual unstructured magnitude pruning with ``torch.nn.utils.prune``
    (L1, global over all Conv and Linear weights by default, ``--scope layer``
    prunes every layer to the same fraction).  The sparsity follows the cubic
@@ -21,7 +22,7 @@ Steps:
 3. Final fine-tuning with the masks fixed (``FINAL_EPOCHS`` epochs, one-cycle
    learning rate), then ``prune.remove`` makes the zeros permanent.  Biases and
    BatchNorm parameters are not pruned.
-4. Export ``mnist_cnn_pruned.onnx`` with ``train.export_onnx`` (opset 17,
+4. Export ``mnist_cnn_pruned.onnx`` with the same ``export_onnx`` (opset 17,
    input ``input`` with a dynamic batch axis, output ``logits``,
    BatchNormalization kept as separate inference-mode nodes, weights inside
    the file), count the exact zeros in the Conv/Gemm weight initializers and
@@ -42,7 +43,6 @@ so a rerun on the same software versions gives the same bytes.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -51,26 +51,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 from torch.nn.utils import prune
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import (  # noqa: E402  (import after sys.path set-up)
-    BATCH_SIZE,
-    MAX_SHIFT,
-    SEED,
-    MnistCNN,
-    accuracy,
-    export_onnx,
-    load_digits,
-    ort_accuracy,
-    random_shift,
-    seed_everything,
-    stratified_split,
-    train,
-)
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # train.py, and examples/_training.py
+import _training as common  # noqa: E402  (import after sys.path set-up)
+from train import train_dense  # noqa: E402
 
 DEFAULT_SPARSITY = 0.8
 PRUNE_STEPS = 6  # gradual pruning steps
@@ -78,7 +66,7 @@ EPOCHS_PER_STEP = 3  # fine-tuning epochs after each pruning step
 PRUNE_LR = 5e-4  # constant Adam learning rate during gradual pruning
 FINAL_EPOCHS = 12  # fine-tuning with the final masks fixed
 FINAL_LR = 1e-3  # peak of the one-cycle learning rate in the final fine-tuning
-PRUNE_SEED = SEED + 1  # generator for batch order and augmentation after dense training
+PRUNE_SEED = common.SEED + 1  # generator for batch order and augmentation after dense training
 
 
 def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -124,39 +112,9 @@ def fine_tune(
     one_cycle: bool,
     tag: str,
 ) -> None:
-    """The loop of ``train.train`` with its own epoch count and learning rate."""
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    """Adam at ``lr`` (constant, or the peak of a one-cycle schedule) for ``epochs`` epochs."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = (len(xt) + BATCH_SIZE - 1) // BATCH_SIZE
-    sched = (
-        torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
-        )
-        if one_cycle
-        else None
-    )
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        total, correct, loss_sum = 0, 0, 0.0
-        for i in range(0, len(xt), BATCH_SIZE):
-            idx = perm[i : i + BATCH_SIZE]
-            xb = random_shift(xt[idx], MAX_SHIFT, gen)
-            yb = yt[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            total += len(idx)
-        print(
-            f"  {tag} epoch {epoch + 1:2d}/{epochs}  loss {loss_sum / total:.4f}  "
-            f"train acc (augmented) {correct / total:.4f}"
-        )
+    common.fit(model, x, y, gen, opt, epochs, one_cycle_lr=lr if one_cycle else None, tag=tag)
 
 
 def check_dense_matches(model: nn.Module, dense_path: Path) -> None:
@@ -188,13 +146,7 @@ def onnx_weight_sparsity(m: onnx.ModelProto) -> list[tuple[str, str, int, int]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--out",
-        type=Path,
-        default=Path(__file__).resolve().parent,
-        help="output folder (default: this script's folder)",
-    )
+    ap = common.argument_parser(__doc__, __file__)
     ap.add_argument(
         "--sparsity",
         type=float,
@@ -221,20 +173,14 @@ def main() -> None:
     t_start = time.perf_counter()
 
     # 1. Dense model, exactly as train.py makes it.
-    seed_everything(SEED)
-    rng = np.random.default_rng(SEED)
-    gen = torch.Generator().manual_seed(SEED)
-    x, y = load_digits()
-    train_idx, test_idx, _ = stratified_split(y, rng)
-    x_train, y_train = x[train_idx], y[train_idx]
-    x_test, y_test = x[test_idx], y[test_idx]
+    d = common.seeded_digits()
+    x_train, y_train, x_test, y_test = d.x_train, d.y_train, d.x_test, d.y_test
     print(f"train {x_train.shape}  test {x_test.shape}")
 
-    model = MnistCNN()
     t0 = time.perf_counter()
-    train(model, x_train, y_train, gen)
+    model = train_dense(d)
     print(f"dense training time {time.perf_counter() - t0:.1f} s")
-    dense_acc = accuracy(model, x_test, y_test)
+    dense_acc = common.accuracy(model, x_test, y_test)
     print(f"dense PyTorch test accuracy: {dense_acc:.4f}")
     check_dense_matches(model, out / "mnist_cnn.onnx")
 
@@ -246,7 +192,7 @@ def main() -> None:
     for k in range(1, PRUNE_STEPS + 1):
         s_k = args.sparsity * (1.0 - (1.0 - k / PRUNE_STEPS) ** 3)
         prune_to(layers, s_k, args.scope)
-        acc_before = accuracy(model, x_test, y_test)
+        acc_before = common.accuracy(model, x_test, y_test)
         print(
             f"prune step {k}/{PRUNE_STEPS}: sparsity {n_zero_weights(layers) / n_total:.4f} "
             f"(target {s_k:.4f}), test acc before fine-tuning {acc_before:.4f}"
@@ -267,12 +213,12 @@ def main() -> None:
     for n, m in layers:
         if n in masks:  # the zeros are exactly the pruned positions
             assert torch.equal(m.weight == 0, masks[n] == 0), n
-    torch_acc = accuracy(model, x_test, y_test)
+    torch_acc = common.accuracy(model, x_test, y_test)
     print(f"pruned PyTorch test accuracy: {torch_acc:.4f}")
 
     # 4. Export and check.
     onnx_path = out / args.name
-    m = export_onnx(model, onnx_path)
+    m = common.export_onnx(model, onnx_path)
     ops = [n.op_type for n in m.graph.node]
     print(f"wrote {onnx_path} ({os.path.getsize(onnx_path)} bytes)")
     print("ONNX nodes:", " -> ".join(ops))
@@ -292,17 +238,14 @@ def main() -> None:
 
     test_path = out / "test.npz"
     if test_path.exists():
-        with np.load(test_path) as d:
-            xt, yt = d["input"], d["labels"]
+        with np.load(test_path) as f:
+            xt, yt = f["input"], f["labels"]
         assert np.array_equal(xt, x_test) and np.array_equal(yt, y_test), "test.npz differs"
         print(f"evaluating on {test_path}")
     else:
         xt, yt = x_test, y_test
         print(f"{test_path} not found: evaluating on the same split in memory")
-    ort_acc, ort_logits = ort_accuracy(onnx_path, xt, yt)
-    with torch.no_grad():
-        torch_logits = model(torch.from_numpy(xt)).numpy()
-    max_diff = float(np.abs(ort_logits - torch_logits).max())
+    ort_acc, max_diff = common.check_onnxruntime(model, onnx_path, xt, yt)
     print(f"dense  PyTorch test accuracy:     {dense_acc:.4f}")
     print(f"pruned PyTorch test accuracy:     {torch_acc:.4f}")
     print(f"pruned onnxruntime test accuracy: {ort_acc:.4f}  (max |logit diff| {max_diff:.2e})")

