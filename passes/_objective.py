@@ -96,13 +96,22 @@ def pair_cost_by_state(
 
 
 def best_levels_noisy(
-    q: np.ndarray, sp: np.ndarray, sn: np.ndarray, top: int, sq_err: np.ndarray
+    q: np.ndarray, sp: np.ndarray, sn: np.ndarray, top: int, sq_err: np.ndarray,
+    healthy_pairs: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`best_levels` on a device whose level ``k`` is programmed with expected squared
     error ``sq_err[k]`` (level steps squared): minimise ``(realised - q)^2`` plus the expected
-    programming error of every healthy cell written. A healthy pair picks the common mode whose
-    two levels program best; a stuck cell's partner trades exactness against a reliable level.
+    programming error of every healthy cell written. A stuck cell's partner trades exactness
+    against a reliable level. A healthy pair picks the common mode whose two levels program
+    best, or with ``healthy_pairs=False`` keeps the lowest common mode exactly as
+    :func:`best_levels` (a raised common mode also costs read noise, ADC range and energy,
+    which ``sq_err`` does not see).
     """
+    if not healthy_pairs:
+        kp0, kn0, _ = best_levels(q, sp, sn, top)
+        both = np.isnan(sp) & np.isnan(sn)
+        kp1, kn1 = best_levels_noisy(q, sp, sn, top, sq_err)
+        return np.where(both, kp0, kp1), np.where(both, kn0, kn1)
     q = np.asarray(q, np.int64)
     hp, hn = np.isnan(sp), np.isnan(sn)
     fp, fn = np.nan_to_num(sp), np.nan_to_num(sn)
@@ -123,3 +132,26 @@ def best_levels_noisy(
         kp = np.where(better, np.where(hp & hn, p_h, np.where(hp, c, np.rint(fp))), kp)
         kn = np.where(better, np.where(hp & hn, n_h, np.where(hn, c, np.rint(fn))), kn)
     return kp.astype(np.uint8), kn.astype(np.uint8)
+
+
+#: Values of the ``noise`` option of ``program`` and ``transform``: how the device's per-level
+#: programming error (``Device.level_rms_error``) joins the objective.
+NOISE_MODES = ("auto", "off", "partners", "all")
+
+
+def noise_mode(option: str, level_rms_error: tuple[float, ...], auto: str = "off") -> str:
+    """The effective noise mode: ``off``, ``partners`` or ``all``.
+
+    ``off``: exact-level objective. ``partners``: only the healthy partner of a stuck cell weighs
+    its level's expected programming error; healthy pairs keep the lowest common mode.
+    ``all``: every healthy cell written weighs it (healthy pairs may move their common mode).
+    ``auto``: the pass's measured default ``auto``. ``true`` and ``false`` are accepted for
+    ``all`` and ``off``. Without an error table every mode is ``off``, so a build without a
+    device is exactly the exact-level one.
+    """
+    mode = {"true": "all", "false": "off"}.get(option.lower(), option)
+    if mode not in NOISE_MODES:
+        raise ValueError(f"unknown noise mode {option!r}; expected one of {NOISE_MODES}")
+    if not level_rms_error:
+        return "off"
+    return auto if mode == "auto" else mode

@@ -11,11 +11,13 @@ Schemes:
 * ``transform``: each pair's common mode as chosen by ``transform`` (``Placement.high``).
 * ``compensate``: with the fault map, each pair is programmed optimally
   (``passes/_objective.best_levels``): a stuck cell's healthy partner is set so that
-  ``G+ - G-`` comes as close as the levels allow to the weight. With ``noise=true``, on a
-  device that programs some levels less accurately (``Device.level_rms_error``), the expected
-  programming error of every written level joins the objective
-  (``_objective.best_levels_noisy``): a healthy pair sits at the common mode whose levels
-  program best.
+  ``G+ - G-`` comes as close as the levels allow to the weight. On a device that programs some
+  levels less accurately (``Device.level_rms_error``), ``noise`` adds the expected programming
+  error of written levels to the objective (``_objective.best_levels_noisy``): ``partners``
+  only for the healthy partner of a stuck cell (healthy pairs keep the lowest common mode),
+  ``all`` (alias ``true``) for every healthy cell, so a healthy pair may sit at the common mode
+  whose levels program best. Default ``auto`` = ``off``: no mode gave a consistent paired
+  gain on the neurosim preset (docs/device.md).
 Unused cells stay at level 0 (least current).
 Requires: placements. Guarantees: ``levels`` for every used tile.
 """
@@ -26,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import best_levels, best_levels_noisy
+from rcompile.passes._objective import best_levels, best_levels_noisy, noise_mode
 from rcompile.passes.place import block_q
 from rcompile.passes.transform import scheme_levels
 
@@ -44,9 +46,9 @@ class Program:
     scheme: str = "compensate"
     common: str = "auto"
     """For ``differential``: auto | high | low."""
-    noise: bool = False
-    """For ``compensate``: weigh in the device's per-level programming error (opt-in: on the
-    neurosim preset it did not measurably help, see docs/device.md)."""
+    noise: str = "auto"
+    """For ``compensate``: auto (= off) | off | partners | all (``_objective.noise_mode``):
+    how the device's per-level programming error joins the objective (see docs/device.md)."""
 
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
@@ -57,7 +59,7 @@ class Program:
         rows, cols = ctx.geometry.rows, ctx.geometry.cols
         levels: dict[int, np.ndarray] = {}
         high_all = self._common_high(ctx)
-        noisy = self.noise and bool(ctx.device.level_rms_error)
+        mode = noise_mode(self.noise, ctx.device.level_rms_error)
         sq_err = ctx.device.expected_sq_error(np.arange(top + 1))
         for pl in mapping.placements:
             lv = levels.setdefault(pl.tile, np.zeros((rows, cols), np.uint8))
@@ -65,8 +67,9 @@ class Program:
             r = pl.phys_rows[:, None]
             if self.scheme == "compensate":
                 st = ctx.stuck[pl.tile]
-                if noisy:
-                    kp, kn = best_levels_noisy(q, st[r, pl.pos], st[r, pl.neg], top, sq_err)
+                if mode != "off":
+                    kp, kn = best_levels_noisy(q, st[r, pl.pos], st[r, pl.neg], top, sq_err,
+                                               healthy_pairs=mode == "all")
                 else:
                     kp, kn, _ = best_levels(q, st[r, pl.pos], st[r, pl.neg], top)
             else:

@@ -7,9 +7,13 @@ common mode
 the top level, so a stuck-on cell on the idle side costs nothing). There is no per-cell
 compensation: a transform applies to the whole pair, as in the MT paper. The cost of an
 (output, pair) is the least true error over the four transforms; outputs go to pairs by an exact
-linear assignment. Rows stay in order. With ``noise=true``, on a device with per-level
-programming error (``Device.level_rms_error``), the expected error of the levels each
-transform writes joins the cost, so MT knows when a high common mode is costly to program.
+linear assignment. Rows stay in order. On a device with per-level programming error
+(``Device.level_rms_error``, set by ``build --device``) the expected error of the levels each
+transform writes on healthy cells joins the cost (``noise=all``, the default there via
+``noise=auto``), so MT knows when a high common mode is costly to program: in a paired A/B on
+the neurosim preset this gained on average and lost nowhere (docs/device.md).
+``noise=partners`` counts only healthy cells whose partner is stuck; ``noise=off`` is the
+exact-level cost, which is also what every mode means without an error table.
 Requires: placements. Guarantees: ``pos``/``neg``/``high`` set per output.
 """
 
@@ -19,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
+from rcompile.passes._objective import noise_mode
 from rcompile.passes.place import block_q, block_weights
 
 from rcompile.ir import ChipMapping, Plan
@@ -44,8 +49,9 @@ def realised(k: np.ndarray, stuck: np.ndarray) -> np.ndarray:
 class Transform:
     name: ClassVar[str] = "transform"
     stage: ClassVar[str] = CHIP
-    noise: bool = False
-    """Weigh in the device's per-level programming error (opt-in)."""
+    noise: str = "auto"
+    """auto (= all) | off | partners | all (``_objective.noise_mode``): which healthy cells
+    weigh in the device's per-level programming error."""
 
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
@@ -53,7 +59,7 @@ class Transform:
         top = ctx.device.max_level
         out = []
         total = 0.0
-        noisy = self.noise and bool(ctx.device.level_rms_error)
+        mode = noise_mode(self.noise, ctx.device.level_rms_error, auto="all")
         sq_err = ctx.device.expected_sq_error(np.arange(top + 1))
         for pl in mapping.placements:
             q = block_q(plan, pl.block).astype(np.float64)  # [n, m]
@@ -71,9 +77,12 @@ class Transform:
                     kn[:, :, None], sn[:, None, :]
                 )
                 err = (e - q[:, :, None]) ** 2
-                if noisy:  # expected programming error of the healthy cells written
-                    err += np.isnan(sp)[:, None, :] * sq_err[kp.astype(np.intp)][:, :, None]
-                    err += np.isnan(sn)[:, None, :] * sq_err[kn.astype(np.intp)][:, :, None]
+                if mode != "off":  # expected programming error of the healthy cells written
+                    hp, hn = np.isnan(sp), np.isnan(sn)
+                    if mode == "partners":  # ... only where the partner is stuck
+                        hp, hn = hp & ~np.isnan(sn), hn & ~np.isnan(sp)
+                    err += hp[:, None, :] * sq_err[kp.astype(np.intp)][:, :, None]
+                    err += hn[:, None, :] * sq_err[kn.astype(np.intp)][:, :, None]
                 cost = np.einsum("ij,ijp->jp", w, err)
                 better = cost < best
                 best = np.where(better, cost, best)

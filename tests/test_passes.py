@@ -157,3 +157,113 @@ def test_device_aware_programming_never_loses_to_plain(seed: int) -> None:
     sq = rng.uniform(0, 2, TOP + 1)
     sq[0] = 0.0
     assert expected(*best_levels_noisy(q, sp, sn, TOP, sq), sq) <= expected(kp, kn, sq) + 1e-9
+
+
+#: Per-level RMS programming error of the neurosim preset (level steps), rounded.
+NEUROSIM_RMS = (0, .35, .40, .50, .65, .85, 1.0, 1.09, 1.08, 1.06, .92, .83, .61, .57, .63, .28)
+
+
+def test_partners_mode_keeps_healthy_pairs_at_the_lowest_common_mode() -> None:
+    from rcompile.passes._objective import best_levels_noisy
+
+    sq = np.asarray(NEUROSIM_RMS) ** 2
+    q = np.arange(-TOP, TOP + 1)
+    nan = np.full(q.shape, np.nan)
+    kp0, kn0, _ = best_levels(q, nan, nan, TOP)
+    kp, kn = best_levels_noisy(q, nan, nan, TOP, sq, healthy_pairs=False)
+    np.testing.assert_array_equal(kp, kp0)
+    np.testing.assert_array_equal(kn, kn0)
+    # 'all' raises the common mode where the table favours it: q = 14 -> (15, 1), not (14, 0)
+    kp, kn = best_levels_noisy(np.array([14]), nan[:1], nan[:1], TOP, sq)
+    assert (int(kp[0]), int(kn[0])) == (15, 1)
+
+
+@pytest.mark.parametrize("healthy_pairs", [False, True])
+def test_stuck_partner_avoids_an_unreliable_level(healthy_pairs: bool) -> None:
+    from rcompile.passes._objective import best_levels_noisy
+
+    sq = np.zeros(TOP + 1)
+    sq[5] = 4.0  # level 5 programs with an RMS error of 2 steps; its neighbours are exact
+    q = np.array([5, 5, -5, 3])
+    sp = np.array([np.nan, 0.0, np.nan, np.nan])  # pair 1: + stuck at 0
+    sn = np.array([0.0, np.nan, np.nan, np.nan])  # pair 0: - stuck at 0
+    kp, kn = best_levels_noisy(q, sp, sn, TOP, sq, healthy_pairs=healthy_pairs)
+    assert int(kp[0]) in (4, 6)  # exact level 5 costs 4 in expectation, a neighbour costs 1
+    assert int(kn[1]) == 0  # + stuck at 0 cannot reach +5; the partner already writes level 0
+    assert (int(kp[3]), int(kn[3])) == (3, 0)  # healthy pair, nothing unreliable: exact
+
+
+def test_noise_modes() -> None:
+    from rcompile.passes import _objective as ob
+
+    table = (0.0, 1.0)
+    assert ob.noise_mode("off", table) == "off"
+    assert ob.noise_mode("partners", table) == "partners"
+    assert ob.noise_mode("all", table) == ob.noise_mode("true", table) == "all"
+    assert ob.noise_mode("false", table) == "off"
+    assert ob.noise_mode("auto", table) == "off"
+    assert ob.noise_mode("auto", table, auto="all") == "all"
+    for mode in ("auto", "all", "partners", "true"):
+        assert ob.noise_mode(mode, ()) == "off"  # no error table: nothing to weigh
+    with pytest.raises(ValueError, match="noise mode"):
+        ob.noise_mode("maybe", table)
+    for spec in ("program{noise=partners}", "transform{noise=all},program{scheme=transform}"):
+        assert render(parse(spec)) == spec
+    assert render(parse("program{noise=auto},transform{noise=auto}")) == "program,transform"
+
+
+@pytest.mark.parametrize("mode", ["all", "partners", "off"])
+@pytest.mark.parametrize("strategy", ["full", "mt"])
+def test_noise_options_change_nothing_without_an_error_table(
+    tiny_model: str, strategy: str, mode: str
+) -> None:
+    plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.2, (1, 1), 4)
+    base = api.build(plan, fm, strategy=strategy)
+    pipes = {
+        "full": f"place{{order=assign}},permute,program{{noise={mode}}},calibrate",
+        "mt": f"place{{order=assign}},transform{{noise={mode}}},program{{scheme=transform}}",
+    }
+    other = api.build(plan, fm, pipeline=pipes[strategy])
+    for t, lv in base.mapping.levels.items():
+        np.testing.assert_array_equal(other.mapping.levels[t], lv)
+
+
+def test_mt_weighs_programming_error_by_default_on_a_device(tiny_model: str) -> None:
+    """With an error table, transform's default is noise=all; noise=off switches it off."""
+    dev = Device(levels=16, level_rms_error=NEUROSIM_RMS)
+    plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6, device=dev)
+    fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.3, (5, 1), 2)
+    mt = "place{{order=assign}},transform{},program{{scheme=transform}}"
+    default = api.build(plan, fm, strategy="mt")
+    alls = api.build(plan, fm, pipeline=mt.format("{noise=all}"))
+    off = api.build(plan, fm, pipeline=mt.format("{noise=off}"))
+    for t, lv in default.mapping.levels.items():
+        np.testing.assert_array_equal(alls.mapping.levels[t], lv)
+    assert any(not np.array_equal(off.mapping.levels[t], lv)
+               for t, lv in default.mapping.levels.items())
+    high = [p.high.mean() for p in off.mapping.placements]
+    high_default = [p.high.mean() for p in default.mapping.placements]
+    assert sum(high_default) <= sum(high)  # fewer pairs parked at the costly high common mode
+
+
+@pytest.mark.parametrize("strategy", ["full", "mt"])
+def test_partners_mode_equals_plain_on_a_healthy_chip(tiny_model: str, strategy: str) -> None:
+    """Only partners of stuck cells weigh programming error, so a fault-free chip is unchanged."""
+    dev = Device(levels=16, level_rms_error=NEUROSIM_RMS)
+    plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6, device=dev)
+    fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.0, (1, 1), 0)
+    pipes = {
+        "full": "place{{order=assign}},permute,program{{noise={m}}},calibrate",
+        "mt": "place{{order=assign}},transform{{noise={m}}},program{{scheme=transform}}",
+    }
+    off, partners = (
+        api.build(plan, fm, pipeline=pipes[strategy].format(m=m)) for m in ("off", "partners")
+    )
+    for t, lv in off.mapping.levels.items():
+        np.testing.assert_array_equal(partners.mapping.levels[t], lv)
+    if strategy == "full":  # whereas 'all' raises some healthy pairs' common mode
+        alls = api.build(plan, fm, pipeline=pipes["full"].format(m="all"))
+        assert any(
+            not np.array_equal(alls.mapping.levels[t], lv) for t, lv in off.mapping.levels.items()
+        )
