@@ -107,8 +107,8 @@ class Device:
     """Per target level ``k``, the root-mean-square error of the level a healthy cell really
     reaches when programmed to ``k``, in level steps (bias and spread of write-verify, see
     :func:`rcompile.programming.level_error_table`). Empty: every level is programmed exactly.
-    The compiler may weigh its objective by it (:meth:`expected_sq_error`) and avoid levels it
-    cannot program reliably (:meth:`reliable_levels`)."""
+    The compiler weighs its objective by it (:meth:`expected_sq_error`), so levels it cannot
+    program reliably are not counted on where another choice exists."""
 
     _SECTION: ClassVar[str] = "cell"
     _RULES: ClassVar[dict[str, _Rule]] = {
@@ -152,16 +152,6 @@ class Device:
         if not self.level_rms_error:
             return np.zeros(lv.shape)
         return np.asarray(self.level_rms_error, np.float64)[lv.astype(np.intp)] ** 2
-
-    def reliable_levels(self, max_rms: float = 0.5) -> np.ndarray:
-        """Bool ``[levels]``: the levels whose RMS programming error is at most ``max_rms`` steps
-        (all of them when programming is exact). Level 0 (reset) and the top level (full set)
-        are always reliable, so a pair can always express zero."""
-        ok = np.ones(self.levels, bool)
-        if self.level_rms_error:
-            ok = np.asarray(self.level_rms_error) <= max_rms
-            ok[0] = ok[-1] = True
-        return ok
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields; ``level_rms_error`` only when set, so exact devices keep the
