@@ -774,12 +774,12 @@ def verify(
     reference_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    emulated, probes, n_out = _emulated_graph(
+    emulated, probes, n_out, step = _emulated_graph(
         image, mode, hw, levels, effective, reference, dataset, batch_size, noise_seed, src
     )
     graph_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    every = run(emulated, dataset, batch_size, source=src, optimize=mode == "ideal")
+    every = run(emulated, dataset, step, source=src, optimize=mode == "ideal")
     emulated_s = time.perf_counter() - t0
     emu = every[:n_out]
 
@@ -864,10 +864,10 @@ def emulate(
     effective, _ = _effective(image, faultmap, image_source, hw, noise_seed, levels)
     reference = emulated_model(image, intended_weights(image))
     src = f"image {_image_name(image, image_source)}"
-    model, _, n_out = _emulated_graph(
+    model, _, n_out, step = _emulated_graph(
         image, mode, hw, levels, effective, reference, dataset, batch_size, noise_seed, src
     )
-    return run(model, dataset, batch_size, source=src, optimize=mode == "ideal")[:n_out]
+    return run(model, dataset, step, source=src, optimize=mode == "ideal")[:n_out]
 
 
 def _emulated_graph(
@@ -881,14 +881,15 @@ def _emulated_graph(
     batch_size: int,
     seed: int,
     source: str,
-) -> tuple[onnx.ModelProto, list[tilemode.Probes], int]:
-    """The emulated chip's graph with its energy probes, and how many outputs are the model's."""
+) -> tuple[onnx.ModelProto, list[tilemode.Probes], int, int]:
+    """The emulated chip's graph with its energy probes, how many outputs are the model's, and
+    the batch to run it in (tile mode: within :data:`tilemode.TILE_BATCH_FLOATS`)."""
     biases = chip_biases(image)
     if mode == "ideal":
         model, probes = tilemode.add_probes(emulated_model(image, effective, biases), image)
-        return model, probes, len(model.graph.output) - 2 * len(probes)
+        return model, probes, len(model.graph.output) - 2 * len(probes), batch_size
     built = _tile_model(image, reference, levels, hw, biases, dataset, batch_size, seed, source)
-    return built.model, built.probes, built.n_outputs
+    return built.model, built.probes, built.n_outputs, min(batch_size, built.max_batch())
 
 
 def _tile_model(
@@ -913,14 +914,15 @@ def _tile_model(
     if (cv.adc_bits < 24 and cv.adc_range == "calibrated") or (
         cv.dac_bits < 24 and cv.dac_range == "calibrated"
     ):
-        cal = tilemode.build(image, graph, levels, hw, biases, seed=seed, calibrate=True)
+        cal = tilemode.build(image, graph, levels, hw, biases, seed=seed, calibrate=True,
+                             shapes=shapes)
         fixed = any(sp.fixed_batch for sp in input_specs(reference))
         n_cal = min(step if fixed else min(step, CALIBRATION_SAMPLES), dataset.n)
         first = Dataset(
             inputs={k: v[:n_cal] for k, v in dataset.inputs.items()}, labels=None,
             n=n_cal, source=dataset.source,
         )
-        outs = run(cal.model, first, step, source=source, optimize=False)
+        outs = run(cal.model, first, min(step, cal.max_batch()), source=source, optimize=False)
         calibration = cal.read_calibration(outs, len(image.layers))
     return tilemode.build(image, graph, levels, hw, biases, seed=seed, calibration=calibration,
                           shapes=shapes)

@@ -32,8 +32,8 @@ no Python loop over samples. For one crossbar node with input ``x``:
 With ideal converters and no noise this computes exactly ``x @ W_effective + b``, the ``ideal``
 mode, up to float32 rounding (a test checks it). The graph also outputs *probes* the energy model
 reads (:class:`Probes`). Constant steps (calibrated ranges, the ADC step) are folded into the
-weights and biases, so a calibrated 8-bit-or-less ADC costs a QuantizeLinear/DequantizeLinear
-pair per slice on top of the crossbar products and the combining product.
+weights and biases, so a calibrated 8-bit-or-less ADC costs a QuantizeLinear and a Cast per
+slice on top of the crossbar products and the combining product.
 """
 
 from __future__ import annotations
@@ -50,6 +50,19 @@ from rcompile.device import IDEAL_BITS, Hardware
 from rcompile.errors import BadImage
 from rcompile.image import Image, SliceRecord
 from rcompile.ir import LAYOUT_CONV
+
+TILE_BATCH_FLOATS = 1 << 25
+"""Budget (float32 values, 128 MB) of one layer's tile tensors per run: the batch shrinks for
+models whose layers are split over many tiles (every tile column is a tensor channel)."""
+
+NOISE_BANK_FLOATS = 1 << 22
+"""Budget (float32 values, 16 MB) of one layer's bank of read-noise patterns: a layer with a
+large input keeps fewer patterns (at least 8, at most ``bank``)."""
+
+COMBINE_DENSE_RATIO = 32
+"""The digital sum of a layer is one dense product over all its columns when they are at most
+this many times the columns one output reads; else a gather of each output's columns and a
+weighted sum (cheaper when many slices split the layer: most of a dense product is zeros)."""
 
 
 @dataclass(frozen=True)
@@ -110,15 +123,29 @@ class Built:
     order) its min and max current outputs."""
     slices: list[tuple[int, int]] = field(default_factory=list)
     """``(tile, slice index)`` of every slice, layer by layer."""
+    slots: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    """Per layer, the slots of its product and the slot of each of its slices."""
+    floats_per_sample: int = 0
+    """Largest per-sample size (float32 values) of a layer's column currents plus its gathered
+    input, when the shapes are known (0: unknown)."""
+
+    def max_batch(self, budget: int = TILE_BATCH_FLOATS) -> int:
+        """Samples per run that keep one layer's tile tensors within ``budget`` values."""
+        return max(1, budget // self.floats_per_sample) if self.floats_per_sample else 1 << 30
 
     def read_calibration(self, outs: list[np.ndarray], layers: int) -> Calibration:
-        """The :class:`Calibration` in ``outs`` (all outputs of running this graph)."""
+        """The :class:`Calibration` in ``outs`` (all outputs of running this graph): per layer
+        the max-|x| output, then per layer the per-slice min and max current outputs."""
         extra = outs[len(outs) - len(self.calibration):]
         dac = tuple(float(np.max(extra[i])) for i in range(layers))
-        cur = {
-            key: (float(np.min(extra[layers + 2 * i])), float(np.max(extra[layers + 2 * i + 1])))
-            for i, key in enumerate(self.slices)
-        }
+        cur: dict[tuple[int, int], tuple[float, float]] = {}
+        start = 0
+        for li, (n_slots, slot) in enumerate(self.slots):
+            lo = np.min(extra[layers + 2 * li].reshape(-1, n_slots), axis=0)
+            hi = np.max(extra[layers + 2 * li + 1].reshape(-1, n_slots), axis=0)
+            for i, key in enumerate(self.slices[start : start + slot.size]):
+                cur[key] = (float(lo[slot[i]]), float(hi[slot[i]]))
+            start += slot.size
         return Calibration(dac_max=dac, currents=cur)
 
 
@@ -279,95 +306,84 @@ def build(
             v2 = _sum_sq(g, v, conv, spatial, op.shape[0], scale=1.0 / q)
         probe = Probes(v2=v2, in_shape=g.row(g.op("Shape", [x]), TensorProto.FLOAT),
                        conv=_conv_info(node, op) if conv else None)
-        # 2.-4. every slice: crossbar currents, read noise, ADC
+        # 2.-5. every slice of the layer at once: crossbar, read noise, ADC, digital sum
         slices = per_layer[li]
         if not slices:
             raise BadImage(f"image: layer {op.node} has no slice on any tile")
         unit = cell.read_v * cell.step_us * q / full  # output per unit of (I+ - I-)
-        cols: list[str] = []
-        coefs: list[np.ndarray] = []
-        step_tensor: str | None = None  # a dynamic ADC's step, when one slice makes the layer
-        for t, k, s in slices:
-            built.slices.append((t, k))
-            w_i = cell.read_v * _slice_conductances(levels[t], s, hw)  # [n, 2m]
-            inp, w_t = (_conv_slice if conv else _mm_slice)(g, v, op, s, w_i)
-            coef = _coefficients(s, op, unit)
-            m2 = 2 * len(s.outs)
-            bias_c: np.ndarray | None = None
-            top = float(2**adc_bits - 1)
-            fixed = adc_bits < IDEAL_BITS and adc_fixed
-            bipolar = False
-            if fixed:  # fold the ADC step into the weights, its offset into a bias
-                assert calibration is not None
-                lo_r, hi_r = calibration.currents[(t, k)]
-                f = q / full if dac_fixed else q
-                lo_c, hi_c = min(lo_r, 0.0) * f * cv.headroom, hi_r * f * cv.headroom
-                bipolar = lo_c < 0
-                step = max((hi_c - lo_c) / top, 1e-30)
-                w_t = w_t / step
-                if bipolar:
-                    bias_c = np.full(m2, -lo_c / step, np.float32)
-                coef = coef * np.float32(step)
-            if noise > 0:
-                layer_in = (shapes or {}).get(x)
-                per = None
-                if layer_in is not None:
-                    per = ((2 * w_t.shape[1], *layer_in[2:]) if conv
-                           else (*layer_in[1:-1], 2 * w_t.shape[0]))
-                inp = _noisy_rows(g, inp, conv, noise, per, rng, seed, len(built.slices), bank)
-                if not conv:
-                    n, m = w_t.shape[0], m2 // 2
-                    block = np.zeros((2 * n, m2), np.float32)
-                    block[:n, :m], block[n:, m:] = w_t[:, :m], w_t[:, m:]
-                    w_t = block
-            cur = _mvm(g, node, conv, inp, w_t, bias_c, groups=2 if noise > 0 else 1)
-            if calibrate:
-                cal_slices += [g.row(g.reduce("ReduceMin", cur, None, 0)),
-                               g.row(g.reduce("ReduceMax", cur, None, 0))]
-            if fixed:
-                cols.append(_adc_codes(g, cur, int(adc_bits), bipolar))
-            elif adc_bits < IDEAL_BITS:
-                lo = g.op("Min", [g.reduce("ReduceMin", cur, axes), g.const("z", 0.0)], "lo")
-                hi = g.reduce("ReduceMax", cur, axes)
-                step_t = g.op("Max", [
-                    g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / top)]),
-                    g.const("tiny", 1e-30)], "adc_step")
-                code = g.op("Round", [g.op("Div", [g.op("Sub", [cur, lo]), step_t])], "code")
-                if len(slices) == 1:
-                    step_tensor = step_t
-                    cols.append(code)
-                else:
-                    cols.append(g.op("Mul", [code, step_t], "adc"))
-            else:
-                cols.append(cur)
-            coefs.append(coef)
-        # 5. digital: pair difference, scale, sum over slices, undo the DAC scale, bias
-        cat = cols[0] if len(cols) == 1 else g.op("Concat", cols, "cols", axis=1 if conv else -1)
-        coef_all = np.concatenate(coefs, axis=0)  # [sum 2m, n_out]
-        scale = a
-        if step_tensor is not None:
-            scale = step_tensor if a is None else g.op("Mul", [a, step_tensor], "s")
-        out = node.output[0]
-        bias = None if node.op_type == "MatMul" else np.asarray(biases[li], np.float32)
-        last = scale is None and bias is None
+        lay = _Batched.of(op, slices, levels, hw, unit)
+        built.slices += [(t, k) for t, k, _ in slices]
+        built.slots.append((lay.groups * lay.per, lay.slot))
+        top = float(2**adc_bits - 1)
+        fixed = adc_bits < IDEAL_BITS and adc_fixed
+        bias_c = None
+        if fixed:  # fold each slice's ADC step into its weights, its offset into a bias
+            assert calibration is not None
+            f = (q / full if dac_fixed else q) * cv.headroom
+            bias_c = lay.fold_adc([calibration.currents[(t, k)] for t, k, _ in slices], f, top)
+        src = v
+        if not conv:  # rows of the layer input; a Gemm/MatMul slice is a grouped 1x1 Conv
+            src = g.op("Reshape", [v, g.const("k2", [-1, op.shape[0]], np.int64)], "v2d")
+        if noise > 0:
+            layer_in = (shapes or {}).get(x)
+            per = None
+            if layer_in is not None:
+                per = (2 * lay.channels, *layer_in[2:]) if conv else (2 * lay.channels,)
+            room = max(8, NOISE_BANK_FLOATS // max(1, int(np.prod(per or (1,)))))
+            src = _noisy_rows(g, src, conv, noise, per, rng, seed, li, min(bank, room))
+        groups = 2 * lay.groups if noise > 0 else lay.groups
+        rows = lay.input_index(noise > 0)
+        vin = src
+        if not np.array_equal(rows, np.arange(lay.channels * (2 if noise > 0 else 1))):
+            vin = g.op("Gather", [src, g.const("rows", rows, np.int64)], "vin", axis=1)
         if conv:
-            w_c = coef_all.T.reshape(op.n_out, -1, *([1] * (rank - 2)))
-            ins = [cat, g.const("combine", w_c)]
-            if scale is None and bias is not None:
-                ins.append(g.const("bias", bias))
-                bias, last = None, True
-            y = g.op("Conv", ins, "y", out=out if last else None)
-        elif scale is None and bias is not None and rank == 2:
-            y = g.op("Gemm", [cat, g.const("combine", coef_all), g.const("bias", bias)], "y",
-                     out=out)
-            bias = None
+            w_ins = [vin, g.const("w", lay.weights())]
+            if bias_c is not None:
+                w_ins.append(g.const("b", bias_c))
+            cur = g.op("Conv", w_ins, "cur", group=groups, **_conv_attrs(node))
+        else:  # block-diagonal: one batched MatMul over the groups
+            cur = _grouped_matmul(g, vin, lay.weights(), groups, bias_c)
+        if shapes and x in shapes and node.output[0] in shapes:
+            pos_in = int(np.prod(shapes[x][2:] if conv else shapes[x][1:-1], dtype=np.int64))
+            pos_out = int(np.prod(shapes[node.output[0]][2:] if conv
+                                  else shapes[node.output[0]][1:-1], dtype=np.int64))
+            size = 2 * lay.columns * pos_out + rows.size * pos_in
+            built.floats_per_sample = max(built.floats_per_sample, size)
+        # cur: [N, slices * 2 * mmax, *spatial] (Conv) or [rows, slices * 2 * mmax]
+        per_slice = g.op("Reshape", [cur, g.const("s5", lay.slot_shape(), np.int64)], "cur5")
+        if calibrate:
+            cal_slices += [g.row(g.reduce("ReduceMin", per_slice, [0, 2, 4], 0)),
+                           g.row(g.reduce("ReduceMax", per_slice, [0, 2, 4], 0))]
+        if fixed:  # currents are in ADC steps already
+            code = _adc_codes(g, cur, int(adc_bits))
+        elif adc_bits < IDEAL_BITS:  # per inference and slice: [min(0, lo), hi]
+            lo = g.op("Min", [g.reduce("ReduceMin", per_slice, [2, 4]), g.const("z", 0.0)],
+                      "lo")
+            hi = g.reduce("ReduceMax", per_slice, [2, 4])
+            step_t = g.op("Max", [
+                g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / top)]),
+                g.const("tiny", 1e-30)], "adc_step")
+            code = g.op("Round", [g.op("Div", [g.op("Sub", [per_slice, lo]), step_t])], "code")
+            code = g.op("Reshape", [g.op("Mul", [code, step_t]), g.op("Shape", [cur])], "adc")
         else:
-            y = g.op("MatMul", [cat, g.const("combine", coef_all)], "y", out=out if last else None)
-        if scale is not None:
-            y = g.op("Mul", [y, scale], "y", out=out if bias is None else None)
-        if bias is not None:  # (a MatMul's bias is added by the frontend's own Add node next)
-            b = bias.reshape(-1, *([1] * (rank - 2))) if conv else bias
-            y = g.op("Add", [y, g.const("bias", b)], out=out)
+            code = cur
+        # rows back to a MatMul's leading axes, undo the DAC scale, add the chip's bias
+        tail: list[tuple[str, list[str]]] = []
+        if node.op_type == "MatMul":
+            lead = g.op("Slice", [g.op("Shape", [x]), g.const("s", [0], np.int64),
+                                  g.const("e", [-1], np.int64)], "lead")
+            tail.append(("Reshape", [g.op("Concat", [lead, g.const("n", [op.n_out], np.int64)],
+                                          "oshape", axis=0)]))
+        if a is not None:
+            tail.append(("Mul", [a]))
+        if node.op_type != "MatMul":  # (a MatMul's bias is added by the frontend's Add next)
+            b = np.asarray(biases[li], np.float32)
+            tail.append(("Add", [g.const("bias", b.reshape(-1, *([1] * (rank - 2))) if conv
+                                         else b)]))
+        out = node.output[0]
+        y = lay.combine(g, code, conv, out=None if tail else out)
+        for i, (op_type, extra) in enumerate(tail):
+            y = g.op(op_type, [y, *extra], "y", out=out if i == len(tail) - 1 else None)
         probes.append(probe)
         replaced[node.name] = g.nodes[start:]
         del g.nodes[start:]
@@ -438,30 +454,210 @@ def _conv_info(node: onnx.NodeProto, op: Any) -> dict[str, Any]:
     return info
 
 
-def _adc_codes(g: _Graph, cur: str, bits: int, bipolar: bool) -> str:
-    """Codes ``clip(round(cur), 0, 2^bits - 1)`` of currents already in ADC steps."""
+@dataclass
+class _Batched:
+    """All slices of one crossbar layer as one grouped Conv (a Gemm/MatMul as a batched MatMul).
+
+    Slices that read the same input channels (Conv: the channels their rows touch; Gemm/MatMul:
+    their rows) form one group, so an input is gathered once per group, not once per slice:
+    ``groups`` groups of ``per`` slots, ``width`` input channels each (zero-padded). A slot has
+    ``mmax`` ``+`` and ``mmax`` ``-`` columns (a slice's ``m`` columns, then zero ones); columns
+    are ordered ``[group, sign, slot, column]``, so with read noise every (group, sign) is a
+    group of the Conv with its own noisy input. Column ``c`` feeds output ``out_of[c]`` (-1:
+    padding) with coefficient ``coef[c]`` (``+-scale / unit``, times the ADC step when that is
+    folded into the weights). Slice ``i`` sits in slot ``slot[i]`` (``group * per + slot``).
+    """
+
+    groups: int
+    per: int
+    mmax: int
+    channels: int
+    """Input channels (features) of the layer."""
+    index: np.ndarray
+    """``[groups, width]`` input channel of every weight column (padding repeats one)."""
+    w: np.ndarray
+    """``[groups, 2, per, mmax, width, *kernel]`` float64 weights: ``read_v * G`` per cell."""
+    out_of: np.ndarray
+    coef: np.ndarray
+    slot: np.ndarray
+    n_out: int
+
+    @classmethod
+    def of(cls, op: Any, slices: list[tuple[int, int, SliceRecord]],
+           levels: dict[int, np.ndarray], hw: Hardware, unit: float) -> _Batched:
+        conv = op.layout == LAYOUT_CONV
+        blocks = []
+        for t, _, s in slices:
+            w_i = hw.cell.read_v * _slice_conductances(levels[t], s, hw)  # [rows, 2m]
+            blocks.append(_conv_block(op, s, w_i) if conv else _mm_block(op, s, w_i))
+        by_rows: dict[tuple[int, ...], list[int]] = {}
+        for i, (chans, _) in enumerate(blocks):
+            by_rows.setdefault(tuple(chans.tolist()), []).append(i)
+        n_groups, per = len(by_rows), max(len(v) for v in by_rows.values())
+        width = max(b[0].size for b in blocks)
+        mmax = max(len(s.outs) for _, _, s in slices)
+        kernel = tuple(op.shape[2:]) if conv else ()
+        index = np.zeros((n_groups, width), np.int64)
+        w = np.zeros((n_groups, 2, per, mmax, width, *kernel), np.float64)
+        out_of = np.full((n_groups, 2, per, mmax), -1, np.int64)
+        coef = np.zeros((n_groups, 2, per, mmax), np.float64)
+        slot = np.zeros(len(slices), np.int64)
+        for gi, members in enumerate(by_rows.values()):
+            chans = blocks[members[0]][0]
+            index[gi, : chans.size] = chans
+            index[gi, chans.size :] = chans[0]
+            for j, i in enumerate(members):
+                s, wb = slices[i][2], blocks[i][1]
+                m = len(s.outs)
+                w[gi, 0, j, :m, : chans.size] = wb[:m]
+                w[gi, 1, j, :m, : chans.size] = wb[m:]
+                out_of[gi, :, j, :m] = s.group * op.outs + np.asarray(s.outs, np.int64)
+                sc = np.asarray(s.scale, np.float64) / unit
+                coef[gi, 0, j, :m], coef[gi, 1, j, :m] = sc, -sc
+                slot[i] = gi * per + j
+        channels = op.groups * op.shape[1] if conv else op.shape[0]
+        return cls(groups=n_groups, per=per, mmax=mmax, channels=channels, index=index, w=w,
+                   out_of=out_of.reshape(-1), coef=coef.reshape(-1), slot=slot,
+                   n_out=op.n_out)
+
+    @property
+    def columns(self) -> int:
+        return self.groups * 2 * self.per * self.mmax
+
+    def input_index(self, noisy: bool) -> np.ndarray:
+        """Channels to gather: per group its own (no noise), or per group and sign its own from
+        the ``+`` then the ``-`` noisy copy of the input (``channels`` apart)."""
+        if not noisy:
+            return self.index.reshape(-1)
+        return np.stack([self.index, self.index + self.channels], axis=1).reshape(-1)
+
+    def weights(self) -> np.ndarray:
+        """``[columns, width, *kernel]`` (no kernel axes for a Gemm/MatMul)."""
+        return self.w.reshape(self.columns, *self.w.shape[4:]).astype(np.float32)
+
+    def slot_shape(self) -> list[int]:
+        """Reshape of the product that puts a slot's columns on axes 2 and 4:
+        ``[N, groups, 2, per, -1]``."""
+        return [0, self.groups, 2, self.per, -1]
+
+    def fold_adc(self, ranges: list[tuple[float, float]], f: float, top: float
+                 ) -> np.ndarray | None:
+        """Scale every slice's weights by ``1 / step`` of its calibrated ADC (currents come out
+        in ADC steps) and its coefficients by ``step``; the bias that puts a range starting
+        below zero current at code 0 (None when no range does)."""
+        bias = np.zeros((self.groups, 2, self.per, self.mmax), np.float64)
+        coef = self.coef.reshape(self.groups, 2, self.per, self.mmax)
+        for i, (lo_r, hi_r) in enumerate(ranges):
+            gi, j = divmod(int(self.slot[i]), self.per)
+            lo_c, hi_c = min(lo_r, 0.0) * f, hi_r * f
+            step = max((hi_c - lo_c) / top, 1e-30)
+            self.w[gi, :, j] /= step
+            coef[gi, :, j] *= step
+            bias[gi, :, j] = -lo_c / step
+        return bias.reshape(-1).astype(np.float32) if bias.any() else None
+
+    def combine(self, g: _Graph, code: str, conv: bool, out: str | None) -> str:
+        """Per output, the sum of ``coef * code`` over its columns: ``[N, n_out, *spatial]``
+        (Conv) or ``[rows, n_out]``."""
+        cols = self.columns
+        used = self.out_of >= 0
+        per_out = np.bincount(self.out_of[used], minlength=self.n_out)
+        k = max(1, int(per_out.max(initial=0)))
+        if cols <= COMBINE_DENSE_RATIO * k:  # one dense product
+            dense = np.zeros((cols, self.n_out), np.float32)
+            dense[np.flatnonzero(used), self.out_of[used]] = self.coef[used]
+            if conv:
+                w_c = dense.T.reshape(self.n_out, cols, *([1] * len(self._spatial())))
+                return g.op("Conv", [code, g.const("combine", w_c)], "y", out=out)
+            flat = g.op("Reshape", [code, g.const("c2", [-1, cols], np.int64)], "codes")
+            return g.op("MatMul", [flat, g.const("combine", dense)], "y", out=out)
+        # each output gathers its k columns (padding: column 0 with coefficient 0)
+        idx = np.zeros((self.n_out, k), np.int64)
+        wk = np.zeros((self.n_out, k), np.float32)
+        order = np.argsort(self.out_of, kind="stable")
+        order = order[self.out_of[order] >= 0]
+        outs = self.out_of[order]
+        starts = np.searchsorted(outs, np.arange(self.n_out))
+        slot = np.arange(order.size) - starts[outs]
+        idx[outs, slot] = order
+        wk[outs, slot] = self.coef[order]
+        picked = g.op("Gather", [code, g.const("pick", idx.reshape(-1), np.int64)], "picked",
+                      axis=1)
+        if conv:
+            shape = g.op("Shape", [code])
+            s5 = g.op("Concat", [
+                g.op("Slice", [shape, g.const("s", [0], np.int64), g.const("e", [1], np.int64)]),
+                g.const("nk", [self.n_out, k], np.int64),
+                g.op("Slice", [shape, g.const("s", [2], np.int64),
+                               g.const("e", [np.iinfo(np.int64).max], np.int64)])], "s5", axis=0)
+            wk_t = wk.reshape(1, self.n_out, k, *([1] * len(self._spatial())))
+        else:
+            s5 = g.const("s3", [-1, self.n_out, k], np.int64)
+            wk_t = wk.reshape(1, self.n_out, k)
+        terms = g.op("Mul", [g.op("Reshape", [picked, s5], "picked"), g.const("wk", wk_t)])
+        return g.op("ReduceSum", [terms, g.const("axes", [2], np.int64)], "y", out=out,
+                    keepdims=0)
+
+    def _spatial(self) -> tuple[int, ...]:
+        return tuple(self.w.shape[5:])
+
+
+def _adc_codes(g: _Graph, cur: str, bits: int) -> str:
+    """Codes ``clip(round(cur), 0, 2^bits - 1)`` of currents already in ADC steps.
+
+    Up to 8 bits: a QuantizeLinear to uint8 with zero point ``255 - top`` (its saturation at 255
+    is the ADC's top code; currents below zero are clipped first) and a Cast back, which leaves
+    every code offset by that zero point: the offset is the same on both columns of a pair and
+    cancels in their difference (every output's ``+`` and ``-`` coefficients are opposite). All
+    three are vectorised in onnxruntime, unlike its float Round."""
     top = float(2**bits - 1)
     if bits > 8:
         return g.op("Clip", [g.op("Round", [cur]), g.const("z", 0.0), g.const("top", top)],
                     "code")
-    # uint8 saturation at 255 is the ADC's top code when the zero point is 255 - top
-    if bipolar:
-        cur = g.op("Max", [cur, g.const("z", 0.0)], "cur")
-    one, zp = g.const("one", 1.0), g.const("zp", 255 - int(top), np.uint8)
-    qv = g.op("QuantizeLinear", [cur, one, zp], "adc")
-    return g.op("DequantizeLinear", [qv, one, zp], "code")
+    cur = g.op("Relu", [cur], "cur")
+    zp = g.const("zp", 255 - int(top), np.uint8)
+    qv = g.op("QuantizeLinear", [cur, g.const("one", 1.0), zp], "adc")
+    return g.op("Cast", [qv], "code", to=TensorProto.FLOAT)
 
 
-def _mvm(
-    g: _Graph, node: onnx.NodeProto, conv: bool, inp: str, w: np.ndarray, b: np.ndarray | None,
-    groups: int = 1,
+def _grouped_matmul(
+    g: _Graph, vin: str, w: np.ndarray, groups: int, bias: np.ndarray | None
 ) -> str:
-    """The crossbar product: a Conv with the node's attributes, or a MatMul (+ bias)."""
-    if conv:
-        ins = [inp, g.const("w", w)] + ([g.const("b", b)] if b is not None else [])
-        return g.op("Conv", ins, "cur", group=groups, **_conv_attrs(node))
-    y = g.op("MatMul", [inp, g.const("w", w)], "cur")
-    return y if b is None else g.op("Add", [y, g.const("b", b)], "cur")
+    """``[rows, groups * width] -> [rows, groups * out]``, group ``i`` of the input times
+    ``w[i * out : (i + 1) * out].T`` (``w``: ``[groups * out, width]``), plus ``bias``."""
+    out, width = w.shape[0] // groups, w.shape[1]
+    if groups == 1:
+        y = g.op("MatMul", [vin, g.const("w", np.ascontiguousarray(w.T))], "cur")
+    else:
+        per = g.op("Transpose", [g.op("Reshape", [vin, g.const("g3", [-1, groups, width],
+                                                               np.int64)])], "vg", perm=[1, 0, 2])
+        wg = np.ascontiguousarray(w.reshape(groups, out, width).transpose(0, 2, 1))
+        y = g.op("MatMul", [per, g.const("w", wg)], "cur")  # [groups, rows, out]
+        y = g.op("Reshape", [g.op("Transpose", [y], "cur", perm=[1, 0, 2]),
+                             g.const("g2", [-1, groups * out], np.int64)], "cur")
+    return y if bias is None else g.op("Add", [y, g.const("b", bias)], "cur")
+
+
+def _conv_block(op: Any, s: SliceRecord, w_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Absolute input channels one conv slice touches and its weight ``[2m, channels, *k]``."""
+    kshape = tuple(op.shape[2:])
+    cin_g = op.shape[1]
+    rows = np.asarray(s.rows, np.intp)
+    c, *kk = np.unravel_index(rows, (cin_g, *kshape))
+    chans, local = np.unique(c, return_inverse=True)
+    # rows as flat (channel, kernel position) cells; a row read twice (redundant copies) sums
+    cell = np.ravel_multi_index((local, *kk), (chans.size, *kshape))
+    w = np.zeros((chans.size * int(np.prod(kshape, dtype=np.int64)), w_i.shape[1]), np.float64)
+    np.add.at(w, cell, w_i)
+    return s.group * cin_g + chans, w.T.reshape(w_i.shape[1], chans.size, *kshape)
+
+
+def _mm_block(op: Any, s: SliceRecord, w_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Input rows one Gemm/MatMul slice reads and its weight ``[2m, rows]``."""
+    rows, local = np.unique(np.asarray(s.rows, np.int64), return_inverse=True)
+    w = np.zeros((w_i.shape[1], rows.size), np.float64)
+    np.add.at(w.T, local, w_i)  # a row read twice (redundant copies) sums
+    return rows, w
 
 
 def _slice_conductances(lv: np.ndarray, s: SliceRecord, hw: Hardware) -> np.ndarray:
@@ -471,63 +667,12 @@ def _slice_conductances(lv: np.ndarray, s: SliceRecord, hw: Hardware) -> np.ndar
     return hw.cell.g_min_us + lv[np.ix_(pr, cols)] * hw.cell.step_us
 
 
-def _coefficients(s: SliceRecord, op: Any, unit: float) -> np.ndarray:
-    """``[2m, n_out]``: +scale/unit on each ``+`` column, -scale/unit on its ``-`` column."""
-    m = len(s.outs)
-    c = np.zeros((2 * m, op.n_out), np.float64)
-    o = s.group * op.outs + np.asarray(s.outs, np.intp)
-    sc = np.asarray(s.scale, np.float64) / unit
-    c[np.arange(m), o] = sc
-    c[m + np.arange(m), o] = -sc
-    return c.astype(np.float32)
-
-
 def _conv_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out = {}
     for a in node.attribute:
         if a.name != "group":
             out[a.name] = helper.get_attribute_value(a)
     return out
-
-
-def _conv_slice(
-    g: _Graph, v: str, op: Any, s: SliceRecord, w_i: np.ndarray
-) -> tuple[str, np.ndarray]:
-    """Input channels of one conv slice and its weight ``[2m, channels, *k]``."""
-    kshape = tuple(op.shape[2:])
-    cin_g = op.shape[1]
-    rows = np.asarray(s.rows, np.intp)
-    c, *kk = np.unravel_index(rows, (cin_g, *kshape))
-    chans, local = np.unique(c, return_inverse=True)
-    w = np.zeros((w_i.shape[1], chans.size, *kshape), np.float64)
-    for i in range(rows.size):  # rows are few (<= tile rows); += handles repeated rows
-        w[(slice(None), local[i], *(int(k[i]) for k in kk))] += w_i[i]
-    absolute = s.group * cin_g + chans
-    total = cin_g * op.groups
-    if absolute.size == total and np.array_equal(absolute, np.arange(total)):
-        inp = v
-    elif np.array_equal(absolute, np.arange(absolute[0], absolute[0] + absolute.size)):
-        inp = g.op("Slice", [v, g.const("s", [absolute[0]], np.int64),
-                             g.const("e", [absolute[0] + absolute.size], np.int64),
-                             g.const("ax", [1], np.int64)], "vin")
-    else:
-        inp = g.op("Gather", [v, g.const("ch", absolute, np.int64)], "vin", axis=1)
-    return inp, w.astype(np.float32)
-
-
-def _mm_slice(
-    g: _Graph, v: str, op: Any, s: SliceRecord, w_i: np.ndarray
-) -> tuple[str, np.ndarray]:
-    rows = np.asarray(s.rows, np.int64)
-    if rows.size == op.shape[0] and np.array_equal(rows, np.arange(op.shape[0])):
-        inp = v
-    elif rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
-        inp = g.op("Slice", [v, g.const("s", [rows[0]], np.int64),
-                             g.const("e", [rows[0] + rows.size], np.int64),
-                             g.const("ax", [-1], np.int64)], "vin")
-    else:
-        inp = g.op("Gather", [v, g.const("rows", rows, np.int64)], "vin", axis=-1)
-    return inp, w_i.astype(np.float32)
 
 
 def _noisy_rows(
