@@ -51,6 +51,9 @@ from rcompile.errors import BadImage
 from rcompile.image import Image, SliceRecord
 from rcompile.ir import LAYOUT_CONV
 
+MS_DOMAIN = "com.microsoft"
+"""onnxruntime's own operator domain (its CPU kernels include ``FusedConv``)."""
+
 TILE_BATCH_FLOATS = 1 << 25
 """Budget (float32 values, 128 MB) of one layer's tile tensors per run: the batch shrinks for
 models whose layers are split over many tiles (every tile column is a tensor channel)."""
@@ -162,6 +165,8 @@ class _Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
+        self.uses_ms_domain = False
+        """Set when a node of onnxruntime's ``com.microsoft`` domain was added."""
         self.taken = {n for node in model.graph.node for n in (*node.input, *node.output)}
         self.taken |= {t.name for t in model.graph.initializer}
         self._n = 0
@@ -336,11 +341,19 @@ def build(
         vin = src
         if not np.array_equal(rows, np.arange(lay.channels * (2 if noise > 0 else 1))):
             vin = g.op("Gather", [src, g.const("rows", rows, np.int64)], "vin", axis=1)
+        clipped = False  # the ADC's clip to [0, top] steps done by the product itself
         if conv:
             w_ins = [vin, g.const("w", lay.weights())]
             if bias_c is not None:
                 w_ins.append(g.const("b", bias_c))
-            cur = g.op("Conv", w_ins, "cur", group=groups, **_conv_attrs(node))
+            if fixed and adc_bits <= 8:  # onnxruntime's Conv with a fused Clip: one pass less
+                cur = g.op("FusedConv", w_ins, "cur", domain=MS_DOMAIN, group=groups,
+                           activation="Clip", activation_params=[0.0, top],
+                           **_conv_attrs(node))
+                g.uses_ms_domain = True
+                clipped = True
+            else:
+                cur = g.op("Conv", w_ins, "cur", group=groups, **_conv_attrs(node))
         else:  # block-diagonal: one batched MatMul over the groups
             cur = _grouped_matmul(g, vin, lay.weights(), groups, bias_c)
         if shapes and x in shapes and node.output[0] in shapes:
@@ -349,13 +362,15 @@ def build(
                                   else shapes[node.output[0]][1:-1], dtype=np.int64))
             size = 2 * lay.columns * pos_out + rows.size * pos_in
             built.floats_per_sample = max(built.floats_per_sample, size)
-        # cur: [N, slices * 2 * mmax, *spatial] (Conv) or [rows, slices * 2 * mmax]
-        per_slice = g.op("Reshape", [cur, g.const("s5", lay.slot_shape(), np.int64)], "cur5")
+        # cur: [N, columns, *spatial] (Conv) or [rows, columns]
+        per_slice = ""
+        if calibrate or (adc_bits < IDEAL_BITS and not fixed):
+            per_slice = g.op("Reshape", [cur, g.const("s5", lay.slot_shape(), np.int64)], "cur5")
         if calibrate:
             cal_slices += [g.row(g.reduce("ReduceMin", per_slice, [0, 2, 4], 0)),
                            g.row(g.reduce("ReduceMax", per_slice, [0, 2, 4], 0))]
         if fixed:  # currents are in ADC steps already
-            code = _adc_codes(g, cur, int(adc_bits))
+            code = _adc_codes(g, cur, int(adc_bits), clipped)
         elif adc_bits < IDEAL_BITS:  # per inference and slice: [min(0, lo), hi]
             lo = g.op("Min", [g.reduce("ReduceMin", per_slice, [2, 4]), g.const("z", 0.0)],
                       "lo")
@@ -395,6 +410,8 @@ def build(
     for name in built.calibration:
         g.output(name)
     model.graph.output.extend(g.outputs)
+    if g.uses_ms_domain and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return built
 
 
@@ -506,13 +523,18 @@ class _Batched:
             chans = blocks[members[0]][0]
             index[gi, : chans.size] = chans
             index[gi, chans.size :] = chans[0]
-            for j, i in enumerate(members):
+            # slots by first output and columns by output: a layer split into the same
+            # outputs on every row block gets the same layout in every group (see combine)
+            outs_of = {i: slices[i][2].group * op.outs + np.asarray(slices[i][2].outs, np.int64)
+                       for i in members}
+            for j, i in enumerate(sorted(members, key=lambda i: int(outs_of[i].min()))):
                 s, wb = slices[i][2], blocks[i][1]
                 m = len(s.outs)
-                w[gi, 0, j, :m, : chans.size] = wb[:m]
-                w[gi, 1, j, :m, : chans.size] = wb[m:]
-                out_of[gi, :, j, :m] = s.group * op.outs + np.asarray(s.outs, np.int64)
-                sc = np.asarray(s.scale, np.float64) / unit
+                by_out = np.argsort(outs_of[i], kind="stable")
+                w[gi, 0, j, :m, : chans.size] = wb[:m][by_out]
+                w[gi, 1, j, :m, : chans.size] = wb[m:][by_out]
+                out_of[gi, :, j, :m] = outs_of[i][by_out]
+                sc = np.asarray(s.scale, np.float64)[by_out] / unit
                 coef[gi, 0, j, :m], coef[gi, 1, j, :m] = sc, -sc
                 slot[i] = gi * per + j
         channels = op.groups * op.shape[1] if conv else op.shape[0]
@@ -571,6 +593,8 @@ class _Batched:
                 return g.op("Conv", [code, g.const("combine", w_c)], "y", out=out)
             flat = g.op("Reshape", [code, g.const("c2", [-1, cols], np.int64)], "codes")
             return g.op("MatMul", [flat, g.const("combine", dense)], "y", out=out)
+        if self._regular() is not None:
+            return self._combine_regular(g, code, conv, out)
         # each output gathers its k columns (padding: column 0 with coefficient 0)
         idx = np.zeros((self.n_out, k), np.int64)
         wk = np.zeros((self.n_out, k), np.float32)
@@ -601,8 +625,50 @@ class _Batched:
     def _spatial(self) -> tuple[int, ...]:
         return tuple(self.w.shape[5:])
 
+    def _regular(self) -> np.ndarray | None:
+        """Where every group holds the same outputs at the same column places (a layer split
+        alike on every row block): per place ``[per * mmax]`` its output (-1 padding), and for
+        every output a place holding it or a padding place; else None."""
+        out4 = self.out_of.reshape(self.groups, 2, self.per * self.mmax)
+        place = out4[0, 0]
+        if not (out4 == place).all():
+            return None
+        where = np.full(self.n_out, -1, np.int64)
+        where[place[place >= 0]] = np.flatnonzero(place >= 0)
+        pads = np.flatnonzero(place < 0)
+        if (where < 0).any():
+            if pads.size == 0:
+                return None
+            where[where < 0] = pads[0]  # an output no slice holds reads a zero column
+        return where
 
-def _adc_codes(g: _Graph, cur: str, bits: int) -> str:
+    def _combine_regular(self, g: _Graph, code: str, conv: bool, out: str | None) -> str:
+        """``sum over groups and signs of coef * code`` per place (a weighted ReduceSum: no
+        gather of the large column tensor), then the places in output order."""
+        where = self._regular()
+        assert where is not None
+        places = self.per * self.mmax
+        shape = g.const("gsp", [0, self.groups * 2, places, *([-1] if conv else [])], np.int64)
+        coef = self.coef.reshape(1, self.groups * 2, places, *([1] if conv else [])).astype(
+            np.float32)
+        terms = g.op("Mul", [g.op("Reshape", [code, shape], "codes"), g.const("coef", coef)])
+        identity = np.array_equal(where, np.arange(places))
+        y = g.op("ReduceSum", [terms, g.const("axes", [1], np.int64)], "y",
+                 out=out if identity and not conv else None, keepdims=0)
+        if conv:  # [N, places, positions] back to [N, places, *spatial]
+            shape = g.op("Shape", [code])
+            full = g.op("Concat", [
+                g.op("Slice", [shape, g.const("s", [0], np.int64), g.const("e", [1], np.int64)]),
+                g.const("p", [places], np.int64),
+                g.op("Slice", [shape, g.const("s", [2], np.int64),
+                               g.const("e", [np.iinfo(np.int64).max], np.int64)])], "ys", axis=0)
+            y = g.op("Reshape", [y, full], "y", out=out if identity else None)
+        if identity:
+            return y
+        return g.op("Gather", [y, g.const("where", where, np.int64)], "y", out=out, axis=1)
+
+
+def _adc_codes(g: _Graph, cur: str, bits: int, clipped: bool = False) -> str:
     """Codes ``clip(round(cur), 0, 2^bits - 1)`` of currents already in ADC steps.
 
     Up to 8 bits: a QuantizeLinear to uint8 with zero point ``255 - top`` (its saturation at 255

@@ -1,0 +1,61 @@
+"""Tile mode builds one grouped product per layer; its three ways of summing the columns back
+into outputs (dense product, weighted sum over row blocks, gather) compute the same thing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from rcompile import api, runtime, tilemode
+from rcompile import faultmap as fmap
+from rcompile.data import input_specs, load_data
+from rcompile.device import PRESETS, Converters
+from tests.conftest import MODEL, TEST_DATA
+
+
+@pytest.fixture(scope="module")
+def chip() -> tuple[object, fmap.FaultMap, object]:
+    plan, _ = api.make_plan(MODEL)
+    fm = fmap.synth(api.spare_tiles(plan.tiles_needed(), 0.1), 128, 128, 0.05, (5, 1), 3)
+    image = api.build(plan, fm).image
+    data = load_data(TEST_DATA, input_specs(plan.model))
+    small = replace(data, inputs={k: v[:64] for k, v in data.inputs.items()}, n=64, labels=None)
+    return image, fm, small
+
+
+def emulate(chip: tuple[object, fmap.FaultMap, object], hw: object) -> np.ndarray:
+    image, fm, data = chip
+    return runtime.emulate(image, fm, data, hardware=hw, mode="tile")[0]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("device", ["ideal", "neurosim"])
+def test_the_three_column_sums_agree(chip: tuple[object, fmap.FaultMap, object], device: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    image = chip[0]
+    hw = runtime.image_hardware(image) if device == "ideal" else PRESETS["neurosim"]  # type: ignore[arg-type]
+    if device == "ideal":  # ideal converters: tile mode is ideal mode
+        hw = replace(hw, converters=Converters())
+    dense = emulate(chip, hw)
+    monkeypatch.setattr(tilemode, "COMBINE_DENSE_RATIO", 0)  # the row-block sum (fc1: 7 blocks)
+    blocks = emulate(chip, hw)
+    monkeypatch.setattr(tilemode._Batched, "_regular", lambda self: None)  # the gather
+    gathered = emulate(chip, hw)
+    scale = float(np.abs(dense).max())
+    np.testing.assert_allclose(blocks, dense, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(gathered, dense, rtol=1e-4, atol=1e-4 * scale)
+    if device == "ideal":
+        image, fm, data = chip
+        ideal = runtime.emulate(image, fm, data, hardware=hw, mode="ideal")[0]  # type: ignore[arg-type]
+        np.testing.assert_allclose(dense, ideal, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_a_large_layer_runs_in_smaller_batches(chip: tuple[object, fmap.FaultMap, object],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = emulate(chip, PRESETS["neurosim"])
+    monkeypatch.setattr(tilemode, "TILE_BATCH_FLOATS", 1)  # one sample per run
+    one_by_one = emulate(chip, PRESETS["neurosim"])
+    assert one_by_one.shape == whole.shape
+    # the ADC ranges and noise draws do not depend on the batch: the same chip, the same result
+    np.testing.assert_allclose(one_by_one, whole, rtol=1e-4, atol=1e-4 * np.abs(whole).max())
