@@ -9,31 +9,41 @@ no Python loop over samples. For one crossbar node with input ``x``:
    (``calibrated``) — maps ``x`` to ``v = clip(round(x / a * Q), -Q, Q)`` with
    ``Q = 2^dac_bits - 1`` magnitude codes. Row ``i`` is driven at ``read_v * v_i / Q``. An ideal
    DAC passes ``x`` through.
-2. **Crossbar.** For every slice of the layer (a block of rows and column pairs on one tile), a
-   Conv (over just the input channels the slice's rows touch, zero where the slice has no row) or
-   a MatMul (over just its rows) whose weights are the *realised conductances* of the slice's
-   physical cells times ``read_v``: its output channels are the currents of the slice's ``+``
-   then ``-`` columns, the ``g_min`` leak of every driven row included.
+2. **Crossbar.** Every slice of the layer (a block of rows and column pairs on one tile) is a
+   product whose weights are the *realised conductances* of the slice's physical cells times
+   ``read_v``; its outputs are the currents of the slice's ``+`` and ``-`` columns, the
+   ``g_min`` leak of every driven row included. All slices of a layer are *one* node
+   (:class:`_Batched`): slices that read the same input channels (Conv: the channels their rows
+   touch; Gemm/MatMul: their rows) form a group whose input is gathered once, and the layer is
+   one grouped Conv (Gemm/MatMul: one batched MatMul) over the groups, zero-padded to the
+   widest group and the widest slice. A layer split over a thousand tiles is still a handful
+   of nodes, and the batch shrinks so that one layer's column currents stay within
+   :data:`TILE_BATCH_FLOATS`.
 3. **Read noise.** Every read of a cell carries relative noise ``noise_rel``. It is applied to
-   the row inputs, once for the ``+`` columns and independently for the ``-`` columns (a grouped
-   Conv, or a block MatMul, over the two noisy copies), which gives every column exactly the
-   variance of independent cell noise, ``noise_rel^2 sum_i (read_v v_i G_ij)^2``, and keeps
-   the two columns of a pair independent; columns of one group share their rows' draws. Draws
-   come from a seeded bank of per-inference patterns (an initializer) picked at random per
-   inference, so a batch costs a gather, not a random generator call per value.
+   the layer input, once for the ``+`` columns and independently for the ``-`` columns (each
+   sign of each group is a group of the product with its own noisy copy), which gives every
+   column exactly the variance of independent cell noise, ``noise_rel^2 sum_i (read_v v_i
+   G_ij)^2``, and keeps the two columns of a pair independent; columns that read the same rows
+   (of one slice, or of slices on other tiles reading the same rows) share their rows' draws.
+   Draws come from a seeded bank of per-inference patterns (an initializer, at most
+   :data:`NOISE_BANK_FLOATS` values a layer) picked at random per inference, so a batch costs a
+   gather, not a random generator call per value.
 4. **ADC** per column, ``2^adc_bits`` codes, rounding to the nearest code, over ``[lo, hi]``:
    ``dynamic``, ``min(0, min I)`` to ``max I`` of this inference and slice; ``calibrated``, the
-   extremes of a calibration batch (times ``headroom``), with currents beyond clipped.
+   extremes of a calibration batch (times ``headroom``), with currents beyond clipped at both
+   ends. A calibrated ADC's step and offset are folded into the product's weights and bias, its
+   clip into the product (onnxruntime's ``FusedConv`` with a ``Clip`` activation), and its
+   rounding is a QuantizeLinear to uint8 and a Cast back.
 5. **Digital.** ``+`` code minus ``-`` code, times the ADC step and
-   ``scale / (read_v * step * Q)``, summed over slices (one 1x1 Conv / MatMul does it all),
-   times the DAC full scale, plus the chip's digital bias. The ADC's ``lo`` offset and its
+   ``scale / (read_v * step * Q)``, summed over slices, times the DAC full scale, plus the
+   chip's digital bias. The sum is one dense product over all columns when the layer has few,
+   else a weighted ReduceSum over the row blocks (when every block splits the outputs alike) or
+   a gather of each output's columns and a weighted sum. The ADC's ``lo`` offset and its
    rounding cancel in the difference of a pair.
 
 With ideal converters and no noise this computes exactly ``x @ W_effective + b``, the ``ideal``
-mode, up to float32 rounding (a test checks it). The graph also outputs *probes* the energy model
-reads (:class:`Probes`). Constant steps (calibrated ranges, the ADC step) are folded into the
-weights and biases, so a calibrated 8-bit-or-less ADC costs a QuantizeLinear and a Cast per
-slice on top of the crossbar products and the combining product.
+mode, up to float32 rounding (a test checks it for every way of summing). The graph also
+outputs *probes* the energy model reads (:class:`Probes`).
 """
 
 from __future__ import annotations
