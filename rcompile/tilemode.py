@@ -337,20 +337,23 @@ def build(
             f = (q / full if dac_fixed else q) * cv.headroom
             bias_c = lay.fold_adc([calibration.currents[(t, k)] for t, k, _ in slices], f, top)
         src = v
-        if not conv:  # rows of the layer input; a Gemm/MatMul slice is a grouped 1x1 Conv
+        if not conv:  # rows of the layer input
             src = g.op("Reshape", [v, g.const("k2", [-1, op.shape[0]], np.int64)], "v2d")
-        if noise > 0:
+        rows = lay.index.reshape(-1)
+        vin = src
+        if not np.array_equal(rows, np.arange(lay.channels)):
+            vin = g.op("Gather", [src, g.const("rows", rows, np.int64)], "vin", axis=1)
+        groups = lay.groups
+        if noise > 0:  # each group's input twice, for its + and its - columns, each noisy
             layer_in = (shapes or {}).get(x)
             per = None
             if layer_in is not None:
-                per = (2 * lay.channels, *layer_in[2:]) if conv else (2 * lay.channels,)
+                per = (lay.groups, 2, lay.width,
+                       *([int(np.prod(layer_in[2:], dtype=np.int64))] if conv else []))
             room = max(8, NOISE_BANK_FLOATS // max(1, int(np.prod(per or (1,)))))
-            src = _noisy_rows(g, src, conv, noise, per, rng, seed, li, min(bank, room))
-        groups = 2 * lay.groups if noise > 0 else lay.groups
-        rows = lay.input_index(noise > 0)
-        vin = src
-        if not np.array_equal(rows, np.arange(lay.channels * (2 if noise > 0 else 1))):
-            vin = g.op("Gather", [src, g.const("rows", rows, np.int64)], "vin", axis=1)
+            vin = _noisy_rows(g, vin, conv, lay.groups, lay.width, noise, per, rng, seed, li,
+                              min(bank, room))
+            groups = 2 * lay.groups
         clipped = False  # the ADC's clip to [0, top] steps done by the product itself
         if conv:
             w_ins = [vin, g.const("w", lay.weights())]
@@ -399,14 +402,15 @@ def build(
                                   g.const("e", [-1], np.int64)], "lead")
             tail.append(("Reshape", [g.op("Concat", [lead, g.const("n", [op.n_out], np.int64)],
                                           "oshape", axis=0)]))
+        # (a MatMul's bias is added by the frontend's own Add node next)
+        bias = None if node.op_type == "MatMul" else np.asarray(biases[li], np.float32)
         if a is not None:
             tail.append(("Mul", [a]))
-        if node.op_type != "MatMul":  # (a MatMul's bias is added by the frontend's Add next)
-            b = np.asarray(biases[li], np.float32)
-            tail.append(("Add", [g.const("bias", b.reshape(-1, *([1] * (rank - 2))) if conv
-                                         else b)]))
+            if bias is not None:
+                tail.append(("Add", [g.const("bias", bias.reshape(-1, *([1] * (rank - 2))))]))
+                bias = None
         out = node.output[0]
-        y = lay.combine(g, code, conv, out=None if tail else out)
+        y = lay.combine(g, code, conv, out=None if tail else out, bias=bias)
         for i, (op_type, extra) in enumerate(tail):
             y = g.op(op_type, [y, *extra], "y", out=out if i == len(tail) - 1 else None)
         probes.append(probe)
@@ -556,12 +560,9 @@ class _Batched:
     def columns(self) -> int:
         return self.groups * 2 * self.per * self.mmax
 
-    def input_index(self, noisy: bool) -> np.ndarray:
-        """Channels to gather: per group its own (no noise), or per group and sign its own from
-        the ``+`` then the ``-`` noisy copy of the input (``channels`` apart)."""
-        if not noisy:
-            return self.index.reshape(-1)
-        return np.stack([self.index, self.index + self.channels], axis=1).reshape(-1)
+    @property
+    def width(self) -> int:
+        return int(self.index.shape[1])
 
     def weights(self) -> np.ndarray:
         """``[columns, width, *kernel]`` (no kernel axes for a Gemm/MatMul)."""
@@ -588,20 +589,27 @@ class _Batched:
             bias[gi, :, j] = -lo_c / step
         return bias.reshape(-1).astype(np.float32) if bias.any() else None
 
-    def combine(self, g: _Graph, code: str, conv: bool, out: str | None) -> str:
-        """Per output, the sum of ``coef * code`` over its columns: ``[N, n_out, *spatial]``
-        (Conv) or ``[rows, n_out]``."""
+    def combine(self, g: _Graph, code: str, conv: bool, out: str | None,
+                bias: np.ndarray | None = None) -> str:
+        """Per output, the sum of ``coef * code`` over its columns, plus ``bias``:
+        ``[N, n_out, *spatial]`` (Conv) or ``[rows, n_out]``."""
+        if bias is not None and (self.columns > COMBINE_DENSE_RATIO * self._k()):
+            b = bias.reshape(-1, *([1] * len(self._spatial()))) if conv else bias
+            y = self.combine(g, code, conv, None)
+            return g.op("Add", [y, g.const("bias", b)], "y", out=out)
         cols = self.columns
         used = self.out_of >= 0
-        per_out = np.bincount(self.out_of[used], minlength=self.n_out)
-        k = max(1, int(per_out.max(initial=0)))
-        if cols <= COMBINE_DENSE_RATIO * k:  # one dense product
+        k = self._k()
+        if cols <= COMBINE_DENSE_RATIO * k:  # one dense product (with the bias)
             dense = np.zeros((cols, self.n_out), np.float32)
             dense[np.flatnonzero(used), self.out_of[used]] = self.coef[used]
+            b_in = [] if bias is None else [g.const("bias", np.asarray(bias, np.float32))]
             if conv:
                 w_c = dense.T.reshape(self.n_out, cols, *([1] * len(self._spatial())))
-                return g.op("Conv", [code, g.const("combine", w_c)], "y", out=out)
+                return g.op("Conv", [code, g.const("combine", w_c), *b_in], "y", out=out)
             flat = g.op("Reshape", [code, g.const("c2", [-1, cols], np.int64)], "codes")
+            if b_in:
+                return g.op("Gemm", [flat, g.const("combine", dense), *b_in], "y", out=out)
             return g.op("MatMul", [flat, g.const("combine", dense)], "y", out=out)
         if self._regular() is not None:
             return self._combine_regular(g, code, conv, out)
@@ -634,6 +642,11 @@ class _Batched:
 
     def _spatial(self) -> tuple[int, ...]:
         return tuple(self.w.shape[5:])
+
+    def _k(self) -> int:
+        """The most columns one output reads (at least 1)."""
+        used = self.out_of >= 0
+        return max(1, int(np.bincount(self.out_of[used], minlength=self.n_out).max(initial=0)))
 
     def _regular(self) -> np.ndarray | None:
         """Where every group holds the same outputs at the same column places (a layer split
@@ -685,8 +698,13 @@ def _adc_codes(g: _Graph, cur: str, bits: int, clipped: bool = False) -> str:
     is the ADC's top code; currents below zero are clipped first) and a Cast back, which leaves
     every code offset by that zero point: the offset is the same on both columns of a pair and
     cancels in their difference (every output's ``+`` and ``-`` coefficients are opposite). All
-    three are vectorised in onnxruntime, unlike its float Round."""
+    three are vectorised in onnxruntime, unlike its float Round. ``clipped``: ``cur`` is in
+    ``[0, top]`` already (a fused Clip), so a QuantizeLinear to uint8 and a Cast are all."""
     top = float(2**bits - 1)
+    if clipped:
+        qv = g.op("QuantizeLinear", [cur, g.const("one", 1.0), g.const("zp0", 0, np.uint8)],
+                  "adc")
+        return g.op("Cast", [qv], "code", to=TensorProto.FLOAT)
     if bits > 8:
         return g.op("Clip", [g.op("Round", [cur]), g.const("z", 0.0), g.const("top", top)],
                     "code")
@@ -752,31 +770,39 @@ def _conv_attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 def _noisy_rows(
-    g: _Graph, inp: str, conv: bool, rel: float, per: tuple[int, ...] | None,
-    rng: np.random.Generator, seed: int, k: int, bank: int,
+    g: _Graph, vin: str, conv: bool, groups: int, width: int, rel: float,
+    per: tuple[int, ...] | None, rng: np.random.Generator, seed: int, k: int, bank: int,
 ) -> str:
-    """The slice input twice (for its ``+`` and its ``-`` columns), each element times
-    ``1 + rel * N(0, 1)``: every read of a cell carries relative noise ``rel``, drawn per row and
-    read, independently for the two column groups. Per column this is exactly the variance of
-    independent cell noise, ``rel^2 sum_i (v_i G_ij)^2``; columns of one group share their rows'
-    draws. Draws come from ``bank`` stored per-inference patterns picked at random
-    (``RandomNormalLike`` when the input shape is unknown)."""
-    axis = 1 if conv else -1
-    both = g.op("Concat", [inp, inp], "vv", axis=axis)
+    """Every group's gathered input twice (for its ``+`` and its ``-`` columns: ``[N, groups *
+    2 * width, *spatial]``), each element times ``1 + rel * N(0, 1)``: every read of a cell
+    carries relative noise ``rel``, drawn per row and read, independently for the two signs.
+    Per column this is exactly the variance of independent cell noise,
+    ``rel^2 sum_i (v_i G_ij)^2``; columns reading the same rows share their draws. Draws come
+    from ``bank`` stored per-inference patterns ``per`` picked at random
+    (``RandomNormalLike`` when the input shape is unknown). One broadcast Mul writes both
+    copies in the order the grouped product reads them."""
+    split = g.const("gw", [0, groups, 1, width, *([-1] if conv else [])], np.int64)
+    v5 = g.op("Reshape", [vin, split], "vg")
+    shape = g.op("Shape", [vin])
+    lead = g.op("Slice", [shape, g.const("s", [0], np.int64), g.const("e", [1], np.int64)], "n")
+    back = g.op("Concat", [
+        lead, g.const("c", [2 * groups * width], np.int64),
+        g.op("Slice", [shape, g.const("s", [2], np.int64),
+                       g.const("e", [np.iinfo(np.int64).max], np.int64)])], "back", axis=0)
     if per is None or bank < 1:
+        both = g.op("Concat", [v5, v5], "vv", axis=2)
         z = g.op("RandomNormalLike", [both], "z", seed=float(seed * 7919 + k))
         f = g.op("Add", [g.op("Mul", [z, g.const("rel", rel)]), g.const("one", 1.0)], "f")
-        return g.op("Mul", [both, f], "vnoisy")
+        return g.op("Reshape", [g.op("Mul", [both, f], "vnoisy"), back], "vnoisy")
     patterns = 1.0 + rel * rng.standard_normal((bank, *per), dtype=np.float32)
     pat = g.const("bank", patterns)
-    n = g.op("Slice", [g.op("Shape", [both]), g.const("s", [0], np.int64),
-                      g.const("e", [1], np.int64)], "n")
-    u = g.op("RandomUniformLike", [g.op("ConstantOfShape", [n], "zeros")], "u",
+    u = g.op("RandomUniformLike", [g.op("ConstantOfShape", [lead], "zeros")], "u",
              seed=float(seed * 7919 + k + 1), dtype=TensorProto.FLOAT)
     idx = g.op("Cast", [g.op("Floor", [g.op("Mul", [u, g.const("k", float(bank))])])], "idx",
                to=TensorProto.INT64)
     idx = g.op("Min", [idx, g.const("kmax", bank - 1, np.int64)], "idx")
-    return g.op("Mul", [both, g.op("Gather", [pat, idx], "z", axis=0)], "vnoisy")
+    noisy = g.op("Mul", [v5, g.op("Gather", [pat, idx], "z", axis=0)], "vnoisy")
+    return g.op("Reshape", [noisy, back], "vnoisy")
 
 
 def add_probes(model: onnx.ModelProto, image: Image) -> tuple[onnx.ModelProto, list[Probes]]:
