@@ -524,6 +524,8 @@ class _Batched:
         by_rows: dict[tuple[int, ...], list[int]] = {}
         for i, (chans, _) in enumerate(blocks):
             by_rows.setdefault(tuple(chans.tolist()), []).append(i)
+        # groups in input order: a layer split into row blocks reads its input as it is
+        by_rows = dict(sorted(by_rows.items()))
         n_groups, per = len(by_rows), max(len(v) for v in by_rows.values())
         width = max(b[0].size for b in blocks)
         mmax = max(len(s.outs) for _, _, s in slices)
