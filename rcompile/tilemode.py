@@ -824,7 +824,12 @@ def add_probes(model: onnx.ModelProto, image: Image) -> tuple[onnx.ModelProto, l
             x = g.op("Transpose", [x], "xt", perm=[1, 0])
         rank = len(op.shape)
         a = _dyn_scale(g, x, list(range(1, rank)) if conv else [-1])
-        v2 = _sum_sq(g, g.op("Div", [x, a], "v"), conv, [0, *range(2, rank)], op.shape[0])
+        if conv:  # the full scale is one number per sample: divide the per-sample sums instead
+            per_sample = g.reduce("ReduceSumSquare", x, list(range(2, rank)))  # [N, C, 1..]
+            scaled = g.op("Div", [per_sample, g.op("Mul", [a, a], "a2")], "v2n")
+            v2 = g.row(g.reduce("ReduceSum", scaled, [0, *range(2, rank)]))
+        else:
+            v2 = _sum_sq(g, g.op("Div", [x, a], "v"), conv, [0, *range(2, rank)], op.shape[0])
         probes.append(Probes(v2=v2, in_shape=g.row(g.op("Shape", [x]), TensorProto.FLOAT),
                              conv=_conv_info(node, op) if conv else None))
     out.graph.node.extend(g.nodes)

@@ -59,3 +59,15 @@ def test_a_large_layer_runs_in_smaller_batches(chip: tuple[object, fmap.FaultMap
     assert one_by_one.shape == whole.shape
     # the ADC ranges and noise draws do not depend on the batch: the same chip, the same result
     np.testing.assert_allclose(one_by_one, whole, rtol=1e-4, atol=1e-4 * np.abs(whole).max())
+
+
+def test_both_modes_measure_the_same_energy(chip: tuple[object, fmap.FaultMap, object]) -> None:
+    """Ideal mode divides per-sample sums by the full scale, tile mode divides the inputs: the
+    same cell energy per layer (the MNIST example has Conv and Gemm layers)."""
+    image, fm, data = chip
+    hw = replace(runtime.image_hardware(image), converters=Converters())  # type: ignore[arg-type]
+    a = runtime.verify(image, fm, data, hardware=hw, mode="ideal")  # type: ignore[arg-type]
+    b = runtime.verify(image, fm, data, hardware=hw, mode="tile")  # type: ignore[arg-type]
+    for x, y in zip(a.energy, b.energy, strict=True):
+        assert x["cell_j"] == pytest.approx(y["cell_j"], rel=1e-4)
+    assert a.energy_per_inference_j == pytest.approx(b.energy_per_inference_j, rel=1e-4)
