@@ -255,7 +255,8 @@ def build(
     bias per layer. ``calibrate`` builds the calibration variant (ideal converters, no noise,
     extra outputs read by :meth:`Built.read_calibration`); a ``calibrated`` converter needs that
     :class:`Calibration`. ``shapes`` (static tensor shapes, optional) lets read noise come from
-    a bank of ``bank`` patterns per slice instead of ``RandomNormalLike``.
+    a bank of at most ``bank`` patterns per layer instead of ``RandomNormalLike``, and sizes
+    :attr:`Built.floats_per_sample`.
     """
     model = onnx.ModelProto()
     model.CopyFrom(graph)
