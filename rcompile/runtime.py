@@ -99,6 +99,11 @@ _Programmer = Callable[[list[tuple[int, np.ndarray, np.ndarray]]], list[np.ndarr
 """Writes every ``(tile, target levels [R, C], cells to write [R, C] bool)`` and returns the
 realised float64 levels of each tile (cells not written keep their target)."""
 
+ENERGY_SAMPLES = 64
+"""Inferences (the first of the data) whose activity the energy and latency estimate uses: an
+average over every row, position and inference, which a few dozen inferences pin down, while
+probing every inference would keep onnxruntime from fusing the ``ideal`` graph."""
+
 CALIBRATION_SAMPLES = 128
 """Samples (the first of the data, at most one batch) a ``calibrated`` converter is set on."""
 
@@ -551,14 +556,15 @@ def image_input_specs(image: Image) -> list[InputSpec]:
 
 def run(
     model: onnx.ModelProto, dataset: Dataset, batch_size: int = 256, *, source: str = "model",
-    optimize: bool = True,
+    optimize: bool = True, first: int = 0,
 ) -> list[np.ndarray]:
     """All outputs of ``model`` on ``dataset``, in batches, concatenated along axis 0.
 
     CPU execution provider, two intra-op threads, all graph optimisations (none with
     ``optimize=False``: for the emulator's own graphs, whose hundreds of nodes make the
     optimisers cost more session setup than they save in the run). A model that fixes its batch
-    axis at ``b`` is run ``b`` samples at a time.
+    axis at ``b`` is run ``b`` samples at a time; otherwise no batch straddles sample
+    ``first`` (so per-batch outputs can be told apart for the first ``first`` samples).
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
@@ -577,19 +583,22 @@ def run(
     fixed = {s.fixed_batch for s in input_specs(model) if s.fixed_batch}
     if len(fixed) > 1:
         raise BadModel(f"{source}: inputs fix axis 0 at different sizes {sorted(fixed)}")
+    fixed_batch = bool(fixed)
     step = fixed.pop() if fixed else max(1, int(batch_size))
     names = [i.name for i in sess.get_inputs()]
     for nm in names:
         if nm not in dataset.inputs:
             raise BadData(f"{dataset.source}: has no array for input '{nm}' of {source}")
     parts: list[list[np.ndarray]] = []
-    for lo in range(0, dataset.n, step):
-        feed = {nm: dataset.inputs[nm][lo : lo + step] for nm in names}
+    cut = 0 if fixed_batch or not 0 < first < dataset.n else first
+    starts = [*range(0, cut, step), *range(cut, dataset.n, step)]
+    for lo, hi in zip(starts, [*starts[1:], dataset.n], strict=True):
+        feed = {nm: dataset.inputs[nm][lo:hi] for nm in names}
         try:
             parts.append([np.asarray(o) for o in sess.run(None, feed)])
         except Exception as e:
             raise BadModel(
-                f"{source}: onnxruntime failed on samples {lo}..{min(lo + step, dataset.n) - 1} "
+                f"{source}: onnxruntime failed on samples {lo}..{hi - 1} "
                 f"of {dataset.source} ({_first_line(e)})"
             ) from e
     outs = []
@@ -651,10 +660,11 @@ class Report:
     likewise), ``weights_s`` (simulating the programming of every cell and rebuilding the faulty
     weights), ``graph_s`` (building the emulated graph, incl. a converter calibration run),
     ``setup_s`` = ``weights_s + graph_s``, ``float_s`` (float model run, None without it);
-    ``emulation_ratio`` = ``emulated_s / reference_s`` (run against run) and ``total_ratio`` =
-    ``(setup_s + emulated_s) / reference_s`` (what emulating one chip costs against one plain
-    run). Not counted anywhere: building the reference graph, the error metrics and the energy
-    estimate."""
+    ``emulation_ratio`` = ``emulated_s / reference_s`` (run against run; the emulated run
+    includes the energy probes, which see the first :data:`ENERGY_SAMPLES` inferences) and
+    ``total_ratio`` = ``(setup_s + emulated_s) / reference_s`` (what emulating one chip costs
+    against one plain run). Not counted anywhere: building the reference graph, the error
+    metrics and the energy model's arithmetic."""
     mode: str = "ideal"
     """Emulation mode that ran: ``ideal`` or ``tile`` (see :data:`MODES`)."""
     device: str = "ideal"
@@ -777,11 +787,30 @@ def verify(
     emulated, probes, n_out, step = _emulated_graph(
         image, mode, hw, levels, effective, reference, dataset, batch_size, noise_seed, src
     )
+    probed = emulated
+    if mode == "ideal":  # energy probes on a copy: they would block onnxruntime's fusions
+        probed, probes = tilemode.add_probes(emulated, image)
     graph_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    every = run(emulated, dataset, step, source=src, optimize=mode == "ideal")
+    n_energy = min(dataset.n, ENERGY_SAMPLES)
+    if mode == "ideal":
+        # energy probes only on the first inferences: the probed copy runs those, the plain
+        # graph the rest
+        head = run(probed, _head(dataset, n_energy), step, source=src)
+        every = head[n_out:]
+        emu = head[:n_out]
+        if dataset.n > n_energy:
+            rest = run(emulated, _tail(dataset, n_energy), step, source=src)
+            emu = [np.concatenate([a, b]) for a, b in zip(emu, rest, strict=True)]
+    else:  # the probes' rows of the batches that cover the first inferences
+        outs = run(emulated, dataset, step, source=src, optimize=False, first=n_energy)
+        emu = outs[:n_out]
+        per_run = _batch_step(emulated, step)
+        rows = -(-n_energy // per_run)
+        if any(s.fixed_batch for s in input_specs(emulated)):  # whole fixed batches
+            n_energy = min(dataset.n, rows * per_run)
+        every = [o[:rows] for o in outs[n_out:]]
     emulated_s = time.perf_counter() - t0
-    emu = every[:n_out]
 
     float_acc: float | None = None
     float_s: float | None = None
@@ -804,7 +833,7 @@ def verify(
             )
         )
 
-    costs = _costs(image, reference, levels, hw, probes, every[n_out:], dataset)
+    costs = _costs(image, reference, levels, hw, probes, every, dataset, n_energy)
     diff_sq = sum(
         float(np.sum((e.astype(np.float64) - r) ** 2)) for e, r in zip(emu, ref, strict=True)
     )
@@ -885,9 +914,9 @@ def _emulated_graph(
     """The emulated chip's graph with its energy probes, how many outputs are the model's, and
     the batch to run it in (tile mode: within :data:`tilemode.TILE_BATCH_FLOATS`)."""
     biases = chip_biases(image)
-    if mode == "ideal":
-        model, probes = tilemode.add_probes(emulated_model(image, effective, biases), image)
-        return model, probes, len(model.graph.output) - 2 * len(probes), batch_size
+    if mode == "ideal":  # (its energy probes run apart, on a few samples: see verify)
+        model = emulated_model(image, effective, biases)
+        return model, [], len(model.graph.output), batch_size
     built = _tile_model(image, reference, levels, hw, biases, dataset, batch_size, seed, source)
     return built.model, built.probes, built.n_outputs, min(batch_size, built.max_batch())
 
@@ -918,14 +947,23 @@ def _tile_model(
                              shapes=shapes)
         fixed = any(sp.fixed_batch for sp in input_specs(reference))
         n_cal = min(step if fixed else min(step, CALIBRATION_SAMPLES), dataset.n)
-        first = Dataset(
-            inputs={k: v[:n_cal] for k, v in dataset.inputs.items()}, labels=None,
-            n=n_cal, source=dataset.source,
-        )
-        outs = run(cal.model, first, min(step, cal.max_batch()), source=source, optimize=False)
+        outs = run(cal.model, _head(dataset, n_cal), min(step, cal.max_batch()), source=source,
+                   optimize=False)
         calibration = cal.read_calibration(outs, len(image.layers))
     return tilemode.build(image, graph, levels, hw, biases, seed=seed, calibration=calibration,
                           shapes=shapes)
+
+
+def _head(dataset: Dataset, n: int) -> Dataset:
+    """The first ``n`` samples of ``dataset``, without labels."""
+    return Dataset(inputs={k: v[:n] for k, v in dataset.inputs.items()}, labels=None, n=n,
+                   source=dataset.source)
+
+
+def _tail(dataset: Dataset, n: int) -> Dataset:
+    """``dataset`` without its first ``n`` samples, without labels."""
+    return Dataset(inputs={k: v[n:] for k, v in dataset.inputs.items()}, labels=None,
+                   n=dataset.n - n, source=dataset.source)
 
 
 def _batch_step(model: onnx.ModelProto, batch_size: int) -> int:
@@ -941,8 +979,10 @@ def _costs(
     probes: list[tilemode.Probes],
     outs: list[np.ndarray],
     dataset: Dataset,
+    samples: int,
 ) -> list[energy.LayerCost]:
-    """Energy and latency per layer from the probes the emulated graph returned."""
+    """Energy and latency per layer from the probes' outputs (one row per batch) over the
+    first ``samples`` inferences."""
     acts = []
     for i, p in enumerate(probes):
         v2, shape = outs[2 * i], np.asarray(outs[2 * i + 1])
@@ -950,7 +990,7 @@ def _costs(
         n_in, n_out = p.positions(first)
         acts.append(
             energy.Activity(
-                v2=v2.reshape(-1, v2.shape[-1]).sum(axis=0) / max(1, dataset.n),
+                v2=v2.reshape(-1, v2.shape[-1]).sum(axis=0) / max(1, samples),
                 in_positions=n_in,
                 out_positions=n_out,
             )

@@ -10,7 +10,7 @@ import pytest
 
 from rcompile import api, runtime, tilemode
 from rcompile import faultmap as fmap
-from rcompile.data import input_specs, load_data
+from rcompile.data import dataset_from_arrays, input_specs, load_data
 from rcompile.device import PRESETS, Converters
 from tests.conftest import MODEL, TEST_DATA
 
@@ -71,3 +71,19 @@ def test_both_modes_measure_the_same_energy(chip: tuple[object, fmap.FaultMap, o
     for x, y in zip(a.energy, b.energy, strict=True):
         assert x["cell_j"] == pytest.approx(y["cell_j"], rel=1e-4)
     assert a.energy_per_inference_j == pytest.approx(b.energy_per_inference_j, rel=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["ideal", "tile"])
+def test_energy_is_measured_on_the_first_samples(chip: tuple[object, fmap.FaultMap, object],
+                                                 mode: str) -> None:
+    image, fm, _ = chip
+    d = np.load(TEST_DATA)
+    n = runtime.ENERGY_SAMPLES
+    specs = runtime.image_input_specs(image)  # type: ignore[arg-type]
+    first = dataset_from_arrays({"input": d["input"][:n]}, specs)
+    louder = np.concatenate([d["input"][:n], 3 * d["input"][n : n + 40]])  # later ones louder
+    more = dataset_from_arrays({"input": louder}, specs)
+    a = runtime.verify(image, fm, first, mode=mode)  # type: ignore[arg-type]
+    b = runtime.verify(image, fm, more, mode=mode)  # type: ignore[arg-type]
+    assert b.n_samples == n + 40
+    assert a.energy_per_inference_j == pytest.approx(b.energy_per_inference_j, rel=1e-6)
