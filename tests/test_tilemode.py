@@ -74,16 +74,24 @@ def test_both_modes_measure_the_same_energy(chip: tuple[object, fmap.FaultMap, o
 
 
 @pytest.mark.parametrize("mode", ["ideal", "tile"])
-def test_energy_is_measured_on_the_first_samples(chip: tuple[object, fmap.FaultMap, object],
-                                                 mode: str) -> None:
+def test_energy_is_measured_on_samples_spread_over_the_data(
+        chip: tuple[object, fmap.FaultMap, object], mode: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     image, fm, _ = chip
     d = np.load(TEST_DATA)
-    n = runtime.ENERGY_SAMPLES
     specs = runtime.image_input_specs(image)  # type: ignore[arg-type]
-    first = dataset_from_arrays({"input": d["input"][:n]}, specs)
-    louder = np.concatenate([d["input"][:n], 3 * d["input"][n : n + 40]])  # later ones louder
-    more = dataset_from_arrays({"input": louder}, specs)
-    a = runtime.verify(image, fm, first, mode=mode)  # type: ignore[arg-type]
-    b = runtime.verify(image, fm, more, mode=mode)  # type: ignore[arg-type]
-    assert b.n_samples == n + 40
+    n = 300
+    data = dataset_from_arrays({"input": d["input"][:n], "labels": d["labels"][:n]}, specs)
+    pick = runtime._energy_first(n, runtime.ENERGY_SAMPLES)
+    assert pick is not None and pick.size == n  # a reordering of all the samples
+    spread = np.sort(pick[: runtime.ENERGY_SAMPLES])
+    assert spread[0] == 0 and spread[-1] == n - 1  # from the first sample to the last
+    subset = dataset_from_arrays({"input": d["input"][spread]}, specs)
+    a = runtime.verify(image, fm, data, mode=mode)  # type: ignore[arg-type]
+    b = runtime.verify(image, fm, subset, mode=mode)  # type: ignore[arg-type]
     assert a.energy_per_inference_j == pytest.approx(b.energy_per_inference_j, rel=1e-6)
+    # running the spread samples first changes nothing else: outputs come back in order
+    monkeypatch.setattr(runtime, "ENERGY_SAMPLES", 10 * n)
+    c = runtime.verify(image, fm, data, mode=mode)  # type: ignore[arg-type]
+    assert a.accuracy is not None and (a.accuracy, a.agreement) == (c.accuracy, c.agreement)
+    assert a.output_cosine == pytest.approx(c.output_cosine, abs=1e-9)
