@@ -798,7 +798,7 @@ def verify(
     order = _energy_first(dataset.n, n_energy)
     data = dataset if order is None else _take(dataset, order)
     if mode == "ideal":  # the probed copy runs those, the plain graph the rest
-        head = run(probed, _head(data, n_energy), step, source=src)
+        head = run(probed, _head(data, n_energy), step, source=src, optimize=False)
         every, emu = head[n_out:], head[:n_out]
         if data.n > n_energy:
             rest = run(emulated, _tail(data, n_energy), step, source=src)
