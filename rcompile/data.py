@@ -73,6 +73,13 @@ class Dataset:
     source: str = "<memory>"
     """File the data came from (for messages)."""
 
+    def take(self, index: slice | np.ndarray) -> Dataset:
+        """The samples ``index`` picks (a slice or an index array along axis 0), without
+        labels: what a run feeds the model."""
+        inputs = {k: v[index] for k, v in self.inputs.items()}
+        n = len(next(iter(inputs.values()))) if inputs else 0
+        return Dataset(inputs=inputs, labels=None, n=n, source=self.source)
+
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     """The real inputs of ``model``: graph inputs that are not initializers, in graph order."""

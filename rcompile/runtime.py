@@ -581,17 +581,14 @@ def run(
         )
     except Exception as e:
         raise BadModel(f"{source}: onnxruntime cannot load it ({_first_line(e)})") from e
-    fixed = {s.fixed_batch for s in input_specs(model) if s.fixed_batch}
-    if len(fixed) > 1:
-        raise BadModel(f"{source}: inputs fix axis 0 at different sizes {sorted(fixed)}")
-    fixed_batch = bool(fixed)
-    step = fixed.pop() if fixed else max(1, int(batch_size))
+    fixed = _fixed_batch(model, source)
+    step = fixed or max(1, int(batch_size))
     names = [i.name for i in sess.get_inputs()]
     for nm in names:
         if nm not in dataset.inputs:
             raise BadData(f"{dataset.source}: has no array for input '{nm}' of {source}")
     parts: list[list[np.ndarray]] = []
-    cut = 0 if fixed_batch or not 0 < first < dataset.n else first
+    cut = 0 if fixed or not 0 < first < dataset.n else first
     starts = [*range(0, cut, step), *range(cut, dataset.n, step)]
     for lo, hi in zip(starts, [*starts[1:], dataset.n], strict=True):
         feed = {nm: dataset.inputs[nm][lo:hi] for nm in names}
@@ -662,7 +659,7 @@ class Report:
     weights), ``graph_s`` (building the emulated graph, incl. a converter calibration run),
     ``setup_s`` = ``weights_s + graph_s``, ``float_s`` (float model run, None without it);
     ``emulation_ratio`` = ``emulated_s / reference_s`` (run against run; the emulated run
-    includes the energy probes, which see the first :data:`ENERGY_SAMPLES` inferences) and
+    includes the energy probes, which see :data:`ENERGY_SAMPLES` inferences) and
     ``total_ratio`` = ``(setup_s + emulated_s) / reference_s`` (what emulating one chip costs
     against one plain run). Not counted anywhere: building the reference graph, the error
     metrics and the energy model's arithmetic."""
@@ -796,19 +793,19 @@ def verify(
     # energy probes see ENERGY_SAMPLES inferences spread over the data, run first
     n_energy = min(dataset.n, ENERGY_SAMPLES)
     order = _energy_first(dataset.n, n_energy)
-    data = dataset if order is None else _take(dataset, order)
+    data = dataset if order is None else dataset.take(order)
     if mode == "ideal":  # the probed copy runs those, the plain graph the rest
-        head = run(probed, _head(data, n_energy), step, source=src, optimize=False)
+        head = run(probed, data.take(slice(0, n_energy)), step, source=src, optimize=False)
         every, emu = head[n_out:], head[:n_out]
         if data.n > n_energy:
-            rest = run(emulated, _tail(data, n_energy), step, source=src)
+            rest = run(emulated, data.take(slice(n_energy, None)), step, source=src)
             emu = [np.concatenate([a, b]) for a, b in zip(emu, rest, strict=True)]
     else:  # the probes' rows of the batches that cover them
         outs = run(emulated, data, step, source=src, optimize=False, first=n_energy)
         emu = outs[:n_out]
-        per_run = _batch_step(emulated, step)
-        rows = -(-n_energy // per_run)
-        if any(s.fixed_batch for s in input_specs(emulated)):  # whole fixed batches
+        per_run = _fixed_batch(emulated)
+        rows = -(-n_energy // (per_run or step))
+        if per_run:  # whole fixed batches
             n_energy = min(data.n, rows * per_run)
         every = [o[:rows] for o in outs[n_out:]]
     if order is not None:  # back to the data's own order
@@ -949,19 +946,13 @@ def _tile_model(
     ):
         cal = tilemode.build(image, graph, levels, hw, biases, seed=seed, calibrate=True,
                              shapes=shapes)
-        fixed = any(sp.fixed_batch for sp in input_specs(reference))
+        fixed = _fixed_batch(reference) is not None
         n_cal = min(step if fixed else min(step, CALIBRATION_SAMPLES), dataset.n)
-        outs = run(cal.model, _head(dataset, n_cal), min(step, cal.max_batch()), source=source,
-                   optimize=False)
+        outs = run(cal.model, dataset.take(slice(0, n_cal)), min(step, cal.max_batch()),
+                   source=source, optimize=False)
         calibration = cal.read_calibration(outs, len(image.layers))
     return tilemode.build(image, graph, levels, hw, biases, seed=seed, calibration=calibration,
                           shapes=shapes)
-
-
-def _head(dataset: Dataset, n: int) -> Dataset:
-    """The first ``n`` samples of ``dataset``, without labels."""
-    return Dataset(inputs={k: v[:n] for k, v in dataset.inputs.items()}, labels=None, n=n,
-                   source=dataset.source)
 
 
 def _energy_first(n: int, k: int) -> np.ndarray | None:
@@ -972,21 +963,16 @@ def _energy_first(n: int, k: int) -> np.ndarray | None:
     return np.concatenate([pick, np.setdiff1d(np.arange(n), pick)])
 
 
-def _take(dataset: Dataset, order: np.ndarray) -> Dataset:
-    """``dataset``'s samples in ``order``, without labels."""
-    return Dataset(inputs={k: v[order] for k, v in dataset.inputs.items()}, labels=None,
-                   n=dataset.n, source=dataset.source)
-
-
-def _tail(dataset: Dataset, n: int) -> Dataset:
-    """``dataset`` without its first ``n`` samples, without labels."""
-    return Dataset(inputs={k: v[n:] for k, v in dataset.inputs.items()}, labels=None,
-                   n=dataset.n - n, source=dataset.source)
+def _fixed_batch(model: onnx.ModelProto, source: str = "model") -> int | None:
+    """The batch size ``model``'s inputs fix (None: free), or BadModel if they disagree."""
+    fixed = {s.fixed_batch for s in input_specs(model) if s.fixed_batch}
+    if len(fixed) > 1:
+        raise BadModel(f"{source}: inputs fix axis 0 at different sizes {sorted(fixed)}")
+    return fixed.pop() if fixed else None
 
 
 def _batch_step(model: onnx.ModelProto, batch_size: int) -> int:
-    fixed = {s.fixed_batch for s in input_specs(model) if s.fixed_batch}
-    return fixed.pop() if len(fixed) == 1 else max(1, int(batch_size))
+    return _fixed_batch(model) or max(1, int(batch_size))
 
 
 def _costs(
@@ -999,8 +985,8 @@ def _costs(
     dataset: Dataset,
     samples: int,
 ) -> list[energy.LayerCost]:
-    """Energy and latency per layer from the probes' outputs (one row per batch) over the
-    first ``samples`` inferences."""
+    """Energy and latency per layer from the probes' outputs (one row per batch), which saw
+    ``samples`` inferences."""
     acts = []
     for i, p in enumerate(probes):
         v2, shape = outs[2 * i], np.asarray(outs[2 * i + 1])
