@@ -209,6 +209,17 @@ class _Graph:
             return self.op(op_type, [x, ax], op_type.lower(), keepdims=keepdims)
         return self.op(op_type, [x], op_type.lower(), axes=list(axes), keepdims=keepdims)
 
+    def dims(self, x: str, lo: int, hi: int | None = None) -> str:
+        """``Shape(x)[lo:hi]`` (``hi`` None: to the last axis)."""
+        end = np.iinfo(np.int64).max if hi is None else hi
+        return self.op("Slice", [self.op("Shape", [x]), self.const("s", [lo], np.int64),
+                                 self.const("e", [end], np.int64)], "dims")
+
+    def shape_with(self, x: str, middle: Sequence[int]) -> str:
+        """``[N, *middle, *spatial]``: ``x``'s batch and spatial axes around ``middle``."""
+        return self.op("Concat", [self.dims(x, 0, 1), self.const("mid", list(middle), np.int64),
+                                  self.dims(x, 2)], "shape", axis=0)
+
     def output(self, name: str) -> None:
         self.outputs.append(onnx.ValueInfoProto(name=name))
 
@@ -399,10 +410,8 @@ def build(
         # rows back to a MatMul's leading axes, undo the DAC scale, add the chip's bias
         tail: list[tuple[str, list[str]]] = []
         if node.op_type == "MatMul":
-            lead = g.op("Slice", [g.op("Shape", [x]), g.const("s", [0], np.int64),
-                                  g.const("e", [-1], np.int64)], "lead")
-            tail.append(("Reshape", [g.op("Concat", [lead, g.const("n", [op.n_out], np.int64)],
-                                          "oshape", axis=0)]))
+            tail.append(("Reshape", [g.op("Concat", [
+                g.dims(x, 0, -1), g.const("n", [op.n_out], np.int64)], "oshape", axis=0)]))
         # (a MatMul's bias is added by the frontend's own Add node next)
         bias = None if node.op_type == "MatMul" else np.asarray(biases[li], np.float32)
         if a is not None:
@@ -596,60 +605,51 @@ class _Batched:
                 bias: np.ndarray | None = None) -> str:
         """Per output, the sum of ``coef * code`` over its columns, plus ``bias``:
         ``[N, n_out, *spatial]`` (Conv) or ``[rows, n_out]``."""
-        if bias is not None and (self.columns > COMBINE_DENSE_RATIO * self._k()):
-            b = bias.reshape(-1, *([1] * len(self._spatial()))) if conv else bias
-            y = self.combine(g, code, conv, None)
-            return g.op("Add", [y, g.const("bias", b)], "y", out=out)
-        cols = self.columns
-        used = self.out_of >= 0
-        k = self._k()
-        if cols <= COMBINE_DENSE_RATIO * k:  # one dense product (with the bias)
+        cols, used = self.columns, self.out_of >= 0
+        k = max(1, int(np.bincount(self.out_of[used], minlength=self.n_out).max(initial=0)))
+        ones = [1] * len(self._spatial())
+        if cols <= COMBINE_DENSE_RATIO * k:  # one dense product, the bias included
             dense = np.zeros((cols, self.n_out), np.float32)
             dense[np.flatnonzero(used), self.out_of[used]] = self.coef[used]
             b_in = [] if bias is None else [g.const("bias", np.asarray(bias, np.float32))]
             if conv:
-                w_c = dense.T.reshape(self.n_out, cols, *([1] * len(self._spatial())))
+                w_c = dense.T.reshape(self.n_out, cols, *ones)
                 return g.op("Conv", [code, g.const("combine", w_c), *b_in], "y", out=out)
             flat = g.op("Reshape", [code, g.const("c2", [-1, cols], np.int64)], "codes")
-            if b_in:
-                return g.op("Gemm", [flat, g.const("combine", dense), *b_in], "y", out=out)
-            return g.op("MatMul", [flat, g.const("combine", dense)], "y", out=out)
-        if self._regular() is not None:
-            return self._combine_regular(g, code, conv, out)
-        # each output gathers its k columns (padding: column 0 with coefficient 0)
-        idx = np.zeros((self.n_out, k), np.int64)
-        wk = np.zeros((self.n_out, k), np.float32)
-        order = np.argsort(self.out_of, kind="stable")
-        order = order[self.out_of[order] >= 0]
-        outs = self.out_of[order]
-        starts = np.searchsorted(outs, np.arange(self.n_out))
-        slot = np.arange(order.size) - starts[outs]
-        idx[outs, slot] = order
-        wk[outs, slot] = self.coef[order]
-        picked = g.op("Gather", [code, g.const("pick", idx.reshape(-1), np.int64)], "picked",
-                      axis=1)
-        if conv:
-            shape = g.op("Shape", [code])
-            s5 = g.op("Concat", [
-                g.op("Slice", [shape, g.const("s", [0], np.int64), g.const("e", [1], np.int64)]),
-                g.const("nk", [self.n_out, k], np.int64),
-                g.op("Slice", [shape, g.const("s", [2], np.int64),
-                               g.const("e", [np.iinfo(np.int64).max], np.int64)])], "s5", axis=0)
-            wk_t = wk.reshape(1, self.n_out, k, *([1] * len(self._spatial())))
-        else:
-            s5 = g.const("s3", [-1, self.n_out, k], np.int64)
-            wk_t = wk.reshape(1, self.n_out, k)
-        terms = g.op("Mul", [g.op("Reshape", [picked, s5], "picked"), g.const("wk", wk_t)])
-        return g.op("ReduceSum", [terms, g.const("axes", [2], np.int64)], "y", out=out,
-                    keepdims=0)
+            return g.op("Gemm" if b_in else "MatMul", [flat, g.const("combine", dense), *b_in],
+                        "y", out=out)
+        last = out if bias is None else None
+        where = self._regular()
+        if where is not None:
+            y = self._combine_regular(g, code, conv, last, where)
+        else:  # each output gathers its k columns (padding: column 0 with coefficient 0)
+            idx = np.zeros((self.n_out, k), np.int64)
+            wk = np.zeros((self.n_out, k), np.float32)
+            order = np.argsort(self.out_of, kind="stable")
+            order = order[self.out_of[order] >= 0]
+            outs = self.out_of[order]
+            slot = np.arange(order.size) - np.searchsorted(outs, np.arange(self.n_out))[outs]
+            idx[outs, slot] = order
+            wk[outs, slot] = self.coef[order]
+            picked = g.op("Gather", [code, g.const("pick", idx.reshape(-1), np.int64)],
+                          "picked", axis=1)
+            if conv:
+                shape = g.shape_with(code, [self.n_out, k])
+                wk_t = wk.reshape(1, self.n_out, k, *ones)
+            else:
+                shape = g.const("s3", [-1, self.n_out, k], np.int64)
+                wk_t = wk.reshape(1, self.n_out, k)
+            terms = g.op("Mul", [g.op("Reshape", [picked, shape], "picked"),
+                                 g.const("wk", wk_t)])
+            y = g.op("ReduceSum", [terms, g.const("axes", [2], np.int64)], "y", out=last,
+                     keepdims=0)
+        if bias is None:
+            return y
+        b = np.asarray(bias, np.float32).reshape(-1, *ones) if conv else bias
+        return g.op("Add", [y, g.const("bias", b)], "y", out=out)
 
     def _spatial(self) -> tuple[int, ...]:
         return tuple(self.w.shape[5:])
-
-    def _k(self) -> int:
-        """The most columns one output reads (at least 1)."""
-        used = self.out_of >= 0
-        return max(1, int(np.bincount(self.out_of[used], minlength=self.n_out).max(initial=0)))
 
     def _regular(self) -> np.ndarray | None:
         """Where every group holds the same outputs at the same column places (a layer split
@@ -668,11 +668,11 @@ class _Batched:
             where[where < 0] = pads[0]  # an output no slice holds reads a zero column
         return where
 
-    def _combine_regular(self, g: _Graph, code: str, conv: bool, out: str | None) -> str:
+    def _combine_regular(self, g: _Graph, code: str, conv: bool, out: str | None,
+                         where: np.ndarray) -> str:
         """``sum over groups and signs of coef * code`` per place (a weighted ReduceSum: no
-        gather of the large column tensor), then the places in output order."""
-        where = self._regular()
-        assert where is not None
+        gather of the large column tensor), then the places in output order (``where``, from
+        :meth:`_regular`)."""
         places = self.per * self.mmax
         shape = g.const("gsp", [0, self.groups * 2, places, *([-1] if conv else [])], np.int64)
         coef = self.coef.reshape(1, self.groups * 2, places, *([1] if conv else [])).astype(
@@ -682,13 +682,8 @@ class _Batched:
         y = g.op("ReduceSum", [terms, g.const("axes", [1], np.int64)], "y",
                  out=out if identity and not conv else None, keepdims=0)
         if conv:  # [N, places, positions] back to [N, places, *spatial]
-            shape = g.op("Shape", [code])
-            full = g.op("Concat", [
-                g.op("Slice", [shape, g.const("s", [0], np.int64), g.const("e", [1], np.int64)]),
-                g.const("p", [places], np.int64),
-                g.op("Slice", [shape, g.const("s", [2], np.int64),
-                               g.const("e", [np.iinfo(np.int64).max], np.int64)])], "ys", axis=0)
-            y = g.op("Reshape", [y, full], "y", out=out if identity else None)
+            y = g.op("Reshape", [y, g.shape_with(code, [places])], "y",
+                     out=out if identity else None)
         if identity:
             return y
         return g.op("Gather", [y, g.const("where", where, np.int64)], "y", out=out, axis=1)
@@ -786,12 +781,7 @@ def _noisy_rows(
     copies in the order the grouped product reads them."""
     split = g.const("gw", [0, groups, 1, width, *([-1] if conv else [])], np.int64)
     v5 = g.op("Reshape", [vin, split], "vg")
-    shape = g.op("Shape", [vin])
-    lead = g.op("Slice", [shape, g.const("s", [0], np.int64), g.const("e", [1], np.int64)], "n")
-    back = g.op("Concat", [
-        lead, g.const("c", [2 * groups * width], np.int64),
-        g.op("Slice", [shape, g.const("s", [2], np.int64),
-                       g.const("e", [np.iinfo(np.int64).max], np.int64)])], "back", axis=0)
+    back = g.shape_with(vin, [2 * groups * width])
     if per is None or bank < 1:
         both = g.op("Concat", [v5, v5], "vv", axis=2)
         z = g.op("RandomNormalLike", [both], "z", seed=float(seed * 7919 + k))
@@ -799,7 +789,7 @@ def _noisy_rows(
         return g.op("Reshape", [g.op("Mul", [both, f], "vnoisy"), back], "vnoisy")
     patterns = 1.0 + rel * rng.standard_normal((bank, *per), dtype=np.float32)
     pat = g.const("bank", patterns)
-    u = g.op("RandomUniformLike", [g.op("ConstantOfShape", [lead], "zeros")], "u",
+    u = g.op("RandomUniformLike", [g.op("ConstantOfShape", [g.dims(vin, 0, 1)], "zeros")], "u",
              seed=float(seed * 7919 + k + 1), dtype=TensorProto.FLOAT)
     idx = g.op("Cast", [g.op("Floor", [g.op("Mul", [u, g.const("k", float(bank))])])], "idx",
                to=TensorProto.INT64)
