@@ -107,11 +107,6 @@ def best_levels_noisy(
     :func:`best_levels` (a raised common mode also costs read noise, ADC range and energy,
     which ``sq_err`` does not see).
     """
-    if not healthy_pairs:
-        kp0, kn0, _ = best_levels(q, sp, sn, top)
-        both = np.isnan(sp) & np.isnan(sn)
-        kp1, kn1 = best_levels_noisy(q, sp, sn, top, sq_err)
-        return np.where(both, kp0, kp1), np.where(both, kn0, kn1)
     q = np.asarray(q, np.int64)
     hp, hn = np.isnan(sp), np.isnan(sn)
     fp, fn = np.nan_to_num(sp), np.nan_to_num(sn)
@@ -119,10 +114,15 @@ def best_levels_noisy(
     kp = np.zeros(q.shape, np.int64)
     kn = np.zeros(q.shape, np.int64)
     for c in range(top + 1):
-        # both healthy: common mode c (when it fits), exact difference q
+        # both healthy: common mode c (when it fits; only the lowest without healthy_pairs),
+        # exact difference q
         p_h, n_h = c + np.maximum(q, 0), c + np.maximum(-q, 0)
-        cost_hh = np.where(np.maximum(p_h, n_h) <= top,
-                           sq_err[np.minimum(p_h, top)] + sq_err[np.minimum(n_h, top)], np.inf)
+        if healthy_pairs:
+            cost_hh = np.where(np.maximum(p_h, n_h) <= top,
+                               sq_err[np.minimum(p_h, top)] + sq_err[np.minimum(n_h, top)],
+                               np.inf)
+        else:
+            cost_hh = np.full(q.shape, 0.0 if c == 0 else np.inf)
         # + stuck: the - cell takes level c;  - stuck: the + cell takes level c
         cost_sp = (fp - c - q) ** 2 + sq_err[c]
         cost_sn = (c - fn - q) ** 2 + sq_err[c]
