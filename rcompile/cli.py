@@ -19,7 +19,7 @@ from rcompile import __version__, api, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import load_data
-from rcompile.errors import BadDevice, RcompileError
+from rcompile.errors import RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
 from rcompile.pipeline import SolverOptions
 
@@ -113,9 +113,8 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
     hw = _load_device(device_spec)
     fm = fmap.load(faultmap_path)
     geo = fm.geometry
-    if hw is not None and (hw.tile_rows, hw.tile_cols) != (geo.rows, geo.cols):
-        raise BadDevice(f"device {hw.name} has {hw.tile_rows}x{hw.tile_cols} tiles but fault map "
-                        f"{faultmap_path} has {geo.rows}x{geo.cols}; expected the same tiles")
+    if hw is not None:
+        hw.check_tiles(geo.rows, geo.cols, faultmap_path)
     if plan_path is not None:
         if prune is not None or calib is not None:
             raise click.BadParameter("a saved plan already fixes pruning and calibration; "

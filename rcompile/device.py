@@ -370,6 +370,13 @@ class Hardware:
         """True when the periphery (converters, read noise) is not ideal."""
         return not self.converters.ideal or self.read.noise_rel > 0
 
+    def check_tiles(self, rows: int, cols: int, source: str) -> None:
+        """BadDevice unless a chip with ``rows x cols`` tiles (its fault map ``source``) has this
+        device's tiles."""
+        if (self.tile_rows, self.tile_cols) != (rows, cols):
+            raise BadDevice(f"device {self.name} has {self.tile_rows}x{self.tile_cols} tiles but "
+                            f"fault map {source} has {rows}x{cols}; expected the same tiles")
+
     def with_cell(self, cell: Device) -> Hardware:
         return replace(self, cell=cell)
 

@@ -38,7 +38,7 @@ from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import Dataset, input_specs, load_data
 from rcompile.device import Hardware
-from rcompile.errors import BadDevice, BadPlan, RcompileError
+from rcompile.errors import BadPlan, RcompileError
 from rcompile.fileio import atomic_write
 from rcompile.pipeline import SolverOptions
 
@@ -110,10 +110,8 @@ def compile_chip(state: LotState, task: ChipTask) -> dict[str, Any]:
                           "rate": round(float(counts["rate"]), 6)}
         planfile.check_chip(state.saved, fm)
         hw = state.hardware
-        if hw is not None and (hw.tile_rows, hw.tile_cols) != (fm.geometry.rows, fm.geometry.cols):
-            raise BadDevice(f"device {hw.name} has {hw.tile_rows}x{hw.tile_cols} tiles but fault "
-                            f"map {task.faultmap} has {fm.geometry.rows}x{fm.geometry.cols}; "
-                            "expected the same tiles")
+        if hw is not None:
+            hw.check_tiles(fm.geometry.rows, fm.geometry.cols, task.faultmap)
         if os.path.basename(task.faultmap) in state.reported and _done(task.image, fm, state):
             line.update(status="skipped", seconds=time.perf_counter() - t0)
             return line

@@ -355,6 +355,14 @@ def test_build_with_a_device_records_it_and_verify_uses_it(tmp_path: Path) -> No
     assert len(image.header["device"]["level_rms_error"]) == 16  # the compiler knew the device
     hw = runtime.image_hardware(image, faultmap=fmap.load(chip))
     assert hw.name == "neurosim" and hw.needs_tile_mode
+    # a device whose tiles are not the chip's: one line, no image
+    dev = tmp_path / "small-tiles.toml"
+    dev.write_text('base = "neurosim"\ntile_rows = 64\ntile_cols = 64\n')
+    other = str(tmp_path / "other.rimg")
+    r = rcompile("build", MODEL, "--faultmap", chip, "--device", str(dev), "-o", other)
+    assert r.returncode != 0 and not os.path.exists(other) and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"rcompile: error: device small-tiles has 64x64 tiles but fault "
+                                f"map {chip} has 128x128; expected the same tiles")
 
 
 def test_sweep_with_a_device(tmp_path: Path) -> None:
