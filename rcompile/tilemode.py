@@ -394,8 +394,9 @@ def build(
         if calibrate:
             cal_slices += [g.row(g.reduce("ReduceMin", per_slice, [0, 2, 4], 0)),
                            g.row(g.reduce("ReduceMax", per_slice, [0, 2, 4], 0))]
+        zp: int | None = None  # uint8 codes and their zero point (None: float codes)
         if fixed:  # currents are in ADC steps already
-            code = _adc_codes(g, cur, int(adc_bits), clipped)
+            code, zp = _adc_codes(g, cur, int(adc_bits), clipped)
         elif adc_bits < IDEAL_BITS:  # per inference and slice: [min(0, lo), hi]
             lo = g.op("Min", [g.reduce("ReduceMin", per_slice, [2, 4]), g.const("z", 0.0)],
                       "lo")
@@ -420,7 +421,7 @@ def build(
                 tail.append(("Add", [g.const("bias", bias.reshape(-1, *([1] * (rank - 2))))]))
                 bias = None
         out = node.output[0]
-        y = lay.combine(g, code, conv, out=None if tail else out, bias=bias)
+        y = lay.combine(g, code, conv, out=None if tail else out, bias=bias, zp=zp)
         for i, (op_type, extra) in enumerate(tail):
             y = g.op(op_type, [y, *extra], "y", out=out if i == len(tail) - 1 else None)
         probes.append(probe)
@@ -602,13 +603,17 @@ class _Batched:
         return bias.reshape(-1).astype(np.float32) if bias.any() else None
 
     def combine(self, g: _Graph, code: str, conv: bool, out: str | None,
-                bias: np.ndarray | None = None) -> str:
+                bias: np.ndarray | None = None, zp: int | None = None) -> str:
         """Per output, the sum of ``coef * code`` over its columns, plus ``bias``:
-        ``[N, n_out, *spatial]`` (Conv) or ``[rows, n_out]``."""
+        ``[N, n_out, *spatial]`` (Conv) or ``[rows, n_out]``. ``zp``: ``code`` is uint8 codes
+        offset by ``zp`` (see :func:`_adc_codes`), which a DequantizeLinear with every column's
+        coefficient as its scale reads in one pass (None: float codes)."""
         cols, used = self.columns, self.out_of >= 0
         k = max(1, int(np.bincount(self.out_of[used], minlength=self.n_out).max(initial=0)))
         ones = [1] * len(self._spatial())
         if cols <= COMBINE_DENSE_RATIO * k:  # one dense product, the bias included
+            if zp is not None:
+                code = _dequantize(g, code, 1.0, zp)
             dense = np.zeros((cols, self.n_out), np.float32)
             dense[np.flatnonzero(used), self.out_of[used]] = self.coef[used]
             b_in = [] if bias is None else [g.const("bias", np.asarray(bias, np.float32))]
@@ -621,7 +626,7 @@ class _Batched:
         last = out if bias is None else None
         where = self._regular()
         if where is not None:
-            y = self._combine_regular(g, code, conv, last, where)
+            y = self._combine_regular(g, code, conv, last, where, zp)
         else:  # each output gathers its k columns (padding: column 0 with coefficient 0)
             idx = np.zeros((self.n_out, k), np.int64)
             wk = np.zeros((self.n_out, k), np.float32)
@@ -639,8 +644,12 @@ class _Batched:
             else:
                 shape = g.const("s3", [-1, self.n_out, k], np.int64)
                 wk_t = wk.reshape(1, self.n_out, k)
-            terms = g.op("Mul", [g.op("Reshape", [picked, shape], "picked"),
-                                 g.const("wk", wk_t)])
+            if zp is None:
+                terms = g.op("Mul", [g.op("Reshape", [picked, shape], "picked"),
+                                     g.const("wk", wk_t)])
+            else:
+                terms = g.op("Reshape", [_dequantize(g, picked, wk.reshape(-1), zp), shape],
+                             "terms")
             y = g.op("ReduceSum", [terms, g.const("axes", [2], np.int64)], "y", out=last,
                      keepdims=0)
         if bias is None:
@@ -669,15 +678,18 @@ class _Batched:
         return where
 
     def _combine_regular(self, g: _Graph, code: str, conv: bool, out: str | None,
-                         where: np.ndarray) -> str:
+                         where: np.ndarray, zp: int | None) -> str:
         """``sum over groups and signs of coef * code`` per place (a weighted ReduceSum: no
         gather of the large column tensor), then the places in output order (``where``, from
         :meth:`_regular`)."""
         places = self.per * self.mmax
         shape = g.const("gsp", [0, self.groups * 2, places, *([-1] if conv else [])], np.int64)
-        coef = self.coef.reshape(1, self.groups * 2, places, *([1] if conv else [])).astype(
-            np.float32)
-        terms = g.op("Mul", [g.op("Reshape", [code, shape], "codes"), g.const("coef", coef)])
+        if zp is None:
+            coef = self.coef.reshape(1, self.groups * 2, places, *([1] if conv else []))
+            terms = g.op("Mul", [g.op("Reshape", [code, shape], "codes"),
+                                 g.const("coef", coef.astype(np.float32))])
+        else:
+            terms = g.op("Reshape", [_dequantize(g, code, self.coef, zp), shape], "terms")
         identity = np.array_equal(where, np.arange(places))
         y = g.op("ReduceSum", [terms, g.const("axes", [1], np.int64)], "y",
                  out=out if identity and not conv else None, keepdims=0)
@@ -689,27 +701,38 @@ class _Batched:
         return g.op("Gather", [y, g.const("where", where, np.int64)], "y", out=out, axis=1)
 
 
-def _adc_codes(g: _Graph, cur: str, bits: int, clipped: bool = False) -> str:
-    """Codes ``clip(round(cur), 0, 2^bits - 1)`` of currents already in ADC steps.
+def _adc_codes(g: _Graph, cur: str, bits: int, clipped: bool = False) -> tuple[str, int | None]:
+    """Codes ``clip(round(cur), 0, 2^bits - 1)`` of currents already in ADC steps, and their
+    zero point.
 
-    Up to 8 bits: a QuantizeLinear to uint8 with zero point ``255 - top`` (its saturation at 255
-    is the ADC's top code; currents below zero are clipped first) and a Cast back, which leaves
-    every code offset by that zero point: the offset is the same on both columns of a pair and
-    cancels in their difference (every output's ``+`` and ``-`` coefficients are opposite). All
-    three are vectorised in onnxruntime, unlike its float Round. ``clipped``: ``cur`` is in
-    ``[0, top]`` already (a fused Clip), so a QuantizeLinear to uint8 and a Cast are all."""
+    Up to 8 bits: uint8 codes from a QuantizeLinear with zero point ``255 - top`` (its
+    saturation at 255 is the ADC's top code; currents below zero are clipped first), which the
+    digital sum reads back with that zero point (:meth:`_Batched.combine`), so the float codes
+    are never written. ``clipped``: ``cur`` is in ``[0, top]`` already (a fused Clip), and the
+    zero point is 0. Above 8 bits: float codes (zero point None)."""
     top = float(2**bits - 1)
     if clipped:
-        qv = g.op("QuantizeLinear", [cur, g.const("one", 1.0), g.const("zp0", 0, np.uint8)],
-                  "adc")
-        return g.op("Cast", [qv], "code", to=TensorProto.FLOAT)
+        return g.op("QuantizeLinear", [cur, g.const("one", 1.0), g.const("zp0", 0, np.uint8)],
+                    "adc"), 0
     if bits > 8:
         return g.op("Clip", [g.op("Round", [cur]), g.const("z", 0.0), g.const("top", top)],
-                    "code")
+                    "code"), None
     cur = g.op("Relu", [cur], "cur")
-    zp = g.const("zp", 255 - int(top), np.uint8)
-    qv = g.op("QuantizeLinear", [cur, g.const("one", 1.0), zp], "adc")
-    return g.op("Cast", [qv], "code", to=TensorProto.FLOAT)
+    zp = 255 - int(top)
+    return g.op("QuantizeLinear", [cur, g.const("one", 1.0), g.const("zp", zp, np.uint8)],
+                "adc"), zp
+
+
+def _dequantize(g: _Graph, code: str, scale: float | np.ndarray, zp: int) -> str:
+    """``(code - zp) * scale`` of uint8 codes: one DequantizeLinear, per tensor (a number) or
+    per column (``scale`` along axis 1)."""
+    if np.ndim(scale) == 0:
+        return g.op("DequantizeLinear", [code, g.const("one", float(scale)),
+                                         g.const("zp", zp, np.uint8)], "code")
+    sc = np.asarray(scale, np.float32).reshape(-1)
+    return g.op("DequantizeLinear", [code, g.const("coef", sc),
+                                     g.const("zp", np.full(sc.size, zp), np.uint8)],
+                "terms", axis=1)
 
 
 def _grouped_matmul(
