@@ -70,6 +70,7 @@ from rcompile.errors import BadData, BadDevice, BadImage, BadModel
 from rcompile.image import Image, LayerRecord, SliceRecord
 from rcompile.ir import from_matrices
 from rcompile.programming import program_tiles
+from rcompile.solvers import fork_map
 
 if TYPE_CHECKING:
     from rcompile.faultmap import FaultMap
@@ -107,6 +108,11 @@ set, three chips: 64 spread inferences land within 0.7 % of all 1000, 32 within 
 
 CALIBRATION_SAMPLES = 128
 """Samples (the first of the data, at most one batch) a ``calibrated`` converter is set on."""
+
+PARALLEL_CELLS = 1 << 20
+"""Cells to write above which the programming simulation spreads the chip's tiles over every
+core (:func:`rcompile.solvers.fork_map`; same result): below it, forking costs more than it
+saves."""
 
 MODES = ("auto", "ideal", "tile")
 """Emulation modes of :func:`verify`: ``ideal`` inserts the effective weights into the digital
@@ -310,11 +316,13 @@ def _effective(
     prog: _Programmer | None = None
     if hw is not None and not hw.programming.ideal:
         def prog(jobs: list[tuple[int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-            # every tile in one vectorised write-verify; tile t draws from its own generator,
-            # seeded (noise_seed, t), so a tile's cells do not depend on the other tiles
-            rngs = [np.random.default_rng([int(noise_seed), t]) for t, _, _ in jobs]
-            got = program_tiles([lv[m] for _, lv, m in jobs], hw.cell, hw.programming, rngs,
-                                hw.read.noise_rel)
+            # write-verify of every tile; tile t draws from its own generator, seeded
+            # (noise_seed, t), so its cells do not depend on the other tiles, nor on how the
+            # tiles are split over worker processes (large chips: every core)
+            cells = sum(int(m.sum()) for _, _, m in jobs)
+            items = list(range(len(jobs)))
+            got = fork_map(_program_chunk, (jobs, hw, int(noise_seed)), items,
+                           min_items=len(items) + 1 if cells < PARALLEL_CELLS else 2)
             out = []
             for (_, lv, m), g in zip(jobs, got, strict=True):
                 full = lv.astype(np.float64)
@@ -329,6 +337,16 @@ def _effective(
             f"{faultmap.source or '<in-memory fault map>'} is {'x'.join(map(str, stuck.shape))}"
         )
     return _realise(image, stuck, image_source, prog, sink)
+
+
+def _program_chunk(shared: tuple[list[tuple[int, np.ndarray, np.ndarray]], Hardware, int],
+                   chunk: list[int]) -> list[np.ndarray]:
+    """Realised levels of the written cells of tiles ``chunk`` of ``shared = (jobs, hw,
+    noise_seed)``, in one vectorised write-verify (a :func:`fork_map` worker's share)."""
+    jobs, hw, seed = shared
+    rngs = [np.random.default_rng([seed, jobs[i][0]]) for i in chunk]
+    return program_tiles([jobs[i][1][jobs[i][2]] for i in chunk], hw.cell, hw.programming, rngs,
+                         hw.read.noise_rel)
 
 
 def _realise(

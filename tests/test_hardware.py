@@ -205,6 +205,30 @@ def test_stuck_cells_are_not_programmed_and_the_rest_is_one_seeded_write() -> No
     assert all(np.array_equal(got[t], again[t]) for t in got)
 
 
+def test_programming_a_chip_on_every_core_realises_the_same_levels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fm = faulty()
+    image, _ = CASES["split"](fm)
+    hw = PRESETS["neurosim"]
+    monkeypatch.setenv("RCOMPILE_JOBS", "1")
+    one = runtime.chip_levels(image, fm, hw, noise_seed=3)
+    monkeypatch.setenv("RCOMPILE_JOBS", "2")
+    monkeypatch.setattr(runtime, "PARALLEL_CELLS", 0)  # fork even for this small chip
+    forked = {}
+    real_fork_map = runtime.fork_map
+
+    def spy(fn, shared, items, min_items=16):  # type: ignore[no-untyped-def]
+        forked["min_items"] = min_items
+        return real_fork_map(fn, shared, items, min_items)
+
+    monkeypatch.setattr(runtime, "fork_map", spy)
+    two = runtime.chip_levels(image, fm, hw, noise_seed=3)
+    assert 2 <= forked["min_items"] <= len(image.tiles)  # the tiles were split over workers
+    assert sorted(one) == sorted(two)
+    assert all(np.array_equal(one[t], two[t]) for t in one)
+
+
 def test_fast_programming_is_seeded_per_group() -> None:
     hw = PRESETS["neurosim"]
     groups = [np.random.default_rng(s).integers(0, 16, size=(30, 7)) for s in range(3)]
