@@ -351,63 +351,16 @@ def build(
         src = v
         if not conv:  # rows of the layer input
             src = g.op("Reshape", [v, g.const("k2", [-1, op.shape[0]], np.int64)], "v2d")
-        rows = lay.index.reshape(-1)
-        vin = src
-        if not np.array_equal(rows, np.arange(lay.channels)):
-            vin = g.op("Gather", [src, g.const("rows", rows, np.int64)], "vin", axis=1)
-        groups = lay.groups
-        if noise > 0:  # each group's input twice, for its + and its - columns, each noisy
-            layer_in = (shapes or {}).get(x)
-            per = None
-            if layer_in is not None:
-                per = (lay.groups, 2, lay.width,
-                       *([int(np.prod(layer_in[2:], dtype=np.int64))] if conv else []))
-            room = max(8, NOISE_BANK_FLOATS // max(1, int(np.prod(per or (1,)))))
-            vin = _noisy_rows(g, vin, conv, lay.groups, lay.width, noise, per, rng, seed, li,
-                              min(bank, room))
-            groups = 2 * lay.groups
-        clipped = False  # the ADC's clip to [0, top] steps done by the product itself
-        if conv:
-            w_ins = [vin, g.const("w", lay.weights())]
-            if bias_c is not None:
-                w_ins.append(g.const("b", bias_c))
-            if fixed and adc_bits <= 8:  # onnxruntime's Conv with a fused Clip: one pass less
-                cur = g.op("FusedConv", w_ins, "cur", domain=MS_DOMAIN, group=groups,
-                           activation="Clip", activation_params=[0.0, top],
-                           **_conv_attrs(node))
-                g.uses_ms_domain = True
-                clipped = True
-            else:
-                cur = g.op("Conv", w_ins, "cur", group=groups, **_conv_attrs(node))
-        else:  # block-diagonal: one batched MatMul over the groups
-            cur = _grouped_matmul(g, vin, lay.weights(), groups, bias_c)
+        layer_in = (shapes or {}).get(x)
         if shapes and x in shapes and node.output[0] in shapes:
             pos_in = int(np.prod(shapes[x][2:] if conv else shapes[x][1:-1], dtype=np.int64))
             pos_out = int(np.prod(shapes[node.output[0]][2:] if conv
                                   else shapes[node.output[0]][1:-1], dtype=np.int64))
-            size = 2 * lay.columns * pos_out + rows.size * pos_in
+            size = 2 * lay.columns * pos_out + lay.index.size * pos_in
             built.floats_per_sample = max(built.floats_per_sample, size)
-        # cur: [N, columns, *spatial] (Conv) or [rows, columns]
-        per_slice = ""
-        if calibrate or (adc_bits < IDEAL_BITS and not fixed):
-            per_slice = g.op("Reshape", [cur, g.const("s5", lay.slot_shape(), np.int64)], "cur5")
-        if calibrate:
-            cal_slices += [g.row(g.reduce("ReduceMin", per_slice, [0, 2, 4], 0)),
-                           g.row(g.reduce("ReduceMax", per_slice, [0, 2, 4], 0))]
-        zp: int | None = None  # uint8 codes and their zero point (None: float codes)
-        if fixed:  # currents are in ADC steps already
-            code, zp = _adc_codes(g, cur, int(adc_bits), clipped)
-        elif adc_bits < IDEAL_BITS:  # per inference and slice: [min(0, lo), hi]
-            lo = g.op("Min", [g.reduce("ReduceMin", per_slice, [2, 4]), g.const("z", 0.0)],
-                      "lo")
-            hi = g.reduce("ReduceMax", per_slice, [2, 4])
-            step_t = g.op("Max", [
-                g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / top)]),
-                g.const("tiny", 1e-30)], "adc_step")
-            code = g.op("Round", [g.op("Div", [g.op("Sub", [per_slice, lo]), step_t])], "code")
-            code = g.op("Reshape", [g.op("Mul", [code, step_t]), g.op("Shape", [cur])], "adc")
-        else:
-            code = cur
+        code, zp = _crossbar(g, lay, src, conv, node, noise=noise, per_in=layer_in, bank=bank,
+                             rng=rng, seed=seed, key=li, bias_c=bias_c, adc_bits=adc_bits,
+                             fixed=fixed, calibrate=calibrate, cal_slices=cal_slices)
         # rows back to a MatMul's leading axes, undo the DAC scale, add the chip's bias
         tail: list[tuple[str, list[str]]] = []
         if node.op_type == "MatMul":
@@ -699,6 +652,64 @@ class _Batched:
         if identity:
             return y
         return g.op("Gather", [y, g.const("where", where, np.int64)], "y", out=out, axis=1)
+
+
+def _crossbar(
+    g: _Graph, lay: _Batched, src: str, conv: bool, node: onnx.NodeProto, *, noise: float,
+    per_in: tuple[int, ...] | None, bank: int, rng: np.random.Generator, seed: int, key: int,
+    bias_c: np.ndarray | None, adc_bits: float, fixed: bool, calibrate: bool,
+    cal_slices: list[str],
+) -> tuple[str, int | None]:
+    """Steps 2.-4. for the slices of ``lay`` (a layer) on the
+    DAC's output ``src``: gathered rows, read noise, the product and the ADC. Returns the codes
+    and their zero point (see :func:`_adc_codes`); a calibration graph's per-slice current
+    extremes go to ``cal_slices``."""
+    rows = lay.index.reshape(-1)
+    vin = src
+    if not np.array_equal(rows, np.arange(lay.channels)):
+        vin = g.op("Gather", [src, g.const("rows", rows, np.int64)], "vin", axis=1)
+    groups = lay.groups
+    if noise > 0:  # each group's input twice, for its + and its - columns, each noisy
+        per = None
+        if per_in is not None:
+            per = (lay.groups, 2, lay.width,
+                   *([int(np.prod(per_in[2:], dtype=np.int64))] if conv else []))
+        room = max(8, NOISE_BANK_FLOATS // max(1, int(np.prod(per or (1,)))))
+        vin = _noisy_rows(g, vin, conv, lay.groups, lay.width, noise, per, rng, seed, key,
+                          min(bank, room))
+        groups = 2 * lay.groups
+    top = float(2**adc_bits - 1)
+    clipped = False  # the ADC's clip to [0, top] steps done by the product itself
+    if conv:
+        w_ins = [vin, g.const("w", lay.weights())]
+        if bias_c is not None:
+            w_ins.append(g.const("b", bias_c))
+        if fixed and adc_bits <= 8:  # onnxruntime's Conv with a fused Clip: one pass less
+            cur = g.op("FusedConv", w_ins, "cur", domain=MS_DOMAIN, group=groups,
+                       activation="Clip", activation_params=[0.0, top], **_conv_attrs(node))
+            g.uses_ms_domain = True
+            clipped = True
+        else:
+            cur = g.op("Conv", w_ins, "cur", group=groups, **_conv_attrs(node))
+    else:  # block-diagonal: one batched MatMul over the groups
+        cur = _grouped_matmul(g, vin, lay.weights(), groups, bias_c)
+    # cur: [N, columns, *spatial] (Conv) or [rows, columns]
+    per_slice = ""
+    if calibrate or (adc_bits < IDEAL_BITS and not fixed):
+        per_slice = g.op("Reshape", [cur, g.const("s5", lay.slot_shape(), np.int64)], "cur5")
+    if calibrate:
+        cal_slices += [g.row(g.reduce("ReduceMin", per_slice, [0, 2, 4], 0)),
+                       g.row(g.reduce("ReduceMax", per_slice, [0, 2, 4], 0))]
+    if fixed:  # currents are in ADC steps already
+        return _adc_codes(g, cur, int(adc_bits), clipped)
+    if adc_bits < IDEAL_BITS:  # per inference and slice: [min(0, lo), hi]
+        lo = g.op("Min", [g.reduce("ReduceMin", per_slice, [2, 4]), g.const("z", 0.0)], "lo")
+        hi = g.reduce("ReduceMax", per_slice, [2, 4])
+        step_t = g.op("Max", [g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / top)]),
+                              g.const("tiny", 1e-30)], "adc_step")
+        code = g.op("Round", [g.op("Div", [g.op("Sub", [per_slice, lo]), step_t])], "code")
+        return g.op("Reshape", [g.op("Mul", [code, step_t]), g.op("Shape", [cur])], "adc"), None
+    return cur, None
 
 
 def _adc_codes(g: _Graph, cur: str, bits: int, clipped: bool = False) -> tuple[str, int | None]:
