@@ -319,10 +319,11 @@ def _effective(
             # write-verify of every tile; tile t draws from its own generator, seeded
             # (noise_seed, t), so its cells do not depend on the other tiles, nor on how the
             # tiles are split over worker processes (large chips: every core)
-            cells = sum(int(m.sum()) for _, _, m in jobs)
-            items = list(range(len(jobs)))
-            got = fork_map(_program_chunk, (jobs, hw, int(noise_seed)), items,
-                           min_items=len(items) + 1 if cells < PARALLEL_CELLS else 2)
+            shared, items = (jobs, hw, int(noise_seed)), list(range(len(jobs)))
+            if sum(int(m.sum()) for _, _, m in jobs) < PARALLEL_CELLS:
+                got = _program_chunk(shared, items)
+            else:
+                got = fork_map(_program_chunk, shared, items, min_items=2)
             out = []
             for (_, lv, m), g in zip(jobs, got, strict=True):
                 full = lv.astype(np.float64)
