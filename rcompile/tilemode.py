@@ -33,13 +33,14 @@ no Python loop over samples. For one crossbar node with input ``x``:
    extremes of a calibration batch (times ``headroom``), with currents beyond clipped at both
    ends. A calibrated ADC's step and offset are folded into the product's weights and bias, its
    clip into the product (onnxruntime's ``FusedConv`` with a ``Clip`` activation), and its
-   rounding is a QuantizeLinear to uint8 and a Cast back.
+   rounding is a QuantizeLinear to uint8: the codes stay bytes until step 5 reads them.
 5. **Digital.** ``+`` code minus ``-`` code, times the ADC step and
    ``scale / (read_v * step * Q)``, summed over slices, times the DAC full scale, plus the
-   chip's digital bias. The sum is one dense product over all columns when the layer has few,
-   else a weighted ReduceSum over the row blocks (when every block splits the outputs alike) or
-   a gather of each output's columns and a weighted sum. The ADC's ``lo`` offset and its
-   rounding cancel in the difference of a pair.
+   chip's digital bias. uint8 codes are read back by a DequantizeLinear whose per-column scale
+   is that coefficient (one pass). The sum is one dense product over all columns when the
+   layer has few, else a weighted ReduceSum over the row blocks (when every block splits the
+   outputs alike) or a gather of each output's columns and a weighted sum. The ADC's ``lo``
+   offset cancels in the difference of a pair.
 
 With ideal converters and no noise this computes exactly ``x @ W_effective + b``, the ``ideal``
 mode, up to float32 rounding (a test checks it for every way of summing). The graph also
@@ -660,10 +661,10 @@ def _crossbar(
     bias_c: np.ndarray | None, adc_bits: float, fixed: bool, calibrate: bool,
     cal_slices: list[str],
 ) -> tuple[str, int | None]:
-    """Steps 2.-4. for the slices of ``lay`` (a layer) on the
-    DAC's output ``src``: gathered rows, read noise, the product and the ADC. Returns the codes
-    and their zero point (see :func:`_adc_codes`); a calibration graph's per-slice current
-    extremes go to ``cal_slices``."""
+    """Steps 2.-4. of :func:`build` for every slice of layer ``lay`` on the DAC's output
+    ``src``: gathered rows, read noise, the product and the ADC. Returns the codes and their
+    zero point (see :func:`_adc_codes`); a calibration graph's per-slice current extremes go to
+    ``cal_slices``."""
     rows = lay.index.reshape(-1)
     vin = src
     if not np.array_equal(rows, np.arange(lay.channels)):
