@@ -128,7 +128,7 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         plan_log: list[dict[str, Any]] = []
     else:
         plan, plan_log = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
-                                          device=fm.device(compiler_device(hw) if hw else None),
+                                          device=fm.device(compiler_device(hw)),
                                           pipeline=api.plan_pipeline(prune))
         stats = None if calib is None else api.load_calib_stats(plan, calib)
     t1 = time.perf_counter()

@@ -213,8 +213,11 @@ def level_error_table(
     return tuple(round(float(v), 6) for v in np.sqrt(np.mean(err**2, axis=1)))
 
 
-def compiler_device(hw: Hardware) -> Device:
+def compiler_device(hw: Hardware | None) -> Device | None:
     """The cell the compiler should quantise for on ``hw``: its levels and conductances plus the
-    expected programming error of every level (:attr:`Device.level_rms_error`)."""
+    expected programming error of every level (:attr:`Device.level_rms_error`). None (no
+    device model) gives None: the chip's own cell, as before device models existed."""
+    if hw is None:
+        return None
     table = level_error_table(hw.cell, hw.programming, hw.read.noise_rel)
     return replace(hw.cell, level_rms_error=table)

@@ -283,13 +283,10 @@ def lot_plan(model: str, maps: list[str], *, plan_path: str | None = None,
     if first is None:
         raise RcompileError(f"{os.path.dirname(maps[0]) or '.'}: no fault map in the lot loads")
     geo = first.geometry
-    base = None
-    if hardware is not None:
-        from rcompile.programming import compiler_device
+    from rcompile.programming import compiler_device
 
-        base = compiler_device(hardware)
     plan, _ = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
-                            device=first.device(base))
+                            device=first.device(compiler_device(hardware)))
     calib = None
     if calib_path is not None:
         calib = api.load_calib_stats(plan, calib_path)

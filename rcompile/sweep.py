@@ -54,7 +54,7 @@ def run_sweep(
     """``hardware`` (a device model) is what the compiler quantises for and what every chip is
     verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
     cell, as before device models existed."""
-    device = compiler_device(hardware) if hardware is not None else None
+    device = compiler_device(hardware)
     plan, plan_log = api.make_plan(
         model_path, tile_rows=rows, tile_cols=cols, pipeline=plan_pipeline, device=device
     )

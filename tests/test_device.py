@@ -194,8 +194,9 @@ def test_level_error_table_and_compiler_device() -> None:
     assert len(table) == 16 and table[0] == 0.0  # the reset state is exact
     assert max(table) > 0.3 and level_error_table(ns.cell, Programming()) == ()
     dev = compiler_device(replace(ns, programming=replace(ns.programming, max_iterations=5)))
-    assert len(dev.level_rms_error) == 16 and max(dev.level_rms_error) > 0.5
+    assert dev is not None and len(dev.level_rms_error) == 16 and max(dev.level_rms_error) > 0.5
     assert compiler_device(PRESETS["ideal"]) == PRESETS["ideal"].cell
+    assert compiler_device(None) is None  # no device model: the chip's own cell
 
 
 def test_hardware_flags() -> None:
