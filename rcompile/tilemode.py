@@ -352,11 +352,10 @@ def build(
         src = v
         if not conv:  # rows of the layer input
             src = g.op("Reshape", [v, g.const("k2", [-1, op.shape[0]], np.int64)], "v2d")
-        layer_in = (shapes or {}).get(x)
-        if shapes and x in shapes and node.output[0] in shapes:
-            pos_in = int(np.prod(shapes[x][2:] if conv else shapes[x][1:-1], dtype=np.int64))
-            pos_out = int(np.prod(shapes[node.output[0]][2:] if conv
-                                  else shapes[node.output[0]][1:-1], dtype=np.int64))
+        layer_in, layer_out = (shapes or {}).get(x), (shapes or {}).get(node.output[0])
+        if layer_in is not None and layer_out is not None:
+            pos_in = int(np.prod(layer_in[2:] if conv else layer_in[1:-1], dtype=np.int64))
+            pos_out = int(np.prod(layer_out[2:] if conv else layer_out[1:-1], dtype=np.int64))
             size = 2 * lay.columns * pos_out + lay.index.size * pos_in
             built.floats_per_sample = max(built.floats_per_sample, size)
         code, zp = _crossbar(g, lay, src, conv, node, noise=noise, per_in=layer_in, bank=bank,
@@ -560,14 +559,14 @@ class _Batched:
                 bias: np.ndarray | None = None, zp: int | None = None) -> str:
         """Per output, the sum of ``coef * code`` over its columns, plus ``bias``:
         ``[N, n_out, *spatial]`` (Conv) or ``[rows, n_out]``. ``zp``: ``code`` is uint8 codes
-        offset by ``zp`` (see :func:`_adc_codes`), which a DequantizeLinear with every column's
-        coefficient as its scale reads in one pass (None: float codes)."""
+        offset by ``zp`` (see :func:`_adc_codes`), read by :func:`_per_column` (None: float
+        codes)."""
         cols, used = self.columns, self.out_of >= 0
         k = max(1, int(np.bincount(self.out_of[used], minlength=self.n_out).max(initial=0)))
         ones = [1] * len(self._spatial())
         if cols <= COMBINE_DENSE_RATIO * k:  # one dense product, the bias included
             if zp is not None:
-                code = _dequantize(g, code, 1.0, zp)
+                code = _dequantize(g, code, zp)
             dense = np.zeros((cols, self.n_out), np.float32)
             dense[np.flatnonzero(used), self.out_of[used]] = self.coef[used]
             b_in = [] if bias is None else [g.const("bias", np.asarray(bias, np.float32))]
@@ -592,18 +591,10 @@ class _Batched:
             wk[outs, slot] = self.coef[order]
             picked = g.op("Gather", [code, g.const("pick", idx.reshape(-1), np.int64)],
                           "picked", axis=1)
-            if conv:
-                shape = g.shape_with(code, [self.n_out, k])
-                wk_t = wk.reshape(1, self.n_out, k, *ones)
-            else:
-                shape = g.const("s3", [-1, self.n_out, k], np.int64)
-                wk_t = wk.reshape(1, self.n_out, k)
-            if zp is None:
-                terms = g.op("Mul", [g.op("Reshape", [picked, shape], "picked"),
-                                     g.const("wk", wk_t)])
-            else:
-                terms = g.op("Reshape", [_dequantize(g, picked, wk.reshape(-1), zp), shape],
-                             "terms")
+            shape = (g.shape_with(code, [self.n_out, k]) if conv
+                     else g.const("s3", [-1, self.n_out, k], np.int64))
+            terms = g.op("Reshape", [_per_column(g, picked, wk, zp, len(ones)), shape],
+                         "terms")
             y = g.op("ReduceSum", [terms, g.const("axes", [2], np.int64)], "y", out=last,
                      keepdims=0)
         if bias is None:
@@ -638,12 +629,8 @@ class _Batched:
         :meth:`_regular`)."""
         places = self.per * self.mmax
         shape = g.const("gsp", [0, self.groups * 2, places, *([-1] if conv else [])], np.int64)
-        if zp is None:
-            coef = self.coef.reshape(1, self.groups * 2, places, *([1] if conv else []))
-            terms = g.op("Mul", [g.op("Reshape", [code, shape], "codes"),
-                                 g.const("coef", coef.astype(np.float32))])
-        else:
-            terms = g.op("Reshape", [_dequantize(g, code, self.coef, zp), shape], "terms")
+        terms = g.op("Reshape", [
+            _per_column(g, code, self.coef, zp, len(self._spatial())), shape], "terms")
         identity = np.array_equal(where, np.arange(places))
         y = g.op("ReduceSum", [terms, g.const("axes", [1], np.int64)], "y",
                  out=out if identity and not conv else None, keepdims=0)
@@ -735,13 +722,19 @@ def _adc_codes(g: _Graph, cur: str, bits: int, clipped: bool = False) -> tuple[s
                 "adc"), zp
 
 
-def _dequantize(g: _Graph, code: str, scale: float | np.ndarray, zp: int) -> str:
-    """``(code - zp) * scale`` of uint8 codes: one DequantizeLinear, per tensor (a number) or
-    per column (``scale`` along axis 1)."""
-    if np.ndim(scale) == 0:
-        return g.op("DequantizeLinear", [code, g.const("one", float(scale)),
-                                         g.const("zp", zp, np.uint8)], "code")
-    sc = np.asarray(scale, np.float32).reshape(-1)
+def _dequantize(g: _Graph, code: str, zp: int) -> str:
+    """``code - zp`` of uint8 codes, as float (one DequantizeLinear)."""
+    return g.op("DequantizeLinear", [code, g.const("one", 1.0), g.const("zp", zp, np.uint8)],
+                "code")
+
+
+def _per_column(g: _Graph, code: str, coef: np.ndarray, zp: int | None, spatial: int) -> str:
+    """``code * coef`` along axis 1 (``spatial`` axes follow it). uint8 codes (``zp`` given)
+    are read with their zero point by one DequantizeLinear whose per-axis scale is ``coef``;
+    float codes (``zp`` None) take a Mul."""
+    sc = np.asarray(coef, np.float32).reshape(-1)
+    if zp is None:
+        return g.op("Mul", [code, g.const("coef", sc.reshape(1, -1, *[1] * spatial))], "terms")
     return g.op("DequantizeLinear", [code, g.const("coef", sc),
                                      g.const("zp", np.full(sc.size, zp), np.uint8)],
                 "terms", axis=1)
