@@ -79,7 +79,9 @@ def make_plan(
         options={"plan_pipeline": pipeline},
     )
     ctx = pl.PlanContext(tile_rows, tile_cols, device)
-    return pl.run_plan(pl.parse(pipeline), plan, ctx)
+    passes = pl.parse(pipeline, stage=pl.PLAN, have=frozenset())
+    plan, _, log = pl.run(passes, plan, ctx)
+    return plan, log
 
 
 def tiles_needed(model_path: str, rows: int, cols: int) -> int:
@@ -96,6 +98,21 @@ def spare_tiles(needed: int, spare: float) -> int:
     """
     tiles = math.ceil(round(needed * (1.0 + spare), 9))
     return max(tiles, needed + 1) if spare > 0 else tiles
+
+
+def chip_pipeline(spec: str, plan: Plan | None = None) -> list[pl.ChipPass]:
+    """The per-chip passes of ``spec``, checked before any runs: per-chip passes only, each
+    pass's requirements ensured by the plan (or, without one, by a finished plan) or an earlier
+    pass, and an image's needs (placements and cell levels) ensured by the end."""
+    have = pl.plan_facts(plan) if plan is not None else frozenset({"quantised", "blocks"})
+    passes = pl.parse(spec, stage=pl.CHIP, have=have)
+    missing = {"placements", "levels"} - pl.check_order(passes, have)
+    if missing:
+        raise pl.BadPipeline(
+            f"pipeline: {spec!r} does not ensure {', '.join(sorted(missing))}, which an image "
+            "needs; end it with 'program'" + ("" if "placements" not in missing
+                                              else " and start it with 'place'"))
+    return passes
 
 
 def chip_device(plan: Plan, fm: FaultMap) -> Device:
@@ -133,6 +150,7 @@ def build(
     if strategy not in STRATEGIES and pipeline is None:
         raise ValueError(f"unknown strategy {strategy!r}")
     spec = pipeline if pipeline is not None else STRATEGIES[strategy]
+    passes = chip_pipeline(spec, plan)
     device = chip_device(plan, fm)
     solver = solver or pl.SolverOptions()
     ctx = pl.ChipContext(
@@ -143,8 +161,8 @@ def build(
         solver=solver,
         calib=calib,
     )
-    passes = pl.parse(spec)
-    mapping, log = pl.run_chip(passes, plan, ChipMapping(placements=()), ctx)
+    _, mapping, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
+    assert mapping is not None
     header = {
         "chip_id": fm.chip_id,
         "faultmap_sha256": fm.digest(),

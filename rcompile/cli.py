@@ -110,6 +110,8 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
     from rcompile.programming import compiler_device
 
     t0 = time.perf_counter()
+    if pipeline is not None:
+        api.chip_pipeline(pipeline)  # a bad pipeline string fails before any file is read
     hw = _load_device(device_spec)
     fm = fmap.load(faultmap_path)
     geo = fm.geometry
