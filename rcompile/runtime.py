@@ -64,7 +64,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from rcompile import energy, tilemode
-from rcompile.data import Dataset, InputSpec, input_specs
+from rcompile.data import Dataset, InputSpec, batches, fixed_batch, input_specs, unpad
 from rcompile.device import PRESETS, Device, Hardware, hardware_from_dict
 from rcompile.errors import BadData, BadDevice, BadImage, BadModel
 from rcompile.image import Image, LayerRecord, SliceRecord
@@ -583,7 +583,8 @@ def run(
     CPU execution provider, two intra-op threads, all graph optimisations (none with
     ``optimize=False``: for the emulator's own graphs, whose hundreds of nodes make the
     optimisers cost more session setup than they save in the run). A model that fixes its batch
-    axis at ``b`` is run ``b`` samples at a time; otherwise no batch straddles sample
+    axis at ``b`` is run ``b`` samples at a time, a short last batch padded (the padding's
+    outputs dropped, :func:`rcompile.data.batches`); otherwise no batch straddles sample
     ``first`` (so per-batch outputs can be told apart for the first ``first`` samples).
     """
     opts = ort.SessionOptions()
@@ -601,18 +602,15 @@ def run(
     except Exception as e:
         raise BadModel(f"{source}: onnxruntime cannot load it ({_first_line(e)})") from e
     fixed = _fixed_batch(model, source)
-    step = fixed or max(1, int(batch_size))
     names = [i.name for i in sess.get_inputs()]
     for nm in names:
         if nm not in dataset.inputs:
             raise BadData(f"{dataset.source}: has no array for input '{nm}' of {source}")
     parts: list[list[np.ndarray]] = []
-    cut = 0 if fixed or not 0 < first < dataset.n else first
-    starts = [*range(0, cut, step), *range(cut, dataset.n, step)]
-    for lo, hi in zip(starts, [*starts[1:], dataset.n], strict=True):
-        feed = {nm: dataset.inputs[nm][lo:hi] for nm in names}
+    inputs = {nm: dataset.inputs[nm] for nm in names}
+    for lo, hi, feed in batches(inputs, dataset.n, batch_size, fixed, first):
         try:
-            parts.append([np.asarray(o) for o in sess.run(None, feed)])
+            parts.append([unpad(np.asarray(o), hi - lo, fixed) for o in sess.run(None, feed)])
         except Exception as e:
             raise BadModel(
                 f"{source}: onnxruntime failed on samples {lo}..{hi - 1} "
@@ -984,10 +982,7 @@ def _energy_first(n: int, k: int) -> np.ndarray | None:
 
 def _fixed_batch(model: onnx.ModelProto, source: str = "model") -> int | None:
     """The batch size ``model``'s inputs fix (None: free), or BadModel if they disagree."""
-    fixed = {s.fixed_batch for s in input_specs(model) if s.fixed_batch}
-    if len(fixed) > 1:
-        raise BadModel(f"{source}: inputs fix axis 0 at different sizes {sorted(fixed)}")
-    return fixed.pop() if fixed else None
+    return fixed_batch(input_specs(model), source)
 
 
 def _batch_step(model: onnx.ModelProto, batch_size: int) -> int:
