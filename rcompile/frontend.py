@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,8 @@ from onnx.external_data_helper import load_external_data_for_tensor, uses_extern
 from rcompile.errors import BadModel
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
+#: Oldest ``ai.onnx`` opset accepted (onnxruntime's oldest supported; the emulator's nodes).
+MIN_OPSET = 7
 #: Domains whose ops the compiler knows.
 _STANDARD = ("", "ai.onnx")
 #: Ops whose output is not a function of their inputs: never folded to constants.
@@ -125,8 +128,9 @@ def load_model(path: str) -> Frontend:
     for sp in model.graph.sparse_initializer:  # shape inference does not see sparse ones
         model.graph.initializer.append(_densify(sp))
     del model.graph.sparse_initializer[:]
+    _check_runtime_opsets(model, path)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(_checkable(model))
     except Exception as exc:
         raise BadModel(f"{path}: fails the ONNX checker: {_one_line(exc)}") from None
     try:
@@ -134,6 +138,52 @@ def load_model(path: str) -> Frontend:
     except Exception as exc:
         raise BadModel(f"{path}: shape inference failed: {_one_line(exc)}") from None
     return normalise(model, path, digest.hexdigest())
+
+
+def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy for the ONNX checker in which graph inputs and outputs declared
+    without any shape (unknown rank: valid for shape inference and onnxruntime, but the checker
+    wants the field) carry an empty one."""
+    infos = [*model.graph.input, *model.graph.output]
+    if all(vi.type.tensor_type.HasField("shape") for vi in infos
+           if vi.type.HasField("tensor_type")):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in [*out.graph.input, *out.graph.output]:
+        if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+            vi.type.tensor_type.shape.SetInParent()
+    return out
+
+
+def _check_runtime_opsets(model: onnx.ModelProto, path: str) -> None:
+    """BadModel unless onnxruntime runs every opset ``model`` imports (asked of onnxruntime,
+    with an empty graph of the same imports) and the ``ai.onnx`` opset is at least
+    :data:`MIN_OPSET`."""
+    import onnxruntime as ort
+
+    imports = list(model.opset_import)
+    default = next((o.version for o in imports if o.domain in _STANDARD), None)
+    if default is not None and default < MIN_OPSET:
+        raise BadModel(f"{path}: declares ONNX opset {default}; expected opset {MIN_OPSET} or "
+                       f"newer (the oldest onnxruntime supports)")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    probe = helper.make_model(helper.make_graph([], "opsets", [x], [x]), opset_imports=imports)
+    probe.ir_version = model.ir_version
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        found = re.search(r"domain (\S+) is till opset (\d+)", text)
+        if found is None:
+            raise BadModel(f"{path}: onnxruntime {ort.__version__} cannot load a model of its "
+                           f"opsets ({_one_line(exc)})") from None
+        domain, top = found.group(1), int(found.group(2))
+        have = next((o.version for o in imports if (o.domain or "ai.onnx") == domain), "?")
+        raise BadModel(f"{path}: declares opset {have} of domain '{domain}', which onnxruntime "
+                       f"{ort.__version__} cannot run; expected opset {top} or older") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -394,8 +444,9 @@ def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
             mapped.append(found)
     folded = _fold_batchnorm(gr, mapped, reasons)  # rule 5
     gr.drop_unused()  # rule 6
-    try:
-        onnx.checker.check_model(gr.model, full_check=True)
+    try:  # the checker's full check, which is its check and strict shape inference
+        onnx.checker.check_model(_checkable(gr.model))
+        shape_inference.infer_shapes(gr.model, check_type=True, strict_mode=True)
     except Exception as exc:  # a normalisation bug, but say which model it happened on
         raise BadModel(
             f"{path}: normalised graph fails the ONNX checker: {_one_line(exc)}"

@@ -597,7 +597,7 @@ def run(
     opts.log_severity_level = 3
     try:
         sess = ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            _free_dims(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as e:
         raise BadModel(f"{source}: onnxruntime cannot load it ({_first_line(e)})") from e
@@ -621,6 +621,24 @@ def run(
         chunk = [p[k] for p in parts]
         outs.append(np.concatenate(chunk) if chunk[0].ndim else np.stack(chunk))
     return outs
+
+
+def _free_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every dimension declared ``0`` or negative made unknown (exporters write
+    them for "any size"; onnxruntime would take a ``0`` literally). A copy only when needed."""
+    infos = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    dims = [d for vi in infos if vi.type.HasField("tensor_type")
+            for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value") and d.dim_value <= 0]
+    if not dims:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in [*out.graph.input, *out.graph.output, *out.graph.value_info]:
+        if vi.type.HasField("tensor_type"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value <= 0:
+                    d.ClearField("dim_value")
+    return out
 
 
 def _first_line(e: BaseException) -> str:
