@@ -379,6 +379,9 @@ def calib_stats(
     """
     import onnxruntime as ort
 
+    from rcompile.data import batches, fixed_batch, input_specs, unpad
+    from rcompile.runtime import free_dims
+
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     node_input = {}
@@ -394,7 +397,8 @@ def calib_stats(
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(free_dims(probe).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
     feeds = {i.name for i in sess.get_inputs()}
     missing = feeds - set(data)
     if missing:
@@ -402,9 +406,10 @@ def calib_stats(
     names = [o.name for o in sess.get_outputs()]
     sums: dict[str, list[np.ndarray]] = {}
     n = len(next(iter(data.values())))
-    for start in range(0, n, 256):
-        batch = {k: v[start : start + 256] for k, v in data.items() if k in feeds}
-        outs = dict(zip(names, sess.run(None, batch), strict=True))
+    fixed = fixed_batch(input_specs(model), source)
+    for lo, hi, batch in batches({k: v for k, v in data.items() if k in feeds}, n, 256, fixed):
+        outs = {k: unpad(np.asarray(v), hi - lo, fixed)
+                for k, v in zip(names, sess.run(None, batch), strict=True)}
         for op in ops:
             x, node = node_input[op.node]
             xs = np.asarray(outs[x], np.float64)

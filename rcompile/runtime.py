@@ -85,6 +85,7 @@ __all__ = [
     "effective_weights",
     "emulate",
     "emulated_model",
+    "free_dims",
     "image_device",
     "image_hardware",
     "image_input_specs",
@@ -107,7 +108,8 @@ set, three chips: 64 spread inferences land within 0.7 % of all 1000, 32 within 
 *first* 64 were 28 % off, the data is not shuffled.)"""
 
 CALIBRATION_SAMPLES = 128
-"""Samples (the first of the data, at most one batch) a ``calibrated`` converter is set on."""
+"""Samples (the first of the data, at most one batch, or whole batches of a model that fixes its
+batch size) a ``calibrated`` converter is set on."""
 
 PARALLEL_CELLS = 1 << 20
 """Cells to write above which the programming simulation spreads the chip's tiles over every
@@ -597,7 +599,7 @@ def run(
     opts.log_severity_level = 3
     try:
         sess = ort.InferenceSession(
-            _free_dims(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            free_dims(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as e:
         raise BadModel(f"{source}: onnxruntime cannot load it ({_first_line(e)})") from e
@@ -623,7 +625,7 @@ def run(
     return outs
 
 
-def _free_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+def free_dims(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every dimension declared ``0`` or negative made unknown (exporters write
     them for "any size"; onnxruntime would take a ``0`` literally). A copy only when needed."""
     infos = [*model.graph.input, *model.graph.output, *model.graph.value_info]
@@ -829,8 +831,11 @@ def verify(
     n_energy = min(dataset.n, ENERGY_SAMPLES)
     order = _energy_first(dataset.n, n_energy)
     data = dataset if order is None else dataset.take(order)
+    per_run = _fixed_batch(emulated)
     if mode == "ideal":  # the probed copy runs those, the plain graph the rest
         head = run(probed, data.take(slice(0, n_energy)), step, source=src, optimize=False)
+        if per_run:  # the probes also saw the padding of a short last batch
+            n_energy = -(-n_energy // per_run) * per_run
         every, emu = head[n_out:], head[:n_out]
         if data.n > n_energy:
             rest = run(emulated, data.take(slice(n_energy, None)), step, source=src)
@@ -838,10 +843,9 @@ def verify(
     else:  # the probes' rows of the batches that cover them
         outs = run(emulated, data, step, source=src, optimize=False, first=n_energy)
         emu = outs[:n_out]
-        per_run = _fixed_batch(emulated)
         rows = -(-n_energy // (per_run or step))
-        if per_run:  # whole fixed batches
-            n_energy = min(data.n, rows * per_run)
+        if per_run:  # whole fixed batches (a short last one padded)
+            n_energy = rows * per_run
         every = [o[:rows] for o in outs[n_out:]]
     if order is not None:  # back to the data's own order
         back = np.argsort(order)
@@ -981,8 +985,9 @@ def _tile_model(
     ):
         cal = tilemode.build(image, graph, levels, hw, biases, seed=seed, calibrate=True,
                              shapes=shapes)
-        fixed = _fixed_batch(reference) is not None
-        n_cal = min(step if fixed else min(step, CALIBRATION_SAMPLES), dataset.n)
+        fixed = _fixed_batch(reference)
+        n_cal = min(fixed * max(1, CALIBRATION_SAMPLES // fixed) if fixed
+                    else min(step, CALIBRATION_SAMPLES), dataset.n)
         outs = run(cal.model, dataset.take(slice(0, n_cal)), min(step, cal.max_batch()),
                    source=source, optimize=False)
         calibration = cal.read_calibration(outs, len(image.layers))
