@@ -150,7 +150,8 @@ NETS = {"cnn": (cnn, (1, 8, 8)), "mlp": (mlp, (20,))}
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.sum(a * b, 1) / norms))
 
 
 def _cli(*args: str) -> str:
@@ -165,7 +166,8 @@ CASES += [("cnn", 11, b) for b in BATCHES] + [("mlp", 9, b) for b in BATCHES]
 CASES = sorted(set(CASES), key=lambda c: (c[0], c[1], str(c[2])))
 
 
-DEVICES = (("ideal", None, "ideal"), ("fine", FINE, "tile"), ("neurosim", PRESETS["neurosim"], "tile"))
+DEVICES = (("ideal", None, "ideal"), ("fine", FINE, "tile"),
+           ("neurosim", PRESETS["neurosim"], "tile"))
 
 
 def _chip(tmp: Path, model: onnx.ModelProto, x: np.ndarray) -> tuple[str, str, str]:
