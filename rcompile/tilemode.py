@@ -49,6 +49,7 @@ outputs *probes* the energy model reads (:class:`Probes`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,8 +174,12 @@ class _Graph:
     axes as an attribute or an input, Clip bounds as attributes (< 11) or inputs, Slice as
     attributes (< 10). Where an op is missing from an old opset, an exact equivalent stands in:
     ``Max``/``Min`` with a constant are a Clip (< 8: no broadcasting), ``ConstantOfShape`` a Tile
-    (< 9), ``Round`` an addition of ``2^23`` (< 11, see :meth:`round`), and the ADC's uint8 codes
-    (a QuantizeLinear read back by a per-axis DequantizeLinear, 13 and up) float codes.
+    (< 9), ``Round`` an addition of ``2^23`` (< 11, see :meth:`round`), the ADC's uint8 codes
+    (a QuantizeLinear read back by a per-axis DequantizeLinear, 13 and up) float codes, and the
+    random generators the random mask of a Dropout (:meth:`uniform`, :meth:`normal_like`).
+    ``Round``, the quantizers and the random generators are used only where onnxruntime has a
+    kernel of the graph's opset (``Round`` and the generators of opset 22, the quantizers of 28
+    have none in onnxruntime 1.32).
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -194,10 +199,14 @@ class _Graph:
         self.taken |= {t.name for t in model.graph.initializer}
         self._n = 0
 
+    def has(self, op_type: str) -> bool:
+        """Whether onnxruntime runs ``op_type`` of this graph's opset (see :func:`_has_kernel`)."""
+        return _has_kernel(op_type, self.opset)
+
     @property
     def uint8_codes(self) -> bool:
         """ADC codes may stay uint8 (a per-axis DequantizeLinear reads them: opset 13)."""
-        return self.opset >= 13
+        return self.opset >= 13 and self.has("QuantizeLinear") and self.has("DequantizeLinear")
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -255,7 +264,7 @@ class _Graph:
         nearest, ties to even, and ``m`` is even): ``m = 2^23`` for ``x >= 0``, ``1.5 * 2^23``
         for ``|x| < 2^22``, else the positive and negative parts apart. Converter codes are
         below ``2^23`` (at most 23 bits below ideal)."""
-        if self.opset >= 11:
+        if self.has("Round"):
             return self.op("Round", [x], hint)
         if lo >= 0 or max(-lo, hi) < 2.0**22:
             m = self.const("m", 2.0**23 if lo >= 0 else 1.5 * 2.0**23)
@@ -267,7 +276,7 @@ class _Graph:
     def clip_round(self, x: str, lo: float, hi: float, hint: str = "code") -> str:
         """``clip(round(x), lo, hi)`` for integer bounds (equal to ``round(clip(x))``, which an
         opset without ``Round`` computes, see :meth:`round`)."""
-        if self.opset >= 11:
+        if self.has("Round"):
             return self.op("Clip", [self.op("Round", [x]), self.const("lo", lo),
                                     self.const("hi", hi)], hint)
         return self.round(self.clip(x, lo, hi, hint), lo, hi, hint)
@@ -277,6 +286,42 @@ class _Graph:
         if self.opset >= 9:
             return self.op("ConstantOfShape", [shape], hint)
         return self.op("Tile", [self.const("zero", np.zeros(1)), shape], hint)
+
+    def _bits(self, shape: str, seed: int) -> str:
+        """Fair random bits (float 0 or 1) of the (int64 1-D tensor) ``shape``: the mask of a
+        training-mode Dropout of ratio 0.5 (its mask, which onnxruntime's Dropout elimination
+        keeps)."""
+        ones = self.op("ConstantOfShape", [shape], "ones",
+                       value=numpy_helper.from_array(np.ones(1, np.float32)))
+        kept, mask = self.fresh("dropped"), self.fresh("mask")
+        self.nodes.append(helper.make_node(
+            "Dropout", [ones, self.const("half", 0.5), self.const("on", True, np.bool_)],
+            [kept, mask], seed=int(seed)))
+        return self.op("Cast", [mask], "bits", to=TensorProto.FLOAT)
+
+    def uniform(self, shape: str, seed: int, hint: str) -> str:
+        """Uniform ``[0, 1)`` draws of the (int64 1-D tensor) ``shape``.
+
+        Where onnxruntime has no ``RandomUniformLike`` of the graph's opset (its opset-22 form)
+        24 random bits make each draw, ``sum_j bit_j 2^-(j + 1)`` (exact in float32)."""
+        if self.has("RandomUniformLike"):
+            return self.op("RandomUniformLike", [self.zeros(shape, "zeros")], hint,
+                           seed=float(seed), dtype=TensorProto.FLOAT)
+        wide = self.op("Concat", [shape, self.const("bits", [24], np.int64)], hint, axis=0)
+        weights = self.const("w", 0.5 ** np.arange(1, 25))
+        return self.op("MatMul", [self._bits(wide, seed), weights], hint)
+
+    def normal_like(self, x: str, seed: int, hint: str) -> str:
+        """Standard normal draws shaped like ``x``. Without ``RandomNormalLike`` (see
+        :meth:`uniform`): the sum of 16 random bits, centred and scaled (a binomial with exactly
+        mean 0 and variance 1)."""
+        if self.has("RandomNormalLike"):
+            return self.op("RandomNormalLike", [x], hint, seed=float(seed))
+        wide = self.op("Concat", [self.const("n", [16], np.int64), self.op("Shape", [x])], hint,
+                       axis=0)
+        total = self.reduce("ReduceSum", self._bits(wide, seed), [0], 0, hint=hint)
+        return self.op("Sub", [self.op("Mul", [total, self.const("q", 0.5)], hint),
+                               self.const("mean", 4.0)], hint)
 
     def dims(self, x: str, lo: int, hi: int | None = None) -> str:
         """``Shape(x)[lo:hi]`` (``hi`` None: to the last axis)."""
@@ -301,6 +346,38 @@ class _Graph:
         if dtype is not None:
             y = self.op("Cast", [y], "probe", to=dtype)
         return y
+
+
+@functools.cache
+def _kernels() -> dict[str, list[tuple[int, int]]] | None:
+    """Version ranges of onnxruntime's CPU kernels of every ``ai.onnx`` op (None: unknown)."""
+    try:
+        from onnxruntime.capi import _pybind_state
+
+        defs = _pybind_state.get_all_opkernel_def()
+    except (ImportError, AttributeError):  # pragma: no cover - an onnxruntime without the list
+        return None
+    out: dict[str, list[tuple[int, int]]] = {}
+    for k in defs:
+        if k.provider == "CPUExecutionProvider" and k.domain in ("", "ai.onnx"):
+            out.setdefault(k.op_name, []).append(tuple(k.version_range))
+    return out
+
+
+@functools.cache
+def _has_kernel(op_type: str, opset: int) -> bool:
+    """Whether onnxruntime's CPU provider runs the ``op_type`` of ``opset``: a kernel registered
+    for exactly its schema's version, or for a closed range holding it (onnxruntime's rule: an
+    open-ended kernel serves only the version it starts at)."""
+    try:
+        since = onnx.defs.get_schema(op_type, opset, "").since_version
+    except onnx.defs.SchemaError:
+        return False
+    kernels = _kernels()
+    if kernels is None:
+        return True
+    top = np.iinfo(np.int32).max
+    return any(lo == since or lo <= since <= hi < top for lo, hi in kernels.get(op_type, []))
 
 
 def _layer_slices(image: Image) -> list[list[tuple[int, int, SliceRecord]]]:
@@ -883,13 +960,12 @@ def _noisy_rows(
     back = g.shape_with(vin, [2 * groups * width])
     if per is None or bank < 1:
         both = g.op("Concat", [v5, v5], "vv", axis=2)
-        z = g.op("RandomNormalLike", [both], "z", seed=float(seed * 7919 + k))
+        z = g.normal_like(both, seed * 7919 + k, "z")
         f = g.op("Add", [g.op("Mul", [z, g.const("rel", rel)]), g.const("one", 1.0)], "f")
         return g.op("Reshape", [g.op("Mul", [both, f], "vnoisy"), back], "vnoisy")
     patterns = 1.0 + rel * rng.standard_normal((bank, *per), dtype=np.float32)
     pat = g.const("bank", patterns)
-    u = g.op("RandomUniformLike", [g.zeros(g.dims(vin, 0, 1), "zeros")], "u",
-             seed=float(seed * 7919 + k + 1), dtype=TensorProto.FLOAT)
+    u = g.uniform(g.dims(vin, 0, 1), seed * 7919 + k + 1, "u")
     pick = g.op("Floor", [g.op("Mul", [u, g.const("k", float(bank))])], "idx")
     if g.opset >= 12:
         idx = g.op("Cast", [pick], "idx", to=TensorProto.INT64)

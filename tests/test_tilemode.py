@@ -162,3 +162,56 @@ def test_old_opsets_sum_the_columns_alike(combine: str, monkeypatch: pytest.Monk
     for opset in (7, 9, 12):
         for a, b in zip(outs[opset], outs[13], strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("op, opset, runs", [
+    ("Round", 10, False), ("Round", 11, True), ("Round", 22, True),
+    ("RandomUniformLike", 21, True), ("RandomUniformLike", 22, None),
+    ("QuantizeLinear", 25, True), ("QuantizeLinear", 28, None),
+])
+def test_kernel_table_says_what_onnxruntime_runs(op: str, opset: int, runs: bool | None) -> None:
+    """``_has_kernel`` against a real session of the op (None: whatever onnxruntime says)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if opset > __import__("onnx").defs.onnx_opset_version():
+        pytest.skip("onnx does not know this opset")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    extra = ({"dtype": TensorProto.FLOAT} if op == "RandomUniformLike" else {})
+    inputs = ["x", "s"] if op == "QuantizeLinear" else ["x"]
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [1.0])]
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y"], **extra)], "k", [x],
+                              [helper.make_empty_tensor_value_info("y")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        loads = True
+    except Exception:
+        loads = False
+    assert tilemode._has_kernel(op, opset) == loads
+    if runs is not None:
+        assert loads == runs
+
+
+def test_random_draws_without_random_generators_have_the_right_moments() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])
+    model = helper.make_model(helper.make_graph([], "r", [x], []),
+                              opset_imports=[helper.make_opsetid("", 22)])
+    g = tilemode._Graph(model)
+    u = g.uniform(g.dims("x", 0, 1), 5, "u")
+    z = g.normal_like("x", 6, "z")
+    model.graph.node.extend(g.nodes)
+    model.graph.initializer.extend(g.inits)
+    assert {n.op_type for n in g.nodes}.isdisjoint({"RandomUniformLike", "RandomNormalLike"})
+    model.graph.output.extend([helper.make_empty_tensor_value_info(u),
+                               helper.make_empty_tensor_value_info(z)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    uu, zz = sess.run(None, {"x": np.zeros((20000, 3), np.float32)})
+    assert uu.shape == (20000,) and zz.shape == (20000, 3)
+    assert 0 <= uu.min() and uu.max() < 1 and np.unique(uu).size > 19000
+    assert abs(uu.mean() - 0.5) < 0.01 and abs(uu.var() - 1 / 12) < 0.003
+    assert abs(zz.mean()) < 0.02 and abs(zz.var() - 1) < 0.03
+    assert abs(np.corrcoef(zz[:, 0], zz[:, 1])[0, 1]) < 0.03  # independent draws
