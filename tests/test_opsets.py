@@ -1,6 +1,6 @@
-"""Graphs as exporters of every era write them, opset 7 to the newest, with every way of declaring the
-batch axis, through build and verify in both emulation modes: a fault-free chip computes what
-the float model does."""
+"""Graphs as exporters of every era write them, opset 7 to the newest, with every way of
+declaring the batch axis, through build and verify in both emulation modes: a fault-free chip
+computes what the float model does."""
 
 from __future__ import annotations
 
