@@ -14,16 +14,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile import runtime, tilemode
-from rcompile.cli import cli
 from rcompile.data import dataset_from_arrays, input_specs
 from rcompile.device import PRESETS, Converters
-from rcompile.errors import BadModel
+from tests.conftest import rcompile
 
 NEWEST = onnx.defs.onnx_opset_version()
 OPSETS = tuple(sorted({7, 8, 9, 10, 11, 12, 13, 17, 21, 22, NEWEST}))
@@ -156,9 +154,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _cli(*args: str) -> str:
-    res = CliRunner().invoke(cli, list(args))
-    assert res.exit_code == 0, res.output
-    return res.output
+    res = rcompile(*args)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
 
 
 CASES = [(net, opset, BATCHES[(i + 3 * j) % len(BATCHES)])
@@ -238,8 +236,8 @@ def test_an_opset_onnxruntime_cannot_run_is_refused_at_build(tmp_path: Path, dom
     m, c, img = (str(tmp_path / f) for f in ("m.onnx", "c.npz", "c.rimg"))
     onnx.save(model, m)
     fmap.save(fmap.synth(8, 128, 128, 0.0, seed=1), c)
-    res = CliRunner().invoke(cli, ["build", m, "--faultmap", c, "-o", img])
-    assert res.exit_code != 0 and isinstance(res.exception, BadModel)
-    text = str(res.exception)
-    assert "\n" not in text and text.startswith(m) and f"opset {version}" in text, text
+    res = rcompile("build", m, "--faultmap", c, "-o", img)
+    assert res.returncode != 0 and res.stdout == ""
+    assert res.stderr.startswith(f"rcompile: error: {m}: ") and res.stderr.count("\n") == 1
+    assert f"opset {version}" in res.stderr, res.stderr
     assert not os.path.exists(img)
