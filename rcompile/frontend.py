@@ -177,9 +177,11 @@ def _check_runtime_opsets(model: onnx.ModelProto, path: str) -> None:
     except Exception as exc:
         text = " ".join(str(exc).split())
         found = re.search(r"domain (\S+) is till opset (\d+)", text)
-        if found is None:
-            raise BadModel(f"{path}: onnxruntime {ort.__version__} cannot load a model of its "
-                           f"opsets ({_one_line(exc)})") from None
+        if found is None:  # e.g. an IR version too new: onnxruntime's reason, its C++ frame cut
+            why = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (/\S+:\d+ .*?\)\s+(?=[A-Z]))?", "",
+                         text)
+            raise BadModel(f"{path}: onnxruntime {ort.__version__} cannot load it: "
+                           f"{_one_line(ValueError(why))}") from None
         domain, top = found.group(1), int(found.group(2))
         have = next((o.version for o in imports if (o.domain or "ai.onnx") == domain), "?")
         raise BadModel(f"{path}: declares opset {have} of domain '{domain}', which onnxruntime "
