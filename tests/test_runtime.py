@@ -580,3 +580,32 @@ def test_batches_cover_every_sample_once(n: int, step: int, fixed: int | None, f
     np.testing.assert_array_equal(np.concatenate(got), xs)
     if not fixed and 0 < first < n:  # no batch straddles ``first``
         assert all(not lo < first < hi for lo, hi in bounds)
+
+
+@pytest.mark.parametrize("mode", ["ideal", "tile"])
+def test_a_short_fixed_batch_counts_its_padding_once(mode: str, tmp_path: Path) -> None:
+    """A model fixed at batch 4 on 7 samples runs them as 8, the last repeated: its report is
+    the free-batch model's on those 8 samples (energy per inference included), its outputs the
+    first 7."""
+    from rcompile import api
+    from rcompile import faultmap as fmap
+    from rcompile.data import dataset_from_arrays
+    from rcompile.runtime import emulate
+    from tests.test_opsets import FINE, cnn
+
+    xs = np.random.default_rng(3).normal(size=(7, 1, 8, 8)).astype(np.float32)
+    runs = {}
+    for batch, x8 in (("fixed", xs), ("N", np.concatenate([xs, xs[-1:]]))):
+        path = str(tmp_path / f"{batch}.onnx")
+        onnx.save(cnn(11, batch), path)
+        plan, _ = api.make_plan(path)
+        fm = fmap.synth(api.spare_tiles(plan.tiles_needed(), 0.1), 128, 128, 0.02, (5, 1), 2)
+        image = api.build(plan, fm).image
+        data = dataset_from_arrays({"x": x8}, image_input_specs(image))
+        hw = FINE if mode == "tile" else None
+        runs[batch] = (verify(image, fm, data, hardware=hw, mode=mode),
+                       emulate(image, fm, data, hardware=hw, mode=mode)[0])
+    (fixed, out_fixed), (free, out_free) = runs["fixed"], runs["N"]
+    assert fixed.n_samples == 7 and out_fixed.shape == (7, 10)
+    np.testing.assert_allclose(out_fixed, out_free[:7], rtol=1e-5, atol=1e-6)
+    assert fixed.energy_per_inference_j == pytest.approx(free.energy_per_inference_j, rel=1e-5)
