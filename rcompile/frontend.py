@@ -73,19 +73,30 @@ _NONDETERMINISTIC = frozenset(
 )
 #: Inputs that hold parameters (weights, biases, statistics), by op type.
 _PARAM_INPUTS = {
-    "Conv": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1), "BatchNormalization": (1, 2, 3, 4)
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
+    "BatchNormalization": (1, 2, 3, 4),
 }
+#: Elementwise ops whose constant operand may be folded into a crossbar op before them (rule 5):
+#: that operand is evaluated only where the result is no larger than the constants it reads.
+_AFFINE = ("Mul", "Add", "Sub", "Div")
+#: Why ops that carry weights stay digital.
+_RECURRENT = (
+    "{op}: its W (input) and R (recurrent) gate weights are applied inside onnxruntime's fused "
+    "{op} kernel, one time step after another; the chip would need the gate loop on its "
+    "periphery and a crossbar read per step, which a programming image does not describe; "
+    "runs digitally"
+)
 #: Ops that carry weights but stay digital, and why.
 _DIGITAL_WEIGHT_OPS = {
-    "ConvTranspose": "ConvTranspose is not mapped to crossbars; runs digitally",
     "ConvInteger": "integer (quantised) op; runs digitally",
     "MatMulInteger": "integer (quantised) op; runs digitally",
     "QLinearConv": "integer (quantised) op; runs digitally",
     "QLinearMatMul": "integer (quantised) op; runs digitally",
-    "Einsum": "Einsum is not mapped to crossbars; runs digitally",
-    "LSTM": "recurrent op; its weights stay digital",
-    "GRU": "recurrent op; its weights stay digital",
-    "RNN": "recurrent op; its weights stay digital",
+    "Einsum": "Einsum is not mapped to crossbars (its equation is not matched to a product "
+              "with a constant); runs digitally",
+    "LSTM": _RECURRENT.format(op="LSTM"),
+    "GRU": _RECURRENT.format(op="GRU"),
+    "RNN": _RECURRENT.format(op="RNN"),
 }
 
 
@@ -377,6 +388,17 @@ class _Mapped:
     """Tensor that carries the op's full result (after bias, transposes and casts)."""
     channel_axis: int | None
     """Axis of ``out`` that indexes the op's outputs, if known."""
+    rank: int | None = None
+    """Rank of ``out``, if known."""
+    fan: int = 1
+    """Crossbar outputs per channel of ``out`` (a ConvTranspose: one per kernel position)."""
+    post_bias: str | None = None
+    """Initializer of a per-channel bias added digitally after the crossbar op's own result
+    (a ConvTranspose's bias, added after the overlap-add), or None."""
+
+    @property
+    def channels(self) -> int:
+        return self.op.n_out // self.fan
 
 
 def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
@@ -392,7 +414,7 @@ def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
             reasons[node.name] = found
         else:
             mapped.append(found)
-    folded = _fold_batchnorm(gr, mapped, reasons)  # rule 5
+    folded = _fold_into_crossbar(gr, mapped, reasons)  # rule 5
     gr.drop_unused()  # rule 6
     try:
         onnx.checker.check_model(gr.model, full_check=True)
@@ -433,11 +455,13 @@ def _fold_constant_paths(gr: _Graph) -> None:
     producers = {o: n for n in gr.g.node for o in n.output if o}
     local = {(f.domain, f.name) for f in gr.model.functions}  # model-local functions
     targets: list[str] = []
+    small: set[str] = set()  # operands of elementwise ops: kept only if no larger than the cone
     cone_nodes: set[str] = set()
     for node in gr.g.node:
         if node.domain not in _STANDARD:
             continue
-        for i in _PARAM_INPUTS.get(node.op_type, ()):
+        affine = node.op_type in _AFFINE
+        for i in (0, 1) if affine else _PARAM_INPUTS.get(node.op_type, ()):
             name = node.input[i] if i < len(node.input) else ""
             if not name or name in gr.consts or name not in derived or name in outputs:
                 continue
@@ -446,7 +470,11 @@ def _fold_constant_paths(gr: _Graph) -> None:
             cone = _cone(name, producers, gr.consts)
             custom = next((n for n in cone if n.domain not in _STANDARD
                            and (n.domain, n.op_type) not in local), None)
-            if custom is not None:
+            if affine:
+                if custom is not None:
+                    continue
+                small.add(name)
+            elif custom is not None:
                 if node.op_type == "BatchNormalization":
                     continue  # the BatchNormalization just stays digital
                 raise BadModel(
@@ -462,6 +490,11 @@ def _fold_constant_paths(gr: _Graph) -> None:
     nodes = [n for n in gr.g.node if n.name in cone_nodes]
     values = _evaluate(gr, nodes, targets)
     for name, value in zip(targets, values, strict=True):
+        if name in small:
+            cone = _cone(name, producers, gr.consts)
+            read = sum(gr.consts[i].size for n in cone for i in n.input if i in gr.consts)
+            if np.asarray(value).size > read:
+                continue  # an expanded constant stays computed
         # a new name: the producer may have other outputs that stay in use
         folded = gr.fresh(f"{name}.rc_folded")
         gr.set_const(folded, np.asarray(value))
@@ -535,6 +568,8 @@ def _map_node(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
         return f"custom domain {node.domain!r}"
     if node.op_type == "Conv":
         return _map_conv(gr, node)
+    if node.op_type == "ConvTranspose":
+        return _map_conv_transpose(gr, node)
     if node.op_type == "Gemm":
         return _map_gemm(gr, node)
     if node.op_type == "MatMul":
@@ -585,7 +620,71 @@ def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     seq = _Seq(gr, node, _elem(w))
     x = seq.to_float32(node.input[0])
     out = seq.core("Conv", [x, op.weight, op.bias], attrs)
-    return seq.finish(out, op, w, bias, channel_axis=1)
+    return seq.finish(out, op, w, bias, channel_axis=1, rank=w.ndim)
+
+
+def _map_conv_transpose(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+    """ConvTranspose as a 1x1 crossbar Conv and a digital overlap-add (col2im).
+
+    Every input pixel's ``Cin/g`` vector times the ``[Cin/g, Cout/g * prod(k)]`` matrix of its
+    group gives one value per output channel and kernel position; a ConvTranspose with the
+    model's own attributes and a 0/1 kernel (one group per output channel, kernel position
+    ``j`` of channel ``c`` read from channel ``c * prod(k) + j``) adds them up where they
+    overlap. Exact for every stride, padding, output padding, dilation, group and output shape.
+    """
+    w = gr.const(node, 1, "weight")
+    if w is None:
+        return _not_constant(gr, node, 1, "weight")
+    if (why := _weight_dtype_reason(w)) is not None:
+        return why
+    if w.ndim < 3:
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: ConvTranspose weight has rank {w.ndim}; "
+            "expected >= 3 ([Cin, Cout/group, *kernel])"
+        )
+    a = _attrs(node)
+    groups = int(a.get("group", 1))  # type: ignore[call-overload]
+    cin, og, kernel = w.shape[0], w.shape[1], tuple(int(k) for k in w.shape[2:])
+    if groups < 1 or cin % groups:
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: ConvTranspose weight has {cin} input channels, "
+            f"not divisible by group={groups}; expected [Cin, Cout/group, *kernel]"
+        )
+    if "kernel_shape" in a and tuple(a["kernel_shape"]) != kernel:  # type: ignore[arg-type]
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: ConvTranspose kernel_shape "
+            f"{list(a['kernel_shape'])} differs from its weight's kernel {list(kernel)}"  # type: ignore[call-overload]
+        )
+    cout, kk = og * groups, int(np.prod(kernel))
+    b = gr.const(node, 2, "bias")
+    if len(node.input) > 2 and node.input[2] and b is None:
+        return f"bias {node.input[2]!r} is not a constant"
+    post = np.zeros(cout, np.float32) if b is None else b.reshape(-1).astype(np.float32)
+    if post.size != cout:
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: ConvTranspose bias has {post.size} values; "
+            f"expected one per output channel ({cout})"
+        )
+    # [g*Cin/g, Cout/g, kk] -> [g, Cout/g, kk, Cin/g] -> [Cout*kk, Cin/g, 1, ...]
+    w1 = (w.reshape(groups, cin // groups, og, kk).transpose(0, 2, 3, 1)
+          .reshape(cout * kk, cin // groups, *([1] * len(kernel))))
+    op = _weight_op(gr, node, "ConvTranspose", w1.shape, LAYOUT_CONV, groups)
+    seq = _Seq(gr, node, _elem(w))
+    x = seq.to_float32(node.input[0])
+    z = seq.core("Conv", [x, op.weight, op.bias],
+                 [helper.make_attribute("kernel_shape", [1] * len(kernel)),
+                  helper.make_attribute("group", groups)])
+    onehot = np.zeros((cout, kk, kk), np.float32)
+    onehot[:, np.arange(kk), np.arange(kk)] = 1.0
+    spread = gr.fresh(f"{node.name}.rc_col2im")
+    gr.set_const(spread, onehot.reshape(cout * kk, 1, *kernel))
+    post_name = gr.fresh(f"{node.name}.rc_post_bias")
+    gr.set_const(post_name, post)
+    y = gr.fresh(f"{node.name}.rc_overlap")
+    keep = {k: v for k, v in a.items() if k not in ("group", "kernel_shape")}
+    seq.append("ConvTranspose", [z, spread, post_name], y, group=cout, **keep)
+    return seq.finish(y, op, w1, np.zeros(cout * kk), channel_axis=1, rank=w.ndim, fan=kk,
+                      post_bias=post_name)
 
 
 def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
@@ -624,7 +723,8 @@ def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     x = seq.to_float32(node.input[0])
     out = seq.core("Gemm", [x, op.weight, op.bias], [helper.make_attribute("transA", trans_a)])
     # BatchNormalization is not folded across a digital C: it would have to scale C as well
-    return seq.finish(out, op, wk, bias, channel_axis=1 if extra is None else None, add=extra)
+    return seq.finish(out, op, wk, bias, channel_axis=1 if extra is None else None, rank=2,
+                      add=extra)
 
 
 def _map_matmul(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
@@ -667,7 +767,7 @@ def _map_matmul(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
         axis = 0
     else:
         axis = rank - 1 if right is not None else rank - 2
-    return seq.finish(out, op, wk, bias, channel_axis=axis)
+    return seq.finish(out, op, wk, bias, channel_axis=axis, rank=rank)
 
 
 def _weight_op(gr: _Graph, node: onnx.NodeProto, op_type: str, shape: tuple[int, ...],
@@ -707,7 +807,8 @@ class _Seq:
         return out
 
     def finish(self, out: str, op: WeightOp, w: np.ndarray, bias: np.ndarray,
-               channel_axis: int | None, add: str | None = None) -> _Mapped:
+               channel_axis: int | None, rank: int | None, add: str | None = None,
+               fan: int = 1, post_bias: str | None = None) -> _Mapped:
         """Cast back, add ``add`` if given, give the result the original output name, splice
         the nodes in place of the original one and store the weight and bias."""
         if self.elem != TensorProto.FLOAT:
@@ -726,7 +827,7 @@ class _Seq:
         self.gr.g.node.remove(self.node)
         for k, n in enumerate(self.nodes):
             self.gr.g.node.insert(idx + k, n)
-        return _Mapped(op, w32, b32, self.node.output[0], channel_axis)
+        return _Mapped(op, w32, b32, self.node.output[0], channel_axis, rank, fan, post_bias)
 
 
 def _finite(gr: _Graph, node: onnx.NodeProto, w: np.ndarray, bias: np.ndarray
@@ -744,51 +845,120 @@ def _finite(gr: _Graph, node: onnx.NodeProto, w: np.ndarray, bias: np.ndarray
 # --------------------------------------------------------------------------- rule 5
 
 
-def _fold_batchnorm(gr: _Graph, mapped: list[_Mapped], reasons: dict[str, str]) -> set[str]:
-    """Fold each BatchNormalization that may be folded (rule 5); return the folded nodes."""
+def _fold_into_crossbar(gr: _Graph, mapped: list[_Mapped], reasons: dict[str, str]) -> set[str]:
+    """Fold per-output affine nodes into the crossbar op before them (rule 5); return them."""
     folded: set[str] = set()
-    outputs = {o.name for o in gr.g.output}
+    outputs = {o.name for o in gr.g.output} | _subgraph_inputs(gr.g)
+    changed = True
+    while changed:
+        changed = False
+        for m in mapped:
+            users = gr.consumers(m.out)
+            if len(users) != 1 or m.out in outputs or users[0].domain not in _STANDARD:
+                continue
+            nxt = users[0]
+            if nxt.op_type == "BatchNormalization":
+                if _bn_blocker(gr, nxt, m, outputs) is not None:
+                    continue
+                k, c = _bn_affine(gr, nxt)
+            elif nxt.op_type in _AFFINE:
+                kc = _elementwise_affine(gr, nxt, m)
+                if kc is None:
+                    continue
+                k, c = kc
+            else:
+                continue
+            _apply_affine(gr, m, nxt, k, c)
+            folded.add(nxt.name)
+            changed = True
     for bn in [n for n in gr.g.node if n.op_type == "BatchNormalization"]:
-        if bn.domain not in _STANDARD:
-            continue
-        m = next((m for m in mapped if m.out == bn.input[0]), None)
-        why = _bn_blocker(gr, bn, m, outputs)
-        if why is not None:
+        if bn.domain in _STANDARD:
+            m = next((m for m in mapped if m.out == bn.input[0]), None)
+            why = _bn_blocker(gr, bn, m, outputs)
             reasons[bn.name] = f"BatchNormalization not folded: {why}"
-            continue
-        assert m is not None
-        scale, shift, mean, var = (
-            np.asarray(gr.const(bn, i, "BatchNormalization parameter"), np.float64)
-            for i in range(1, 5)
-        )
-        eps = float(_attrs(bn).get("epsilon", 1e-5))  # type: ignore[arg-type]
-        if np.any(var + eps <= 0):
-            raise BadModel(
-                f"{gr.path}: node {bn.name!r} (BatchNormalization): variance + epsilon <= 0 "
-                "gives NaN; expected a positive variance"
-            )
-        k = (scale / np.sqrt(var + eps)).reshape(-1)
-        w = m.weight.astype(np.float64)
-        if m.op.layout == LAYOUT_CONV:
-            w = w * k.reshape(-1, *([1] * (w.ndim - 1)))
-        else:
-            w = w * k[None, :]
-        b = (m.bias.astype(np.float64) - mean.reshape(-1)) * k + shift.reshape(-1)
-        m.weight, m.bias = _finite(gr, bn, w, b)
-        gr.set_const(m.op.weight, m.weight)
-        gr.set_const(m.op.bias, m.bias)
-        last = next(n for n in gr.g.node if m.out in n.output)
-        last.output[0] = bn.output[0]
-        m.out = bn.output[0]
-        gr.g.node.remove(bn)
-        folded.add(bn.name)
     return folded
+
+
+def _bn_affine(gr: _Graph, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+    """``BN(y) = k * y + c`` per channel."""
+    scale, shift, mean, var = (
+        np.asarray(gr.const(bn, i, "BatchNormalization parameter"), np.float64).reshape(-1)
+        for i in range(1, 5)
+    )
+    eps = float(_attrs(bn).get("epsilon", 1e-5))  # type: ignore[arg-type]
+    if np.any(var + eps <= 0):
+        raise BadModel(
+            f"{gr.path}: node {bn.name!r} (BatchNormalization): variance + epsilon <= 0 "
+            "gives NaN; expected a positive variance"
+        )
+    k = scale / np.sqrt(var + eps)
+    return k, shift - mean * k
+
+
+def _elementwise_affine(gr: _Graph, node: onnx.NodeProto, m: _Mapped
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+    """``node(y) = k * y + c`` per channel of ``m``'s result ``y``, or None if it is not that
+    (the other operand is not a constant with one value per channel, or one for all)."""
+    if len(node.input) != 2 or m.channel_axis is None or m.rank is None:
+        return None
+    first = node.input[1] == m.out  # the constant is the first operand
+    other = node.input[0] if first else node.input[1]
+    if other == m.out or other not in gr.consts:
+        return None
+    vec = _per_channel(gr.consts[other], m.rank, m.channel_axis, m.channels)
+    if vec is None:
+        return None
+    ones, zeros = np.ones_like(vec), np.zeros_like(vec)
+    if node.op_type == "Mul":
+        return vec, zeros
+    if node.op_type == "Add":
+        return ones, vec
+    if node.op_type == "Sub":
+        return (-ones, vec) if first else (ones, -vec)
+    if first or np.any(vec == 0):  # Div: c / y is not affine, y / 0 is not finite
+        return None
+    return 1.0 / vec, zeros
+
+
+def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """float64 ``[channels]`` if ``value`` broadcasts against a rank-``rank`` tensor along
+    ``axis`` only (or is one value for all) and leaves its shape unchanged, else None."""
+    if not _is_float(value.dtype) or value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + tuple(value.shape)
+    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
+        return None
+    return np.broadcast_to(value.astype(np.float64).reshape(-1), (channels,)).copy()
+
+
+def _apply_affine(gr: _Graph, m: _Mapped, node: onnx.NodeProto, k: np.ndarray, c: np.ndarray
+                  ) -> None:
+    """Make ``m`` compute ``k * y + c`` per channel itself, in place of ``node``."""
+    kf = np.repeat(k, m.fan)  # per crossbar output
+    w = m.weight.astype(np.float64)
+    if m.op.layout == LAYOUT_CONV:
+        w = w * kf.reshape(-1, *([1] * (w.ndim - 1)))
+    else:
+        w = w * kf[None, :]
+    b = m.bias.astype(np.float64) * kf
+    if m.post_bias is not None:
+        post = gr.consts[m.post_bias].astype(np.float64) * k + c
+        gr.set_const(m.post_bias, _finite(gr, node, w, post)[1])
+    else:
+        b = b + c
+    m.weight, m.bias = _finite(gr, node, w, b)
+    gr.set_const(m.op.weight, m.weight)
+    gr.set_const(m.op.bias, m.bias)
+    last = next(n for n in gr.g.node if m.out in n.output)
+    last.output[0] = node.output[0]
+    m.out = node.output[0]
+    gr.g.node.remove(node)
 
 
 def _bn_blocker(gr: _Graph, bn: onnx.NodeProto, m: _Mapped | None, outputs: set[str]
                 ) -> str | None:
     """Why ``bn`` cannot be folded into the crossbar op ``m`` it follows, or None."""
-    if m is None:
+    if m is None or bn.input[0] != m.out:
         return "its input is not the result of a crossbar op"
     if int(_attrs(bn).get("training_mode", 0)):  # type: ignore[call-overload]
         return "training mode (normalises with batch statistics)"
@@ -801,6 +971,6 @@ def _bn_blocker(gr: _Graph, bn: onnx.NodeProto, m: _Mapped | None, outputs: set[
     params = [gr.const(bn, i, "BatchNormalization parameter") for i in range(1, 5)]
     if any(p is None for p in params):
         return "its parameters are not constants"
-    if any(p is not None and p.size != m.op.n_out for p in params):
+    if any(p is not None and p.size != m.channels for p in params):
         return f"its parameters do not have one entry per output of {m.op.node!r}"
     return None
