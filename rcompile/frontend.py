@@ -492,8 +492,8 @@ def _fold_constant_paths(gr: _Graph) -> None:
     for name, value in zip(targets, values, strict=True):
         if name in small:
             cone = _cone(name, producers, gr.consts)
-            read = sum(gr.consts[i].size for n in cone for i in n.input if i in gr.consts)
-            if np.asarray(value).size > read:
+            n_read = sum(gr.consts[i].size for n in cone for i in n.input if i in gr.consts)
+            if np.asarray(value).size > n_read:
                 continue  # an expanded constant stays computed
         # a new name: the producer may have other outputs that stay in use
         folded = gr.fresh(f"{name}.rc_folded")
@@ -873,8 +873,8 @@ def _fold_into_crossbar(gr: _Graph, mapped: list[_Mapped], reasons: dict[str, st
             changed = True
     for bn in [n for n in gr.g.node if n.op_type == "BatchNormalization"]:
         if bn.domain in _STANDARD:
-            m = next((m for m in mapped if m.out == bn.input[0]), None)
-            why = _bn_blocker(gr, bn, m, outputs)
+            before = next((m for m in mapped if m.out == bn.input[0]), None)
+            why = _bn_blocker(gr, bn, before, outputs)
             reasons[bn.name] = f"BatchNormalization not folded: {why}"
     return folded
 
