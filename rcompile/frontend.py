@@ -735,12 +735,15 @@ def _map_matmul(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     w = right if right is not None else left
     assert w is not None
     side = "right" if right is not None else "left"
-    if w.ndim != 2:
-        return f"constant {side} operand has rank {w.ndim}; only 2-D weights map to crossbars"
-    if (why := _weight_dtype_reason(w)) is not None:
-        return why
     x_name = node.input[0] if right is not None else node.input[1]
     rank = gr.rank(x_name)
+    if w.ndim > 2 and all(d == 1 for d in w.shape[:-2]) and rank is not None and rank >= w.ndim:
+        w = w.reshape(w.shape[-2:])  # leading ones broadcast away: the same 2-D product
+    if w.ndim != 2:
+        return (f"constant {side} operand has rank {w.ndim} (a batch of matrices); only 2-D "
+                "weights map to crossbars")
+    if (why := _weight_dtype_reason(w)) is not None:
+        return why
     if right is None and rank is None:
         return "constant left operand, but the rank of the right operand is unknown"
     wk = w if right is not None else w.T  # [K, outputs]
