@@ -14,18 +14,29 @@ Normalisation rules, in order (the digital graph that the image carries is the r
 3. a weight, bias or BatchNormalization parameter that is computed from constants only
    (``Transpose``, ``Reshape``, ``DequantizeLinear``, ... of initializers) is evaluated once
    with onnxruntime and becomes an initializer. A node outside the standard ONNX domain (and not
-   a function the model defines) on the weight path of a Conv, Gemm or MatMul is an error: the
-   compiler cannot know what it computes;
+   a function the model defines) on the weight path of a Conv, ConvTranspose, Gemm or MatMul is
+   an error: the compiler cannot know what it computes. A constant operand of ``Mul``, ``Add``,
+   ``Sub`` or ``Div`` computed from constants is evaluated too (so rule 5 can fold it), but only
+   kept where it is no larger than the constants it is computed from;
 4. each crossbar op is rewritten to read its own weight initializer ``<node>.rc_weight`` and
    bias initializer ``<node>.rc_bias`` (zeros where the model had none); the node keeps its name:
 
-   * **Conv** (any kernel rank, stride, padding, dilation, groups incl. depthwise): weight
-     ``[Cout, Cin/g, *k]`` as in the model, layout ``conv``;
+   * **Conv** (any kernel rank, stride, padding, dilation, groups incl. depthwise; Conv1d is
+     kernel rank 1): weight ``[Cout, Cin/g, *k]`` as in the model, layout ``conv``;
+   * **ConvTranspose** (any kernel rank, stride, padding, output padding, dilation, group,
+     ``auto_pad``, ``output_shape``): a transposed convolution multiplies every input pixel's
+     ``Cin/g`` vector by a ``[Cin/g, Cout/g * prod(k)]`` matrix and adds the products up where
+     they overlap. The crossbar node is a 1x1 ``Conv`` (``group`` g, layout ``conv``, weight
+     ``[Cout * prod(k), Cin/g, 1, ...]``, output ``c * prod(k) + j`` = channel ``c`` at kernel
+     position ``j``); the overlap-add (col2im) is a digital ``ConvTranspose`` with the model's
+     attributes, ``group = Cout`` and a 0/1 kernel, which also adds the model's bias. Exact;
+     every downstream stage sees an ordinary Conv;
    * **Gemm**: ``alpha`` and ``transB`` are folded into a ``[K, N]`` weight (layout ``kn``),
      ``beta`` into the bias; ``transA`` stays. A ``C`` that is not per-output (``[M, N]``, or
      computed at run time) is added by a digital ``Add`` after the crossbar;
-   * **MatMul** ``X @ W`` with a constant 2-D ``W[K, N]``: weight as is (``kn``), a bias
-     ``Add`` is appended;
+   * **MatMul** ``X @ W`` with a constant 2-D ``W[K, N]`` (``X`` of any rank: transformer
+     projections and MLPs on ``[B, T, D]``): weight as is (``kn``), a bias ``Add`` is appended.
+     A weight ``[1, ..., K, N]`` whose leading axes broadcast away is the same 2-D product;
    * **MatMul** ``W @ X`` with a constant 2-D ``W[M, K]`` (left-constant, transformer and
      Conv1d-as-MatMul style): computed as ``(X^T @ W^T)^T``. The weight is stored as ``[K, M]``
      (``kn``: fan-in ``K`` drives the rows, as for every other op), and digital ``Transpose``
@@ -33,19 +44,28 @@ Normalisation rules, in order (the digital graph that the image carries is the r
      the (transposed) activation, like every other crossbar op's;
    * an op whose weights are float16, bfloat16 or float64 computes in float32 between ``Cast``
      nodes, so every tensor outside it keeps its type;
-5. a ``BatchNormalization`` (inference mode) whose input is the result of a crossbar op, on
-   that op's output axis, and feeds nothing else, is folded into the op's weight and bias;
+5. a node that computes ``k * y + c`` per output channel of a crossbar op's result ``y``, where
+   ``y`` feeds nothing else, is folded into the op's weight and bias, repeatedly, so chains
+   fold: a ``BatchNormalization`` (inference mode, on the op's output axis), and a ``Mul``,
+   ``Add``, ``Sub`` (``y - c`` or ``c - y``) or ``Div`` (``y / c``) by a float constant with
+   one value per output channel or one for all (an exporter's split BatchNorm, a separate bias
+   ``Add``, an attention scale) that leaves the result's shape unchanged. After a
+   ConvTranspose ``c`` goes into the overlap-add's bias;
 6. unused initializers and stale shape annotations are dropped (an IR 3 model lists the new
    initializers among its graph inputs, as IR 3 requires); the result must pass the ONNX checker
    with strict shape inference.
 
 Everything else runs on the digital periphery and is listed in :attr:`Frontend.digital` with the
-reason (ConvTranspose, integer and recurrent ops, MatMul of two activations, ...).
+reason (integer ops, MatMul of two activations, a weight computed at run time, ...). LSTM, GRU
+and RNN stay digital: their gate weights are applied inside onnxruntime's fused recurrent
+kernel, step by step, and a programming image does not describe a gate loop on the periphery.
 
 Bad input is :class:`~rcompile.errors.BadModel`, one line naming the file and the node: a file
 that is missing or not ONNX, unreadable external data, a graph the checker or shape inference
 rejects, a weight that is a graph input (the exporter left the weights out), a custom-domain op
-on a weight path, an empty weight, NaN or Inf in a weight, bias or folded BatchNormalization.
+on a weight path, an empty weight, NaN or Inf in a weight, bias or folded BatchNormalization,
+a Conv or ConvTranspose whose input channels (where the shapes fix them), bias or
+``kernel_shape`` disagree with its weight.
 """
 
 from __future__ import annotations
@@ -336,6 +356,25 @@ class _Graph:
                 return len(tt.shape.dim) if tt.HasField("shape") else None
         return None
 
+    def dim(self, name: str, axis: int) -> int | None:
+        """Static size of axis ``axis`` of a value, if the annotations fix it."""
+        for v in [*self.g.input, *self.g.value_info, *self.g.output]:
+            if v.name == name and v.type.HasField("tensor_type"):
+                dims = v.type.tensor_type.shape.dim
+                if axis < len(dims) and dims[axis].HasField("dim_value"):
+                    return int(dims[axis].dim_value)
+        return None
+
+    def check_channels(self, node: onnx.NodeProto, expected: int, layout: str) -> None:
+        """A Conv-like node's input must have ``expected`` channels on axis 1 where known."""
+        got = self.dim(node.input[0], 1)
+        if got is not None and got != expected:
+            raise BadModel(
+                f"{self.path}: node {node.name!r} ({node.op_type}): input "
+                f"{node.input[0]!r} has {got} channels but the weight ({layout}) expects "
+                f"{expected}"
+            )
+
     def const(self, node: onnx.NodeProto, index: int, what: str) -> np.ndarray | None:
         """The constant at input ``index`` of ``node`` (None if absent or not constant).
 
@@ -611,6 +650,7 @@ def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
             f"{gr.path}: node {node.name!r}: {w.shape[0]} output channels not divisible by "
             f"group={groups}"
         )
+    gr.check_channels(node, w.shape[1] * groups, f"[Cout, Cin/group, *kernel], group={groups}")
     b = gr.const(node, 2, "bias")
     if len(node.input) > 2 and node.input[2] and b is None:
         return f"bias {node.input[2]!r} is not a constant"
@@ -653,8 +693,10 @@ def _map_conv_transpose(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     if "kernel_shape" in a and tuple(a["kernel_shape"]) != kernel:  # type: ignore[arg-type]
         raise BadModel(
             f"{gr.path}: node {node.name!r}: ConvTranspose kernel_shape "
-            f"{list(a['kernel_shape'])} differs from its weight's kernel {list(kernel)}"  # type: ignore[call-overload]
+            f"{list(a['kernel_shape'])} differs from its weight's kernel {list(kernel)}; expected "  # type: ignore[call-overload]
+            "them equal"
         )
+    gr.check_channels(node, cin, "[Cin, Cout/group, *kernel]")
     cout, kk = og * groups, int(np.prod(kernel))
     b = gr.const(node, 2, "bias")
     if len(node.input) > 2 and node.input[2] and b is None:
