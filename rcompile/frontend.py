@@ -106,14 +106,15 @@ _RECURRENT = (
     "periphery and a crossbar read per step, which a programming image does not describe; "
     "runs digitally"
 )
+_NO_CONSTANT = "no constant operand (a product of two run-time values)"
 #: Ops that carry weights but stay digital, and why.
 _DIGITAL_WEIGHT_OPS = {
     "ConvInteger": "integer (quantised) op; runs digitally",
     "MatMulInteger": "integer (quantised) op; runs digitally",
     "QLinearConv": "integer (quantised) op; runs digitally",
     "QLinearMatMul": "integer (quantised) op; runs digitally",
-    "Einsum": "Einsum is not mapped to crossbars (its equation is not matched to a product "
-              "with a constant); runs digitally",
+    "Einsum": "Einsum with a constant operand that is not a product X[..., k] @ W[k, n] "
+              "(its equation contracts otherwise); runs digitally",
     "LSTM": _RECURRENT.format(op="LSTM"),
     "GRU": _RECURRENT.format(op="GRU"),
     "RNN": _RECURRENT.format(op="RNN"),
@@ -613,7 +614,45 @@ def _map_node(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
         return _map_gemm(gr, node)
     if node.op_type == "MatMul":
         return _map_matmul(gr, node)
+    if node.op_type == "Einsum":
+        if not any(i in gr.consts for i in node.input):
+            return _NO_CONSTANT
+        if _einsum_as_matmul(gr, node):
+            return _map_matmul(gr, node, "Einsum")
     return _DIGITAL_WEIGHT_OPS.get(node.op_type, "not a weight op")
+
+
+def _einsum_as_matmul(gr: _Graph, node: onnx.NodeProto) -> bool:
+    """Rewrite ``node`` in place as ``MatMul(X, W[K, N])`` if its equation is that product:
+    ``X``'s subscripts end in ``k``, the 2-D constant's are ``kn`` or ``nk``, and the output is
+    ``X``'s subscripts with ``k`` replaced by ``n`` (``...`` allowed in front)."""
+    raw = _attrs(node).get("equation", b"")
+    eq = (raw.decode() if isinstance(raw, bytes) else str(raw)).replace(" ", "")
+    if len(node.input) != 2 or "->" not in eq:
+        return False
+    terms, out = eq.split("->")
+    ops = terms.split(",")
+    if len(ops) != 2 or (node.input[0] in gr.consts) == (node.input[1] in gr.consts):
+        return False
+    wi = 0 if node.input[0] in gr.consts else 1
+    w, xs, ws = gr.consts[node.input[wi]], ops[1 - wi], ops[wi]
+    if w.ndim != 2 or len(ws) != 2 or "." in ws or not _is_float(w.dtype):
+        return False
+    letters = xs.replace("...", "")
+    if not letters or len(set(letters)) != len(letters) or not letters.isalpha():
+        return False
+    k, n = letters[-1], ws.replace(letters[-1], "", 1)
+    if k not in ws or len(n) != 1 or n in xs or out != xs[:-1] + n:
+        return False
+    wk = w if ws == k + n else w.T
+    name = gr.fresh(f"{node.name}.rc_einsum_weight")
+    gr.set_const(name, np.ascontiguousarray(wk))
+    x = node.input[1 - wi]
+    del node.input[:]
+    node.input.extend([x, name])
+    del node.attribute[:]
+    node.op_type = "MatMul"
+    return True
 
 
 def _not_constant(gr: _Graph, node: onnx.NodeProto, index: int, what: str) -> str:
@@ -731,6 +770,9 @@ def _map_conv_transpose(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
 
 def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     w = gr.const(node, 1, "weight (input B)")
+    if w is None and gr.const(node, 0, "input A") is not None:
+        return ("constant input A times a run-time input B (the weight on the left); "
+                "runs digitally")
     if w is None:
         return _not_constant(gr, node, 1, "weight (input B)")
     if (why := _weight_dtype_reason(w)) is not None:
@@ -769,11 +811,11 @@ def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
                       add=extra)
 
 
-def _map_matmul(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+def _map_matmul(gr: _Graph, node: onnx.NodeProto, op_type: str = "MatMul") -> str | _Mapped:
     right = gr.const(node, 1, "weight")
     left = gr.const(node, 0, "weight") if right is None else None
     if right is None and left is None:
-        return "no constant operand (a product of two run-time values)"
+        return _NO_CONSTANT
     w = right if right is not None else left
     assert w is not None
     side = "right" if right is not None else "left"
@@ -789,7 +831,7 @@ def _map_matmul(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     if right is None and rank is None:
         return "constant left operand, but the rank of the right operand is unknown"
     wk = w if right is not None else w.T  # [K, outputs]
-    op = _weight_op(gr, node, "MatMul", wk.shape, LAYOUT_KN)
+    op = _weight_op(gr, node, op_type, wk.shape, LAYOUT_KN)
     bias = np.zeros(wk.shape[1])
     seq = _Seq(gr, node, _elem(w))
     x = seq.to_float32(x_name)

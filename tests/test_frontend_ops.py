@@ -550,3 +550,60 @@ def test_segmentation_net_builds_and_verifies_in_tile_mode(tmp_path: object) -> 
     report = json.loads(res.output)
     assert report["mode"] == "tile"
     assert report["output_cosine"] > 0.9, report  # 10 % stuck cells against a fault-free chip
+
+
+# --------------------------------------------------------------------------- stay digital
+
+
+def test_ops_without_a_mappable_weight_say_why(tmp_path: object) -> None:
+    """A Gemm whose constant is input A, an Einsum of two activations, and ``c - y``
+    (affine: folded) next to ``y * y`` (not)."""
+    nodes = [
+        helper.make_node("Gemm", ["a", "x"], ["g"], name="left_gemm"),  # [4, 3] @ [3, 5]
+        helper.make_node("Einsum", ["g", "g"], ["e"], equation="ij,ij->ij", name="ein_act"),
+        helper.make_node("MatMul", ["e", "w"], ["h"], name="mm"),
+        helper.make_node("Sub", ["c", "h"], ["s"], name="c_minus"),
+        helper.make_node("Mul", ["s", "s"], ["y"], name="square"),
+    ]
+    inits = [init("a", arr(4, 3)), init("w", arr(5, 2)), init("c", arr(2))]
+    model = make(nodes, [vi("x", [3, 5])], [vi("y", [4, 2])], inits)
+    fe = check(tmp_path, model, {"x": arr(3, 5)}, n_ops=1)
+    assert fe.ops[0].node == "mm"
+    assert dict((d[0], d[2]) for d in fe.digital) == {
+        "left_gemm": "constant input A times a run-time input B (the weight on the left); "
+                     "runs digitally",
+        "ein_act": "no constant operand (a product of two run-time values)",
+        "square": "not a weight op",
+    }
+
+
+EINSUMS = {  # equation, constant shape, constant first, mapped
+    "bij,jk->bik": ((5, 6), False, True),
+    "bij,kj->bik": ((6, 5), False, True),
+    "...j,jk->...k": ((5, 6), False, True),
+    "jk,bij->bik": ((5, 6), True, True),
+    "bij,jk->bki": ((5, 6), False, False),
+    "bij,ij->bij": ((3, 5), False, False),
+}
+
+
+@pytest.mark.parametrize("equation", sorted(EINSUMS))
+def test_einsum_that_is_a_matmul_is_a_crossbar_op(tmp_path: object, equation: str) -> None:
+    shape, first, mapped = EINSUMS[equation]
+    inputs = ["w", "x"] if first else ["x", "w"]
+    model = make([helper.make_node("Einsum", inputs, ["y"], equation=equation, name="ein")],
+                 [vi("x", [2, 3, 5])], [vi("y", ["a", "b", "c"])], [init("w", arr(*shape))])
+    model = onnx.shape_inference.infer_shapes(model)
+    fe = check(tmp_path, model, {"x": arr(2, 3, 5)}, n_ops=int(mapped))
+    if mapped:
+        assert (fe.ops[0].op_type, fe.ops[0].shape) == ("Einsum", (5, 6))
+    else:
+        assert fe.digital[0][2].startswith("Einsum with a constant operand that is not")
+
+
+def test_einsum_projection_on_a_chip(tmp_path: object) -> None:
+    nodes = [helper.make_node("Einsum", ["x", "w"], ["h"], equation="btd,nd->btn", name="ein"),
+             helper.make_node("Relu", ["h"], ["y"], name="relu")]
+    model = make(nodes, [vi("x", ["B", 4, 12])], [vi("y", ["B", 4, 10])],
+                 [init("w", arr(10, 12))])
+    assert_exact_on_chip(tmp_path, model, {"x": arr(32, 4, 12)})
