@@ -42,8 +42,15 @@ Normalisation rules, in order (the digital graph that the image carries is the r
      (``kn``: fan-in ``K`` drives the rows, as for every other op), and digital ``Transpose``
      nodes swap the last two axes of ``X`` and of the result. The node's first input is then
      the (transposed) activation, like every other crossbar op's;
+   * **Einsum** of an activation and a constant 2-D weight whose equation is that product
+     (``...k,kn->...n``, ``btd,nd->btn``, either operand first) becomes a MatMul first;
+   * **LinearRegressor** / **LinearClassifier** (ONNX-ML, sklearn's linear models through
+     skl2onnx): the scores ``X @ coefficients^T + intercepts`` are a Gemm; a post-transform and
+     a classifier's labels stay in the node, which then reads the scores with identity
+     coefficients;
    * an op whose weights are float16, bfloat16 or float64 computes in float32 between ``Cast``
-     nodes, so every tensor outside it keeps its type;
+     nodes, so every tensor outside it keeps its type; an op whose weights are all zero has
+     nothing to program and stays digital;
 5. a node that computes ``k * y + c`` per output channel of a crossbar op's result ``y``, where
    ``y`` feeds nothing else, is folded into the op's weight and bias, repeatedly, so chains
    fold: a ``BatchNormalization`` (inference mode, on the op's output axis), and a ``Mul``,
@@ -357,6 +364,13 @@ class _Graph:
                 return len(tt.shape.dim) if tt.HasField("shape") else None
         return None
 
+    def elem(self, name: str) -> int | None:
+        """Element type of a value from the graph's annotations, if known."""
+        for v in [*self.g.input, *self.g.value_info, *self.g.output]:
+            if v.name == name and v.type.HasField("tensor_type"):
+                return int(v.type.tensor_type.elem_type)
+        return None
+
     def dim(self, name: str, axis: int) -> int | None:
         """Static size of axis ``axis`` of a value, if the annotations fix it."""
         for v in [*self.g.input, *self.g.value_info, *self.g.output]:
@@ -603,6 +617,8 @@ def _map_node(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     if any((f.domain, f.name) == (node.domain, node.op_type) for f in gr.model.functions):
         return "model-local function; runs digitally"
     if node.domain == "ai.onnx.ml":
+        if node.op_type in ("LinearRegressor", "LinearClassifier"):
+            return _map_linear_ml(gr, node)
         return "not a weight op"
     if node.domain not in _STANDARD:
         return f"custom domain {node.domain!r}"
@@ -655,6 +671,64 @@ def _einsum_as_matmul(gr: _Graph, node: onnx.NodeProto) -> bool:
     return True
 
 
+def _map_linear_ml(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+    """ONNX-ML ``LinearRegressor``/``LinearClassifier`` (sklearn linear models): the float32
+    scores ``X @ coefficients^T + intercepts`` are a Gemm on the crossbar; a post-transform, and
+    a classifier's labels, stay in the node, which then reads the scores with identity
+    coefficients."""
+    a = _attrs(node)
+    x = node.input[0]
+    elem = gr.elem(x)
+    if gr.rank(x) != 2 or elem not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+        return f"{node.op_type} on a {gr.rank(x)}-D input of type {elem}; the crossbar takes " \
+               "a 2-D float input"
+    if not any(o.domain in _STANDARD for o in gr.model.opset_import):
+        return "the model imports no standard ONNX opset for the crossbar's Gemm"
+    coef = np.asarray(a.get("coefficients", []), np.float64)
+    bias = np.asarray(a.get("intercepts", []), np.float64)
+    feats = gr.dim(x, 1)
+    if feats is not None and feats > 0 and coef.size % feats == 0:
+        outs = coef.size // feats
+    elif node.op_type == "LinearRegressor":
+        outs = int(a.get("targets", 1))  # type: ignore[call-overload]
+    else:
+        outs = bias.size
+    if coef.size == 0 or outs == 0 or coef.size % outs or bias.size not in (0, outs):
+        raise BadModel(
+            f"{gr.path}: node {node.name!r} ({node.op_type}): {coef.size} coefficients and "
+            f"{bias.size} intercepts do not make {outs} rows; expected [outputs x features] "
+            "coefficients and one intercept per output"
+        )
+    w = gr.fresh(f"{node.name}.rc_coefficients")
+    b = gr.fresh(f"{node.name}.rc_intercepts")
+    gr.set_const(w, coef.reshape(outs, -1).T.astype(np.float32))
+    gr.set_const(b, (bias if bias.size else np.zeros(outs)).astype(np.float32))
+    raw = a.get("post_transform", b"NONE")
+    post = raw.decode() if isinstance(raw, bytes) else str(raw)
+    idx = list(gr.g.node).index(node)
+    if elem == TensorProto.DOUBLE:  # the node computes and outputs float32 scores
+        x32 = gr.fresh(f"{node.name}.rc_x32")
+        gr.g.node.insert(idx, helper.make_node("Cast", [x], [x32], to=TensorProto.FLOAT,
+                                               name=gr.fresh_node(f"{node.name}.rc_cast")))
+        x, idx = x32, idx + 1
+    if node.op_type == "LinearRegressor" and post == "NONE":
+        gemm = helper.make_node("Gemm", [x, w, b], [node.output[0]], name=node.name)
+        gr.g.node.remove(node)
+    else:  # the node keeps its post-transform and labels, reading the scores as they are
+        scores = gr.fresh(f"{node.name}.rc_scores")
+        gemm = helper.make_node("Gemm", [x, w, b], [scores], name=node.name)
+        node.name = gr.fresh_node(f"{node.name}.rc_post")
+        node.input[0] = scores
+        for attr in node.attribute:
+            if attr.name == "coefficients":
+                attr.CopyFrom(helper.make_attribute("coefficients",
+                                                    np.eye(outs).reshape(-1).tolist()))
+            elif attr.name == "intercepts":
+                attr.CopyFrom(helper.make_attribute("intercepts", [0.0] * outs))
+    gr.g.node.insert(idx, gemm)
+    return _map_gemm(gr, gemm, node.op_type)
+
+
 def _not_constant(gr: _Graph, node: onnx.NodeProto, index: int, what: str) -> str:
     """Reason a weight input is not constant; a weight that is a graph input is an error."""
     name = node.input[index]
@@ -667,17 +741,20 @@ def _not_constant(gr: _Graph, node: onnx.NodeProto, index: int, what: str) -> st
     return f"{what} {name!r} is computed at run time"
 
 
-def _weight_dtype_reason(w: np.ndarray) -> str | None:
-    if _is_float(w.dtype):
-        return None
-    return f"{w.dtype} weights are not mapped; crossbars take floating-point weights"
+def _weight_reason(w: np.ndarray) -> str | None:
+    """Why a constant weight is not mapped, or None."""
+    if not _is_float(w.dtype):
+        return f"{w.dtype} weights are not mapped; crossbars take floating-point weights"
+    if not np.any(w):
+        return "every weight is zero: nothing to program; runs digitally (its output is its bias)"
+    return None
 
 
 def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     w = gr.const(node, 1, "weight")
     if w is None:
         return _not_constant(gr, node, 1, "weight")
-    if (why := _weight_dtype_reason(w)) is not None:
+    if (why := _weight_reason(w)) is not None:
         return why
     if w.ndim < 3:
         raise BadModel(
@@ -714,7 +791,7 @@ def _map_conv_transpose(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     w = gr.const(node, 1, "weight")
     if w is None:
         return _not_constant(gr, node, 1, "weight")
-    if (why := _weight_dtype_reason(w)) is not None:
+    if (why := _weight_reason(w)) is not None:
         return why
     if w.ndim < 3:
         raise BadModel(
@@ -768,14 +845,14 @@ def _map_conv_transpose(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
                       post_bias=post_name)
 
 
-def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+def _map_gemm(gr: _Graph, node: onnx.NodeProto, op_type: str = "Gemm") -> str | _Mapped:
     w = gr.const(node, 1, "weight (input B)")
     if w is None and gr.const(node, 0, "input A") is not None:
         return ("constant input A times a run-time input B (the weight on the left); "
                 "runs digitally")
     if w is None:
         return _not_constant(gr, node, 1, "weight (input B)")
-    if (why := _weight_dtype_reason(w)) is not None:
+    if (why := _weight_reason(w)) is not None:
         return why
     a = _attrs(node)
     alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))  # type: ignore[arg-type]
@@ -793,7 +870,7 @@ def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
         bias = np.broadcast_to(c.reshape(-1).astype(np.float64), (n,)) * beta
     else:
         bias, extra = np.zeros(n), c_name
-    op = _weight_op(gr, node, "Gemm", wk.shape, LAYOUT_KN)
+    op = _weight_op(gr, node, op_type, wk.shape, LAYOUT_KN)
     seq = _Seq(gr, node, _elem(w))
     if extra is not None and c is not None:  # constant [M, N]: scaled once
         extra = gr.fresh(f"{node.name}.rc_c")
@@ -826,7 +903,7 @@ def _map_matmul(gr: _Graph, node: onnx.NodeProto, op_type: str = "MatMul") -> st
     if w.ndim != 2:
         return (f"constant {side} operand has rank {w.ndim} (a batch of matrices); only 2-D "
                 "weights map to crossbars")
-    if (why := _weight_dtype_reason(w)) is not None:
+    if (why := _weight_reason(w)) is not None:
         return why
     if right is None and rank is None:
         return "constant left operand, but the rank of the right operand is unknown"

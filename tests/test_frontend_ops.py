@@ -607,3 +607,77 @@ def test_einsum_projection_on_a_chip(tmp_path: object) -> None:
     model = make(nodes, [vi("x", ["B", 4, 12])], [vi("y", ["B", 4, 10])],
                  [init("w", arr(10, 12))])
     assert_exact_on_chip(tmp_path, model, {"x": arr(32, 4, 12)})
+
+
+# --------------------------------------------------------------------------- sklearn linear models
+
+
+def linear_ml(op_type: str, outs: int, feats: int = 6, opset: int = 13,
+              elem: int = F32, **attrs: Any) -> onnx.ModelProto:
+    """An skl2onnx ``LinearRegressor``/``LinearClassifier`` (ONNX-ML domain, coefficients as
+    attributes), the classifier's probabilities normalised by a ``Normalizer`` as skl2onnx
+    writes LogisticRegression."""
+    coef = (arr(outs * feats) * 0.5).tolist()
+    icpt = arr(outs).tolist()
+    if op_type == "LinearRegressor":
+        nodes = [helper.make_node(op_type, ["X"], ["variable"], domain="ai.onnx.ml",
+                                  coefficients=coef, intercepts=icpt, targets=outs,
+                                  name="linear", **attrs)]
+        outputs = [vi("variable", ["N", outs])]
+    else:
+        nodes = [helper.make_node(op_type, ["X"], ["label", "scores"], domain="ai.onnx.ml",
+                                  coefficients=coef, intercepts=icpt,
+                                  classlabels_ints=list(range(max(outs, 2))), name="linear",
+                                  **attrs),
+                 helper.make_node("Normalizer", ["scores"], ["probabilities"], norm="L1",
+                                  domain="ai.onnx.ml", name="norm")]
+        outputs = [vi("label", ["N"], TensorProto.INT64),
+                   vi("probabilities", ["N", max(outs, 2)])]
+    graph = helper.make_graph(nodes, "skl", [vi("X", ["N", feats], elem)], outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 7
+    return model
+
+
+ML_FORMS = {
+    "regressor-2-targets": ("LinearRegressor", 2, {}),
+    "classifier-double": ("LinearClassifier", 3, {"elem": TensorProto.DOUBLE}),
+    "classifier-softmax": ("LinearClassifier", 4, {"post_transform": "SOFTMAX",
+                                                   "multi_class": 1}),
+    "classifier-binary-logistic": ("LinearClassifier", 1, {"post_transform": "LOGISTIC"}),
+}
+
+
+@pytest.mark.parametrize("form", sorted(ML_FORMS))
+def test_sklearn_linear_models_are_crossbar_ops(tmp_path: object, form: str) -> None:
+    op_type, outs, attrs = ML_FORMS[form]
+    model = linear_ml(op_type, outs, **attrs)
+    x = arr(5, 6).astype(np.float64 if attrs.get("elem") == TensorProto.DOUBLE else np.float32)
+    fe = check(tmp_path, model, {"X": x}, n_ops=1)
+    assert (fe.ops[0].node, fe.ops[0].op_type, fe.ops[0].shape) == ("linear", op_type, (6, outs))
+
+
+def test_sklearn_classifier_on_a_chip(tmp_path: object) -> None:
+    model = linear_ml("LinearClassifier", 4, post_transform="SOFTMAX", multi_class=1)
+    path = save(model, os.path.join(str(tmp_path), "clf.onnx"))
+    plan, _ = api.make_plan(path)
+    fm = fmap.synth(1, 128, 128, 0.0)
+    image = api.build(plan, fm).image
+    x = arr(32, 6)
+    for mode in ("ideal", "tile"):
+        got = runtime.emulate(image, fm, Dataset(inputs={"X": x}, labels=None, n=32),
+                              mode=mode)
+        want = reference(model, {"X": x})
+        assert _cosine(got[1], want[1]) >= 0.99
+        assert np.mean(got[0] == want[0]) >= 0.9  # labels: the same class nearly always
+
+
+def test_all_zero_weights_stay_digital(tmp_path: object) -> None:
+    """torchvision's ViT head is initialised to zeros: nothing to program."""
+    model = make([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, name="head")],
+                 [vi("x", ["N", 4])], [vi("y", ["N", 3])],
+                 [init("w", np.zeros((3, 4), np.float32)), init("b", arr(3))])
+    fe = check(tmp_path, model, {"x": arr(2, 4)}, n_ops=0)
+    assert fe.digital == (("head", "Gemm", "every weight is zero: nothing to program; runs "
+                                           "digitally (its output is its bias)"),)
