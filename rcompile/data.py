@@ -6,8 +6,7 @@ samples. Every rule below is checked at load time, so the runtime never meets a 
 
 * the file exists and is an ``.npz`` archive (no pickled objects);
 * every model input is present, and nothing else is (besides ``labels``);
-* each input has the model's rank and every fixed dimension after axis 0; a fixed axis 0
-  (a model exported with batch size ``b``) requires a sample count that is a multiple of ``b``;
+* each input has the model's rank and every fixed dimension after axis 0;
 * dtypes match the model's input types exactly; the one allowed cast is float64 -> float32;
 * floating inputs hold no NaN or Inf (after that cast);
 * ``labels`` is 1-D, integer, non-negative, one per sample;
@@ -15,13 +14,19 @@ samples. Every rule below is checked at load time, so the runtime never meets a 
 
 A violation raises :class:`~rcompile.errors.BadData` with one line naming the file, the array
 and what was expected.
+
+Batch axis: a dimension the model declares as a positive number is fixed; ``-1``, ``0``, a
+symbolic name (``N``, ``p2o.DynamicDimension.0``), a dimension with neither, or an input without
+a shape leave it free. Any sample count fits any batch: a model that fixes axis 0 at ``b`` runs
+``b`` samples at a time (1000 samples at ``b = 1``: 1000 runs), and a last batch that ``b`` does
+not fill is padded with copies of its last sample whose outputs are dropped (:func:`batches`).
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +106,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if tt.HasField("shape"):
             dims: list[int | str | None] = []
             for d in tt.shape.dim:
-                if d.HasField("dim_value"):
+                if d.HasField("dim_value") and d.dim_value > 0:  # -1 and 0 mean "any"
                     dims.append(int(d.dim_value))
                 elif d.HasField("dim_param"):
                     dims.append(d.dim_param)
@@ -186,16 +191,43 @@ def _validate(
         n = int(arrays[LABELS].shape[0]) if LABELS in arrays and arrays[LABELS].ndim else 0
     if n == 0:
         raise BadData(f"{path}: holds 0 samples; expected at least one")
-    for s in specs:
-        b = s.fixed_batch
-        if b is not None and b > 0 and n % b:
-            raise BadData(
-                f"{path}: input '{s.name}' has {n} samples but the model fixes axis 0 at {b}; "
-                f"expected a multiple of {b}"
-            )
 
     labels = _check_labels(path, arrays[LABELS], n) if use_labels and LABELS in arrays else None
     return Dataset(inputs=inputs, labels=labels, n=n, source=path)
+
+
+def fixed_batch(specs: list[InputSpec], source: str = "model") -> int | None:
+    """The batch size the inputs ``specs`` fix (None: free), or BadModel if they disagree."""
+    fixed = {s.fixed_batch for s in specs if s.fixed_batch}
+    if len(fixed) > 1:
+        raise BadModel(f"{source}: inputs fix axis 0 at different sizes {sorted(fixed)}")
+    return fixed.pop() if fixed else None
+
+
+def batches(
+    inputs: Mapping[str, np.ndarray], n: int, step: int, fixed: int | None, first: int = 0
+) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """``(lo, hi, feed)`` for consecutive batches of ``step`` samples of ``inputs`` (``n`` in
+    all); no batch straddles sample ``first`` unless the batch is ``fixed``. With a ``fixed``
+    batch every feed has exactly ``fixed`` samples: a short last one is padded with copies of
+    its last sample (drop their outputs with :func:`unpad`)."""
+    step = fixed or max(1, int(step))
+    cut = 0 if fixed or not 0 < first < n else first
+    starts = [*range(0, cut, step), *range(cut, n, step)]
+    for lo, hi in zip(starts, [*starts[1:], n], strict=True):
+        feed = {k: v[lo:hi] for k, v in inputs.items()}
+        if fixed and hi - lo < fixed:
+            pad = np.full(fixed - (hi - lo), hi - lo - 1)
+            feed = {k: np.concatenate([v, v[pad]]) for k, v in feed.items()}
+        yield lo, hi, feed
+
+
+def unpad(out: np.ndarray, real: int, fixed: int | None) -> np.ndarray:
+    """An output of a (padded) ``fixed`` batch, with the rows of padding samples dropped:
+    outputs whose axis 0 is the batch keep their first ``real`` rows."""
+    if fixed and real < fixed and out.ndim and out.shape[0] == fixed:
+        return out[:real]
+    return out
 
 
 def _check_input(path: str, s: InputSpec, a: np.ndarray) -> np.ndarray:
