@@ -170,6 +170,12 @@ def _torch_models() -> list[tuple[str, Callable[[], Any], Callable[[int], tuple[
         def forward(self, ids: Any) -> Any:
             return self.bert(input_ids=ids).logits
 
+    def conv1d() -> nn.Module:
+        """A 1-D CNN over [N, 8, 64] (keyword-spotting style): Conv1d + BN + ReLU twice."""
+        return nn.Sequential(nn.Conv1d(8, 32, 5, padding=2), nn.BatchNorm1d(32), nn.ReLU(),
+                             nn.Conv1d(32, 64, 3, stride=2), nn.BatchNorm1d(64), nn.ReLU(),
+                             nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(64, 10))
+
     def vit() -> nn.Module:
         return tv.VisionTransformer(image_size=64, patch_size=8, num_layers=2, num_heads=4,
                                     hidden_dim=64, mlp_dim=128, num_classes=10)
@@ -202,6 +208,8 @@ def _torch_models() -> list[tuple[str, Callable[[], Any], Callable[[int], tuple[
         ("lraspp_mobilenet_v3", Segment, image(64), ["input"], [(leg, 11, "dynamic")]),
         ("unet_convtranspose", UNet, image(64), ["input"],
          [(leg, 11, "dynamic"), (leg, 17, "fixed"), (dyn, 18, "fixed")]),
+        ("conv1d_classifier", conv1d, lambda n: (torch.randn(n, 8, 64),), ["input"],
+         [(leg, 11, "dynamic"), (dyn, 18, "fixed")]),
         ("lstm_classifier", lambda: Recurrent("lstm", 1), seq(16, 32), ["input"],
          [(leg, 11, "dynamic"), (leg, 13, "fixed"), (dyn, 18, "fixed")]),
         ("gru_classifier", lambda: Recurrent("gru", 2), seq(16, 32), ["input"],
@@ -288,7 +296,8 @@ def export_sklearn(out: str, only: list[str]) -> list[Graph]:
     xr, yr = load_diabetes(return_X_y=True)
     xd, xr = xd.astype(np.float32), xr.astype(np.float32)
     models: list[tuple[str, Any, np.ndarray, np.ndarray, list[int]]] = [
-        ("sk_mlp_classifier", MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=300, random_state=0), xd, yd,
+        ("sk_mlp_classifier",
+         MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=300, random_state=0), xd, yd,
          [13, 17]),
         ("sk_logistic_regression", LogisticRegression(max_iter=500), xd, yd, [11, 17]),
         ("sk_scaler_mlp_regressor", make_pipeline(StandardScaler(), MLPRegressor(
@@ -347,8 +356,23 @@ def _float_cosine(helper: list[str], model: str, image: str, chip: str, data: st
     return float(json.loads(r.stdout.strip().splitlines()[-1])["cosine"])
 
 
+def _batch_text(path: str) -> str:
+    """How the graph declares axis 0 of its first input: ``N`` fixed, ``'name'``, or ``?``."""
+    import onnx
+
+    t = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type
+    if not t.HasField("shape") or not t.shape.dim:
+        return "no shape"
+    d = t.shape.dim[0]
+    if d.HasField("dim_value"):
+        return str(d.dim_value)
+    return f"'{d.dim_param}'" if d.dim_param else "?"
+
+
 def run_graph(g: Graph, rc: str, helper: list[str], work: str, log: Any) -> Result:
     res = Result(g)
+    if not g.export_error:
+        g.batch = _batch_text(g.path)
     if g.export_error:
         res.failure = g.export_error
         return res
@@ -440,7 +464,8 @@ def _f(v: float | None, digits: int = 4) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def write_doc(path: str, results: list[Result], versions: dict[str, str], cmd: str) -> None:
+def write_doc(path: str, results: list[Result], versions: dict[str, str], cmd: str,
+              total_s: float) -> None:
     ok = [r for r in results if not r.failure]
     good = [r for r in ok if r.cos_clean is not None and r.cos_clean >= 0.99]
     lines = [
@@ -462,9 +487,13 @@ def write_doc(path: str, results: list[Result], versions: dict[str, str], cmd: s
         "against onnxruntime on the float graph, fault-free chip and 10 % chip; *verify cos*: "
         "what `verify` reports at 10 % (the faulty chip against the fault-free chip). "
         "*build s*: plan + per-chip stage of the fault-free build, as `build` reports it. "
-        "*batch*: `dynamic` = a symbolic axis 0, `fixed` = exported at batch 1.",
+        "*batch*: axis 0 of the first input as the graph declares it (a size, a symbolic "
+        "name, `?` = unknown). Attention with PyTorch's legacy exporter starts at opset 14 "
+        "(`aten::scaled_dot_product_attention` has no opset-13 form), so the transformer "
+        "graphs are exported at 14 and 17 instead of 13 and 17.",
         "",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}; "
+        f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {total_s / 60:.0f} min.",
         "",
         f"**{len(ok)} of {len(results)} graphs build and verify** on both chips; "
         f"{len(good)} reach a fault-free cosine ≥ 0.99 against the float model.",
@@ -490,8 +519,11 @@ def write_doc(path: str, results: list[Result], versions: dict[str, str], cmd: s
         f.write("\n".join(lines))
 
 
-def _versions() -> dict[str, str]:
-    out: dict[str, str] = {}
+def _versions(rc: str) -> dict[str, str]:
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(rc)))
+    head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], text=True,
+                          capture_output=True, check=False).stdout.strip()
+    out: dict[str, str] = {"rcompile": head or "?"}
     for mod in ("torch", "torchvision", "transformers", "sklearn", "skl2onnx", "onnx",
                 "onnxruntime"):
         try:
@@ -508,7 +540,7 @@ def main() -> None:
     ap.add_argument("--doc", default=os.path.join("docs", "compatibility.md"))
     ap.add_argument("--only", default="", help="Comma-separated substrings of graph names.")
     ap.add_argument("--export-only", action="store_true")
-    ap.add_argument("--json", help="Also write the results as JSON here.")
+    ap.add_argument("--json", help="Write the results as JSON here [default: OUT/results.json].")
     ap.add_argument("--emulate", nargs=4, metavar=("MODEL", "IMAGE", "CHIP", "DATA"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -525,6 +557,7 @@ def main() -> None:
     work = os.path.join(args.out, "work")
     os.makedirs(work, exist_ok=True)
     results = []
+    t_start = time.perf_counter()
     with open(os.path.join(args.out, "compat.log"), "a") as log:
         for g in graphs:
             t0 = time.perf_counter()
@@ -532,14 +565,13 @@ def main() -> None:
             results.append(r)
             print(f"{g.name}: {r.failure or 'ok'} cos {_f(r.cos_clean)} / {_f(r.cos_faulty)} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{**r.graph.__dict__, **{k: v for k, v in r.__dict__.items()
-                                               if k != "graph"}} for r in results], f, indent=1)
+    with open(args.json or os.path.join(args.out, "results.json"), "w") as f:
+        json.dump([{**r.graph.__dict__, **{k: v for k, v in r.__dict__.items()
+                                           if k != "graph"}} for r in results], f, indent=1)
     if not only:
         cmd = ("/work/exportenv/bin/python benchmarks/compat.py --out /work/compat-models "
                "--rcompile .venv/bin/rcompile --doc docs/compatibility.md")
-        write_doc(args.doc, results, _versions(), cmd)
+        write_doc(args.doc, results, _versions(rc), cmd, time.perf_counter() - t_start)
     n_ok = sum(not r.failure for r in results)
     print(f"{n_ok}/{len(results)} graphs build and verify", flush=True)
     sys.exit(0)

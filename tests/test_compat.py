@@ -25,18 +25,15 @@ from rcompile.data import load_data
 from tests.conftest import ROOT
 
 DATA = os.path.join(ROOT, "tests", "data", "compat")
-OPSET_11_VERIFY = "verify of an opset-11 graph needs the tile-mode probes in the graph's opset"
 
-GRAPHS = [
-    pytest.param("lstm_classifier-legacy11-dynamic",
-                 marks=pytest.mark.xfail(strict=True, reason=OPSET_11_VERIFY)),
-    pytest.param("gru_classifier-dynamo18-fixed"),
-    pytest.param("transformer_encoder-legacy14-dynamic"),
-    pytest.param("unet_convtranspose-legacy17-fixed"),
-    pytest.param("sk_mlp_classifier-skl2onnx13-dynamic"),
-    pytest.param("sk_logistic_regression-skl2onnx11-dynamic",
-                 marks=pytest.mark.xfail(strict=True, reason=OPSET_11_VERIFY)),
-]
+GRAPHS = {  # graph -> op types that must reach a crossbar
+    "lstm_classifier-legacy11-dynamic": {"Gemm"},
+    "gru_classifier-dynamo18-fixed": {"Gemm"},
+    "transformer_encoder-legacy14-dynamic": {"MatMul", "Gemm"},
+    "unet_convtranspose-legacy17-fixed": {"Conv", "ConvTranspose"},
+    "sk_mlp_classifier-skl2onnx13-dynamic": {"MatMul"},
+    "sk_logistic_regression-skl2onnx11-dynamic": {"LinearClassifier"},
+}
 
 
 def _invoke(*args: str) -> str:
@@ -51,13 +48,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sum(a64 * b64, axis=1) / np.where(den == 0, 1.0, den)))
 
 
-@pytest.mark.parametrize("name", GRAPHS)
+@pytest.mark.parametrize("name", sorted(GRAPHS))
 def test_graph_builds_verifies_and_stays_close_to_float(name: str, tmp_path: str) -> None:
     model, data = os.path.join(DATA, name + ".onnx"), os.path.join(DATA, name + ".npz")
     chip, image = os.path.join(tmp_path, "chip.npz"), os.path.join(tmp_path, "chip.rimg")
     _invoke("faultmap", "synth", "--like", model, "--rate", "0", "-o", chip)
     report = json.loads(_invoke("build", model, "--faultmap", chip, "-o", image, "--json"))
-    assert report["crossbar"], "no weight op went to a crossbar"
+    assert GRAPHS[name] <= {c["op_type"] for c in report["crossbar"]}, report["crossbar"]
     rep = json.loads(_invoke("verify", image, "--faultmap", chip, "--data", data, "--json"))
     assert rep["n_samples"] == len(np.load(data)[onnx.load(model).graph.input[0].name])
 
