@@ -176,7 +176,8 @@ def decode(data: bytes, src: str = "<bytes>") -> SavedPlan:
     :class:`BadPlan` line naming ``src`` (limits: :data:`MAX_PLAN_BYTES`, ``docs/limits.md``)."""
     hint = "make one with 'rcompile plan MODEL -o FILE.rplan'"
     arrays = read_npz(data, name=src, error=BadPlan, max_array_bytes=MAX_PLAN_BYTES,
-                      max_total_bytes=MAX_PLAN_BYTES, allowed=_MEMBER.fullmatch,
+                      max_total_bytes=MAX_PLAN_BYTES,
+                      allowed=lambda k: _MEMBER.fullmatch(k) is not None,
                       what=f"an rcompile plan ({hint})",
                       expected="only the members of docs/provisioning.md")
     if "meta" not in arrays:
