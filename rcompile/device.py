@@ -522,8 +522,9 @@ def _from_dict(doc: dict[str, Any], default_name: str) -> Hardware:
         )
     base = PRESETS[base_name] if base_name is not None else None
     name = doc.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise BadDevice(f"device: name = {name!r} is out of range; expected a non-empty string")
+    if not isinstance(name, str) or not name or not name.isprintable() or len(name) > 200:
+        raise BadDevice(f"device: name = {name!r} is out of range; expected a non-empty "
+                        "printable one-line string of at most 200 characters")
     top: dict[str, Any] = {}
     for k in ("tile_rows", "tile_cols"):
         if k in doc:

@@ -125,26 +125,27 @@ def _read(
                 raise error(f"{name}: member {member!r} is not a <key>.npy array; "
                             f"expected {what}")
             key = member[:-4]
+            shown = _show(key)
             if key in seen:
-                raise error(f"{name}: {key}: member {member!r} appears more than once; "
+                raise error(f"{name}: {shown}: member {member!r} appears more than once; "
                             "expected each key once")
             seen.add(key)
             if allowed is not None and not allowed(key):
-                raise error(f"{name}: {key}: unknown member {member!r}; expected {expected}")
+                raise error(f"{name}: {shown}: unknown member {member!r}; expected {expected}")
             if info.flag_bits & 0x1:
-                raise error(f"{name}: {key}: member is encrypted; expected a plain .npy member")
+                raise error(f"{name}: {shown}: member is encrypted; expected a plain .npy member")
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise error(f"{name}: {key}: compression method {info.compress_type}; "
+                raise error(f"{name}: {shown}: compression method {info.compress_type}; "
                             "expected stored or deflated (as numpy.savez writes)")
             ratio = 1 if info.compress_type == zipfile.ZIP_STORED else MAX_DEFLATE_RATIO
             if info.compress_size > size or info.file_size > ratio * info.compress_size + 1024:
-                raise error(f"{name}: {key}: member claims {info.file_size} bytes from "
+                raise error(f"{name}: {shown}: member claims {info.file_size} bytes from "
                             f"{info.compress_size} compressed bytes in a {size}-byte file; "
                             "expected sizes the file can hold")
             nbytes = _check_header(zf, info, name, key, error, caps.per_key.get(key, caps.array))
             total += nbytes
             if total > caps.total:
-                raise error(f"{name}: {key}: arrays add up to more than {_mib(caps.total)}; "
+                raise error(f"{name}: {shown}: arrays add up to more than {_mib(caps.total)}; "
                             f"expected at most {_mib(caps.total)} in one file (docs/limits.md)")
             plan.append((key, info))
         arrays: dict[str, np.ndarray] = {}
@@ -162,6 +163,7 @@ def _check_header(
     max_array_bytes: int,
 ) -> int:
     """Bytes the member's array needs, after checking its header against the member size."""
+    key = _show(key)
     fmt = np.lib.format
     try:
         with zf.open(info) as fp:
@@ -199,6 +201,7 @@ def _check_header(
 def _read_member(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, key: str, error: type[RcompileError]
 ) -> np.ndarray:
+    key = _show(key)
     try:
         with zf.open(info) as fp:
             a = np.lib.format.read_array(fp, allow_pickle=False, max_header_size=MAX_NPY_HEADER)
@@ -212,6 +215,11 @@ def _read_member(
     if not isinstance(a, np.ndarray):
         raise error(f"{name}: {key}: not a .npy array; expected a numpy array")
     return a
+
+
+def _show(key: str) -> str:
+    """``key`` as messages print it: as is when printable, else quoted (one line always)."""
+    return key if key.isprintable() and len(key) <= 80 else repr(key[:80])
 
 
 def _one_line(e: BaseException) -> str:

@@ -310,6 +310,20 @@ def weight_as_input(m: onnx.ModelProto) -> None:
     del m.graph.initializer[i]
 
 
+def dims_lie(m: onnx.ModelProto) -> None:
+    w = m.graph.initializer[0]
+    del w.dims[:]
+    w.dims.extend([1 << 20, 1 << 20, 3, 3])
+
+
+def constant_lie(m: onnx.ModelProto) -> None:
+    t = numpy_helper.from_array(np.zeros(4, np.float32), "c")
+    del t.dims[:]
+    t.dims.extend([1 << 30, 1 << 30])
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["cst"], value=t))
+    m.graph.node.append(helper.make_node("Identity", ["cst"], ["unused"]))
+
+
 def no_nodes(m: onnx.ModelProto) -> None:
     del m.graph.node[:]
 
@@ -615,6 +629,11 @@ DATA: list[Case] = [
          lambda g: zeros_zip("x.npy", npy_header((1 << 16, 4, 6, 6 * 128), "<f4"), 1153,
                                    with_crc=False),
          verify_data),
+    Case("data-key-with-newline", ".npz",
+         data_raw(lambda: [("x\nevil.npy", npy(np.zeros((N, 4, 6, 6), np.float32)))]),
+         verify_data),
+    Case("data-bad-npy-key-newline", ".npz",
+         data_raw(lambda: [("x\nevil.npy", b"\x93NUMPY\x09\x00")]), verify_data),
     Case("data-header-lies", ".npz",
          data_raw(lambda: [("x.npy", npy_lying((N, 4, 6, 6), "<f4", b"\x00" * 16))]),
          verify_data),
@@ -663,6 +682,8 @@ DEVICE: list[Case] = [
     Case("dev-nested-deep", ".toml", toml("x = " + "[" * 50_000 + "]" * 50_000 + "\n"),
          build_device),
     Case("dev-too-large", ".toml", toml(BASE + "# pad\n" * 200_000), build_device),
+    Case("dev-name-two-lines", ".toml", toml(BASE + 'name = "a\\nb"\n[cell]\nlevels = 8\n'),
+         verify_device),
 ]
 
 
@@ -847,6 +868,8 @@ MODEL: list[Case] = [
          lambda g: model_with(sparse([8, 4, 3, 3], [10**6])), build_model),
     Case("onnx-external-missing", ".onnx", lambda g: model_with(external), build_model),
     Case("onnx-weight-is-input", ".onnx", lambda g: model_with(weight_as_input), build_model),
+    Case("onnx-dims-lie", ".onnx", lambda g: model_with(dims_lie), build_model),
+    Case("onnx-constant-dims-lie", ".onnx", lambda g: model_with(constant_lie), build_model),
 ]
 
 CORPUS = FAULTMAP + CSV + DATA + DEVICE + PLAN + IMAGE + MODEL
