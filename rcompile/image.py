@@ -468,18 +468,9 @@ def _take(
     return [arrays[n] for n in names]
 
 
-def _only(meta: dict[str, Any], keys: tuple[str, ...], where: str,
-          fail: Callable[[str], BadImage]) -> None:
-    extra = sorted(set(meta) - set(keys))
-    if extra:
-        raise fail(f"{where}: unknown meta key {extra[0][:40]!r}; expected only "
-                   f"{', '.join(keys)}")
-
-
 def _decode_layer(i: int, sec: _Section, fail: Callable[[str], BadImage]) -> LayerRecord:
     meta, arrays = _decode_record(sec, fail)
     where = f"section {sec.label}"
-    _only(meta, ("index", "op"), where, fail)
     if meta.get("index") != i:
         raise fail(f"{where}: meta index {meta.get('index')!r}, expected {i}")
     try:
@@ -493,11 +484,9 @@ def _decode_layer(i: int, sec: _Section, fail: Callable[[str], BadImage]) -> Lay
 def _decode_tile(sec: _Section, fail: Callable[[str], BadImage]) -> TileRecord:
     meta, arrays = _decode_record(sec, fail)
     where = f"section {sec.label}"
-    _only(meta, ("tile", "slices"), where, fail)
     tile, slices = meta.get("tile"), meta.get("slices")
     ok = isinstance(slices, list) and all(
-        isinstance(s, dict) and set(s) == {"layer", "group"} and _is_int(s.get("layer"))
-        and _is_int(s.get("group")) for s in slices
+        isinstance(s, dict) and _is_int(s.get("layer")) and _is_int(s.get("group")) for s in slices
     )
     if not (_is_int(tile) and ok):
         raise fail(f'{where}: meta must be {{"tile": int, "slices": [{{"layer", "group"}}, ...]}}')
@@ -544,7 +533,6 @@ def decode(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> Ima
         )
     meta, arrays = _decode_record(head_sec, fail)
     _take(arrays, [], "section HEAD", fail)
-    _only(meta, ("header", "layers", "tiles"), "section HEAD", fail)
     header = meta.get("header")
     if not isinstance(header, dict):
         raise fail('section HEAD: meta must hold a "header" object')
