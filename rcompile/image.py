@@ -491,6 +491,9 @@ def _decode_tile(sec: _Section, fail: Callable[[str], BadImage]) -> TileRecord:
     if not (_is_int(tile) and ok):
         raise fail(f'{where}: meta must be {{"tile": int, "slices": [{{"layer", "group"}}, ...]}}')
     assert isinstance(slices, list) and isinstance(tile, int)
+    if len(slices) > len(arrays):  # cheap bound before the array names are listed
+        raise fail(f"{where}: {len(slices)} slices need {1 + len(_SLICE_ARRAYS) * len(slices)} "
+                   f"arrays, the record holds {len(arrays)}")
     names = ["levels"] + [f"s{k}.{n}" for k in range(len(slices)) for n, _ in _SLICE_ARRAYS]
     got = _take(arrays, names, where, fail)
     recs = []
