@@ -25,7 +25,7 @@ import onnx
 import rcompile
 from rcompile import pipeline as pl
 from rcompile.device import Device, Geometry, Hardware
-from rcompile.errors import BadData, BadFaultMap, BadPlan
+from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
@@ -272,6 +272,9 @@ def build(
             f"{fm.source}: tiles are {geo.rows}x{geo.cols} but the plan was tiled for "
             f"{plan.tile_rows}x{plan.tile_cols}"
         )
+    if len(plan.bins()) > geo.tiles:
+        raise DoesNotFit(f"{fm.source}: the model needs {len(plan.bins())} tiles of "
+                         f"{geo.rows}x{geo.cols} but chip {fm.chip_id} has {geo.tiles}")
     if strategy not in STRATEGIES and pipeline is None:
         raise ValueError(f"unknown strategy {strategy!r}")
     spec = pipeline if pipeline is not None else STRATEGIES[strategy]

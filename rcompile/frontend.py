@@ -78,6 +78,7 @@ a Conv or ConvTranspose whose input channels (where the shapes fix them), bias o
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -94,6 +95,9 @@ from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
 #: Oldest ``ai.onnx`` opset accepted (onnxruntime's oldest supported; the emulator's nodes).
 MIN_OPSET = 7
+MAX_MODEL_BYTES = 1 << 31
+"""Largest ONNX file (and densified sparse initializer) the frontend reads: 2 GiB, protobuf's
+own limit."""
 #: Domains whose ops the compiler knows.
 _STANDARD = ("", "ai.onnx")
 #: Ops whose output is not a function of their inputs: never folded to constants.
@@ -154,8 +158,16 @@ def load_model(path: str) -> Frontend:
     """Load, check and normalise the model at ``path``; raise :class:`BadModel` on any defect."""
     if not os.path.isfile(path):
         raise BadModel(f"{path}: no such model file")
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MODEL_BYTES:
+                raise BadModel(f"{path}: {size} bytes; expected an ONNX file of at most "
+                               f"{MAX_MODEL_BYTES} bytes (the protobuf limit; larger weights "
+                               "belong in external data)")
+            raw = f.read()
+    except OSError as e:
+        raise BadModel(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         model = onnx.load_model_from_string(raw)
     except Exception as exc:  # protobuf raises DecodeError and friends
@@ -165,7 +177,7 @@ def load_model(path: str) -> Frontend:
     digest = hashlib.sha256(raw)
     _load_external_data(model, path, digest)
     for sp in model.graph.sparse_initializer:  # shape inference does not see sparse ones
-        model.graph.initializer.append(_densify(sp))
+        model.graph.initializer.append(_densify(sp, path))
     del model.graph.sparse_initializer[:]
     _check_runtime_opsets(model, path)
     try:
@@ -290,15 +302,29 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _densify(sp: onnx.SparseTensorProto) -> onnx.TensorProto:
-    values = numpy_helper.to_array(sp.values)
-    idx = numpy_helper.to_array(sp.indices).astype(np.int64)
-    dense = np.zeros(tuple(sp.dims), values.dtype)
-    if idx.ndim == 2:  # [nnz, rank] coordinates
-        dense[tuple(idx.T)] = values
-    else:  # [nnz] linear indices
-        dense.reshape(-1)[idx] = values
-    return numpy_helper.from_array(dense, sp.values.name)
+def _densify(sp: onnx.SparseTensorProto, path: str) -> onnx.TensorProto:
+    name = sp.values.name
+    try:
+        values = numpy_helper.to_array(sp.values)
+        idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+    except Exception as exc:  # onnx raises ValueError/TypeError on inconsistent tensors
+        raise BadModel(f"{path}: sparse initializer {name!r} is malformed: {_one_line(exc)}"
+                       ) from None
+    dims = tuple(int(d) for d in sp.dims)
+    size = math.prod(dims) * values.dtype.itemsize if all(d >= 0 for d in dims) else -1
+    if not 0 <= size <= MAX_MODEL_BYTES:
+        raise BadModel(f"{path}: sparse initializer {name!r} declares dims {list(dims)}; "
+                       f"expected a dense size of at most {MAX_MODEL_BYTES} bytes")
+    dense = np.zeros(dims, values.dtype)
+    try:
+        if idx.ndim == 2:  # [nnz, rank] coordinates
+            dense[tuple(idx.T)] = values
+        else:  # [nnz] linear indices
+            dense.reshape(-1)[idx] = values
+    except (IndexError, ValueError) as exc:
+        raise BadModel(f"{path}: sparse initializer {name!r}: indices do not fit dims "
+                       f"{list(dims)} ({_one_line(exc)})") from None
+    return numpy_helper.from_array(dense, name)
 
 
 class _Graph:
