@@ -15,12 +15,13 @@ from typing import Any
 import click
 import numpy as np
 
-from rcompile import __version__, api, runtime
+from rcompile import __version__, api, interrupts, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import load_data
 from rcompile.errors import RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
+from rcompile.fileio import refuse_overwrite
 from rcompile.pipeline import SolverOptions
 
 
@@ -78,6 +79,13 @@ def _device_option(f: Any) -> Any:
                         "(docs/device.md).")(f)
 
 
+def _device_file(spec: str | None) -> str | None:
+    """The file ``--device`` names (None for a preset or without the option)."""
+    from rcompile.device import PRESETS
+
+    return None if spec is None or spec in PRESETS else spec
+
+
 def _load_device(spec: str | None) -> Any:
     """The :class:`~rcompile.device.Hardware` of ``--device`` (None without it)."""
     from rcompile.device import load_hardware
@@ -109,6 +117,10 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
     """Compile MODEL for one chip and write its programming image."""
     from rcompile.programming import compiler_device
 
+    out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
+    refuse_overwrite([("-o", out)], [("MODEL", model), ("--faultmap", faultmap_path),
+                                     ("--calib", calib), ("--plan", plan_path),
+                                     ("--device", _device_file(device_spec))])
     t0 = time.perf_counter()
     hw = _load_device(device_spec)
     fm = fmap.load(faultmap_path)
@@ -136,7 +148,6 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
                     solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
                     hardware=None if hw is None else hw.to_dict())
     t2 = time.perf_counter()
-    out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
     rimg.write(res.image, out)
     for w in res.warnings:
         click.echo(f"rcompile: warning: {w}", err=True)
@@ -324,6 +335,9 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
     for s in strategies:
         if s not in api.STRATEGIES:
             raise click.BadParameter(f"unknown strategy {s!r}; known: {sorted(api.STRATEGIES)}")
+    refuse_overwrite([("--plot", plot)], [("MODEL", model), ("--data", data_path),
+                                          ("--calib", calib),
+                                          ("--device", _device_file(device_spec))])
     hw = _load_device(device_spec)
     result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
                        seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
@@ -360,6 +374,7 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
     if cols % 2:
         raise click.BadParameter(f"{cols} is odd; expected an even column count "
                                  "(differential pairs)", param_hint="'--cols'")
+    refuse_overwrite([("-o", output)], [("MODEL", model), ("--calib", calib)])
     t0 = time.perf_counter()
     plan, log = api.make_plan(model, tile_rows=rows, tile_cols=cols,
                                  device=Device(levels=levels), pipeline=api.plan_pipeline(prune))
@@ -418,9 +433,12 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
     if plan_path is not None and calib is not None:
         raise click.BadParameter("a saved plan already fixes calibration; drop --calib",
                                  param_hint="'--plan'")
+    maps = prov.find_faultmaps(faultmaps_dir)
+    prov.check_outputs(model, maps, out_dir, plan_path=plan_path, calib_path=calib,
+                       verify_data=verify_data, device_file=_device_file(device_spec))
     hw = _load_device(device_spec)
-    total = len(prov.find_faultmaps(faultmaps_dir))
     prov.check_writable(out_dir)  # fail before the progress bar starts
+    total = len(maps)
     with click.progressbar(length=total, label="provisioning", file=sys.stderr,
                            show_pos=True) as bar:
         summary = prov.provision(
@@ -443,10 +461,19 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
                             f"see {summary.report}")
 
 
-def main() -> None:
-    """Console entry point: one stderr line and a non-zero exit for every domain error."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one stderr line and a non-zero exit for every domain error, and for
+    SIGINT / SIGTERM (exit 130 / 143, see :mod:`rcompile.interrupts`)."""
     try:
-        cli.main(standalone_mode=False)
+        with interrupts.catching():
+            _run(argv)
+    except interrupts.Interrupted as e:
+        interrupts.stop(e)
+
+
+def _run(argv: list[str] | None) -> None:
+    try:
+        cli.main(args=argv, prog_name="rcompile", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
