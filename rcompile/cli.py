@@ -118,9 +118,9 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
     from rcompile.programming import compiler_device
 
     out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
-    refuse_overwrite([("-o", out)], [("MODEL", model), ("--faultmap", faultmap_path),
-                                     ("--calib", calib), ("--plan", plan_path),
-                                     ("--device", _device_file(device_spec))])
+    refuse_overwrite([("-o" if output else "the default image", out)],
+                     [("MODEL", model), ("--faultmap", faultmap_path), ("--calib", calib),
+                      ("--plan", plan_path), ("--device", _device_file(device_spec))])
     t0 = time.perf_counter()
     hw = _load_device(device_spec)
     fm = fmap.load(faultmap_path)
@@ -467,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with interrupts.catching():
             _run(argv)
+            interrupts.check()
     except interrupts.Interrupted as e:
         interrupts.stop(e)
 

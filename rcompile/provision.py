@@ -31,9 +31,6 @@ import hashlib
 import json
 import os
 import secrets
-import signal
-import sys
-import threading
 import time
 import zipfile
 from collections import Counter
@@ -47,13 +44,13 @@ from typing import Any
 import numpy as np
 
 import rcompile
-from rcompile import api, planfile, solvers
+from rcompile import api, interrupts, planfile, solvers
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import Dataset, input_specs, load_data
 from rcompile.device import Hardware
 from rcompile.errors import BadImage, BadPlan, RcompileError
-from rcompile.fileio import alive, atomic_write, refuse_overwrite, remove_stale_temporaries
+from rcompile.fileio import atomic_write, refuse_overwrite, remove_stale_temporaries
 from rcompile.pipeline import SolverOptions
 
 REPORT = "report.jsonl"
@@ -255,41 +252,11 @@ def _one_line(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 _WORKER: dict[str, LotState] = {}
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _init_worker(state: LotState, parent: int) -> None:
-    """A local worker: stopped by its parent only, and never outliving it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the parent stops the lot
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with(parent)
+    interrupts.worker_started(parent)  # stopped by the parent only, never outliving it
     _WORKER["state"] = state
-
-
-def _die_with(parent: int) -> None:
-    """End this process when ``parent`` ends, however it ends (SIGKILL included).
-
-    On Linux the kernel does it (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); elsewhere a daemon
-    thread polls the parent twice a second.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
-                if not alive(parent):  # it died before the request was in place
-                    os._exit(1)
-                return
-        except (OSError, AttributeError):
-            pass
-
-    def watch() -> None:
-        while alive(parent):
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="rcompile-parent-watch", daemon=True).start()
 
 
 def _local_chip(task: ChipTask) -> dict[str, Any]:
@@ -306,7 +273,8 @@ def _run_local(state: LotState, tasks: list[ChipTask], jobs: int
                                initargs=(state, os.getpid()))
     finished = False
     try:
-        futures = {pool.submit(_local_chip, t): t for t in tasks}
+        with interrupts.deferred():  # the workers are forked here
+            futures = {pool.submit(_local_chip, t): t for t in tasks}
         for fut in as_completed(futures):
             yield _result(fut, futures[fut])
         finished = True
@@ -314,23 +282,7 @@ def _run_local(state: LotState, tasks: list[ChipTask], jobs: int
         if finished:
             pool.shutdown()
         else:  # interrupted, or the consumer stopped: no chip may go on in the background
-            _kill_workers(pool)
-
-
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    """Kill the pool's worker processes now and wait until they are gone."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    for p in procs:
-        try:
-            p.kill()
-        except (OSError, ValueError):
-            pass
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in procs:
-        try:
-            p.join(timeout=10)
-        except (OSError, ValueError, AssertionError):
-            pass
+            interrupts.kill_pool(pool)
 
 
 def _result(fut: Any, task: ChipTask) -> dict[str, Any]:
