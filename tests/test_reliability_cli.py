@@ -333,8 +333,9 @@ def reaper() -> Iterator[list[int]]:
     pids: list[int] = []
     yield pids
     for pid in pids:
-        if not gone(pid):
-            os.kill(pid, signal.SIGKILL)
+        for p in [*children(pid), pid]:  # workers first: they may outlive their parent
+            if not gone(p):
+                os.kill(p, signal.SIGKILL)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
