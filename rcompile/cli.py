@@ -1,7 +1,10 @@
 """``rcompile`` command line: a click group of thin commands over :mod:`rcompile.api`.
 
 Domain errors (:class:`~rcompile.errors.RcompileError`) are caught once, in :func:`main`, and
-become one line on stderr and a non-zero exit. Output files are written atomically.
+become one line on stderr and a non-zero exit; so do SIGINT and SIGTERM (exit 130 / 143,
+:mod:`rcompile.interrupts`). Output files are written atomically, and every command refuses an
+output that is the same file as one of its inputs (:func:`rcompile.fileio.refuse_overwrite`),
+before any work. The promises and exit codes: ``docs/reliability.md``.
 """
 
 from __future__ import annotations
