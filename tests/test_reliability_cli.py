@@ -440,3 +440,22 @@ def test_a_map_of_another_family_sorted_first_fails_alone(world: World, tmp_path
     assert lines["a-odd.npz"]["status"] == "error"
     assert ("64x64" if bad == "tiles" else "--levels 8") in lines["a-odd.npz"]["message"]
     assert [lines[f"chip00{i}.npz"]["status"] for i in range(2)] == ["ok", "ok"]
+
+
+def test_an_interrupt_inside_a_write_leaves_the_old_file_and_no_temporary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rcompile import fileio
+    from rcompile.interrupts import Interrupted
+
+    target = tmp_path / "chip.rimg"
+    target.write_bytes(b"the old image")
+
+    def interrupted_fsync(fd: int) -> None:
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(fileio.os, "fsync", interrupted_fsync)
+    with pytest.raises(Interrupted):
+        fileio.atomic_write(target, b"half of a new image")
+    assert [p.name for p in tmp_path.iterdir()] == ["chip.rimg"]
+    assert target.read_bytes() == b"the old image"
+    assert not fileio._WRITING
