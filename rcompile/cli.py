@@ -125,6 +125,8 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
                      [("MODEL", model), ("--faultmap", faultmap_path), ("--calib", calib),
                       ("--plan", plan_path), ("--device", _device_file(device_spec))])
     t0 = time.perf_counter()
+    if pipeline is not None:
+        api.chip_pipeline(pipeline)  # a bad pipeline string fails before any file is read
     hw = _load_device(device_spec)
     fm = fmap.load(faultmap_path)
     geo = fm.geometry
@@ -187,12 +189,13 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
                f"{report['tiles_used']}/{geo.tiles} tiles")
     click.echo(f"crossbar: {len(plan.ops)} ops")
     width = min(40, max([len(op.node) for op in plan.ops] + [4]))
+    opw = max([len(op.op_type) for op in plan.ops] + [7])
     if plan.ops:
-        click.echo(f"  {'node':<{width}} {'op':<7} {'weight':<16} {'groups':>6} {'tiles':>5} "
-                   f"{'cells used':>10}")
+        click.echo(f"  {'node':<{width}} {'op':<{opw}} {'weight':<16} {'groups':>6} "
+                   f"{'tiles':>5} {'cells used':>10}")
     for entry in report["crossbar"]:
         shape = "x".join(map(str, entry["shape"]))
-        click.echo(f"  {entry['node']:<{width}} {entry['op_type']:<7} {shape:<16} "
+        click.echo(f"  {entry['node']:<{width}} {entry['op_type']:<{opw}} {shape:<16} "
                    f"{entry['groups']:>6} {entry['tiles']:>5} "
                    f"{100 * entry['cell_utilisation']:>9.1f}%")
     click.echo(f"digital: {len(plan.digital)} ops")

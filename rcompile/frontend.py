@@ -14,44 +14,73 @@ Normalisation rules, in order (the digital graph that the image carries is the r
 3. a weight, bias or BatchNormalization parameter that is computed from constants only
    (``Transpose``, ``Reshape``, ``DequantizeLinear``, ... of initializers) is evaluated once
    with onnxruntime and becomes an initializer. A node outside the standard ONNX domain (and not
-   a function the model defines) on the weight path of a Conv, Gemm or MatMul is an error: the
-   compiler cannot know what it computes;
+   a function the model defines) on the weight path of a Conv, ConvTranspose, Gemm or MatMul is
+   an error: the compiler cannot know what it computes. A constant operand of ``Mul``, ``Add``,
+   ``Sub`` or ``Div`` computed from constants is evaluated too (so rule 5 can fold it), but only
+   kept where it is no larger than the constants it is computed from;
 4. each crossbar op is rewritten to read its own weight initializer ``<node>.rc_weight`` and
    bias initializer ``<node>.rc_bias`` (zeros where the model had none); the node keeps its name:
 
-   * **Conv** (any kernel rank, stride, padding, dilation, groups incl. depthwise): weight
-     ``[Cout, Cin/g, *k]`` as in the model, layout ``conv``;
+   * **Conv** (any kernel rank, stride, padding, dilation, groups incl. depthwise; Conv1d is
+     kernel rank 1): weight ``[Cout, Cin/g, *k]`` as in the model, layout ``conv``;
+   * **ConvTranspose** (any kernel rank, stride, padding, output padding, dilation, group,
+     ``auto_pad``, ``output_shape``): a transposed convolution multiplies every input pixel's
+     ``Cin/g`` vector by a ``[Cin/g, Cout/g * prod(k)]`` matrix and adds the products up where
+     they overlap. The crossbar node is a 1x1 ``Conv`` (``group`` g, layout ``conv``, weight
+     ``[Cout * prod(k), Cin/g, 1, ...]``, output ``c * prod(k) + j`` = channel ``c`` at kernel
+     position ``j``); the overlap-add (col2im) is a digital ``ConvTranspose`` with the model's
+     attributes, ``group = Cout`` and a 0/1 kernel, which also adds the model's bias. Exact;
+     every downstream stage sees an ordinary Conv;
    * **Gemm**: ``alpha`` and ``transB`` are folded into a ``[K, N]`` weight (layout ``kn``),
      ``beta`` into the bias; ``transA`` stays. A ``C`` that is not per-output (``[M, N]``, or
      computed at run time) is added by a digital ``Add`` after the crossbar;
-   * **MatMul** ``X @ W`` with a constant 2-D ``W[K, N]``: weight as is (``kn``), a bias
-     ``Add`` is appended;
+   * **MatMul** ``X @ W`` with a constant 2-D ``W[K, N]`` (``X`` of any rank: transformer
+     projections and MLPs on ``[B, T, D]``): weight as is (``kn``), a bias ``Add`` is appended.
+     A weight ``[1, ..., K, N]`` whose leading axes broadcast away is the same 2-D product;
    * **MatMul** ``W @ X`` with a constant 2-D ``W[M, K]`` (left-constant, transformer and
      Conv1d-as-MatMul style): computed as ``(X^T @ W^T)^T``. The weight is stored as ``[K, M]``
      (``kn``: fan-in ``K`` drives the rows, as for every other op), and digital ``Transpose``
      nodes swap the last two axes of ``X`` and of the result. The node's first input is then
      the (transposed) activation, like every other crossbar op's;
+   * **Einsum** of an activation and a constant 2-D weight whose equation is that product
+     (``...k,kn->...n``, ``btd,nd->btn``, either operand first) becomes a MatMul first;
+   * **LinearRegressor** / **LinearClassifier** (ONNX-ML, sklearn's linear models through
+     skl2onnx): the scores ``X @ coefficients^T + intercepts`` are a Gemm; a post-transform and
+     a classifier's labels stay in the node, which then reads the scores with identity
+     coefficients;
    * an op whose weights are float16, bfloat16 or float64 computes in float32 between ``Cast``
-     nodes, so every tensor outside it keeps its type;
-5. a ``BatchNormalization`` (inference mode) whose input is the result of a crossbar op, on
-   that op's output axis, and feeds nothing else, is folded into the op's weight and bias;
+     nodes, so every tensor outside it keeps its type; an op whose weights are all zero has
+     nothing to program and stays digital;
+5. a node that computes ``k * y + c`` per output channel of a crossbar op's result ``y``, where
+   ``y`` feeds nothing else, is folded into the op's weight and bias, repeatedly, so chains
+   fold: a ``BatchNormalization`` (inference mode, on the op's output axis), and a ``Mul``,
+   ``Add``, ``Sub`` (``y - c`` or ``c - y``) or ``Div`` (``y / c``) by a float constant with
+   one value per output channel or one for all (an exporter's split BatchNorm, a separate bias
+   ``Add``, an attention scale) that leaves the result's shape unchanged. After a
+   ConvTranspose ``c`` goes into the overlap-add's bias;
 6. unused initializers and stale shape annotations are dropped (an IR 3 model lists the new
    initializers among its graph inputs, as IR 3 requires); the result must pass the ONNX checker
    with strict shape inference.
 
 Everything else runs on the digital periphery and is listed in :attr:`Frontend.digital` with the
-reason (ConvTranspose, integer and recurrent ops, MatMul of two activations, ...).
+reason (integer ops, MatMul of two activations, a weight computed at run time, ...). LSTM, GRU
+and RNN stay digital: their gate weights are applied inside onnxruntime's fused recurrent
+kernel, step by step, and a programming image does not describe a gate loop on the periphery.
 
 Bad input is :class:`~rcompile.errors.BadModel`, one line naming the file and the node: a file
 that is missing or not ONNX, unreadable external data, a graph the checker or shape inference
 rejects, a weight that is a graph input (the exporter left the weights out), a custom-domain op
-on a weight path, an empty weight, NaN or Inf in a weight, bias or folded BatchNormalization.
+on a weight path, an empty weight, NaN or Inf in a weight, bias or folded BatchNormalization,
+a Conv or ConvTranspose whose input channels (where the shapes fix them), bias or
+``kernel_shape`` disagree with its weight.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +93,11 @@ from onnx.external_data_helper import load_external_data_for_tensor, uses_extern
 from rcompile.errors import BadModel
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
+#: Oldest ``ai.onnx`` opset accepted (onnxruntime's oldest supported; the emulator's nodes).
+MIN_OPSET = 7
+MAX_MODEL_BYTES = 1 << 31
+"""Largest ONNX file (and densified sparse initializer) the frontend reads: 2 GiB, protobuf's
+own limit."""
 #: Domains whose ops the compiler knows.
 _STANDARD = ("", "ai.onnx")
 #: Ops whose output is not a function of their inputs: never folded to constants.
@@ -73,19 +107,31 @@ _NONDETERMINISTIC = frozenset(
 )
 #: Inputs that hold parameters (weights, biases, statistics), by op type.
 _PARAM_INPUTS = {
-    "Conv": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1), "BatchNormalization": (1, 2, 3, 4)
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
+    "BatchNormalization": (1, 2, 3, 4),
 }
+#: Elementwise ops whose constant operand may be folded into a crossbar op before them (rule 5):
+#: that operand is evaluated only where the result is no larger than the constants it reads.
+_AFFINE = ("Mul", "Add", "Sub", "Div")
+#: Why ops that carry weights stay digital.
+_RECURRENT = (
+    "{op}: its W (input) and R (recurrent) gate weights are applied inside onnxruntime's fused "
+    "{op} kernel, one time step after another; the chip would need the gate loop on its "
+    "periphery and a crossbar read per step, which a programming image does not describe; "
+    "runs digitally"
+)
+_NO_CONSTANT = "no constant operand (a product of two run-time values)"
 #: Ops that carry weights but stay digital, and why.
 _DIGITAL_WEIGHT_OPS = {
-    "ConvTranspose": "ConvTranspose is not mapped to crossbars; runs digitally",
     "ConvInteger": "integer (quantised) op; runs digitally",
     "MatMulInteger": "integer (quantised) op; runs digitally",
     "QLinearConv": "integer (quantised) op; runs digitally",
     "QLinearMatMul": "integer (quantised) op; runs digitally",
-    "Einsum": "Einsum is not mapped to crossbars; runs digitally",
-    "LSTM": "recurrent op; its weights stay digital",
-    "GRU": "recurrent op; its weights stay digital",
-    "RNN": "recurrent op; its weights stay digital",
+    "Einsum": "Einsum with a constant operand that is not a product X[..., k] @ W[k, n] "
+              "(its equation contracts otherwise); runs digitally",
+    "LSTM": _RECURRENT.format(op="LSTM"),
+    "GRU": _RECURRENT.format(op="GRU"),
+    "RNN": _RECURRENT.format(op="RNN"),
 }
 
 
@@ -112,8 +158,16 @@ def load_model(path: str) -> Frontend:
     """Load, check and normalise the model at ``path``; raise :class:`BadModel` on any defect."""
     if not os.path.isfile(path):
         raise BadModel(f"{path}: no such model file")
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MODEL_BYTES:
+                raise BadModel(f"{path}: {size} bytes; expected an ONNX file of at most "
+                               f"{MAX_MODEL_BYTES} bytes (the protobuf limit; larger weights "
+                               "belong in external data)")
+            raw = f.read()
+    except OSError as e:
+        raise BadModel(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         model = onnx.load_model_from_string(raw)
     except Exception as exc:  # protobuf raises DecodeError and friends
@@ -123,10 +177,11 @@ def load_model(path: str) -> Frontend:
     digest = hashlib.sha256(raw)
     _load_external_data(model, path, digest)
     for sp in model.graph.sparse_initializer:  # shape inference does not see sparse ones
-        model.graph.initializer.append(_densify(sp))
+        model.graph.initializer.append(_densify(sp, path))
     del model.graph.sparse_initializer[:]
+    _check_runtime_opsets(model, path)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(_checkable(model))
     except Exception as exc:
         raise BadModel(f"{path}: fails the ONNX checker: {_one_line(exc)}") from None
     try:
@@ -134,6 +189,54 @@ def load_model(path: str) -> Frontend:
     except Exception as exc:
         raise BadModel(f"{path}: shape inference failed: {_one_line(exc)}") from None
     return normalise(model, path, digest.hexdigest())
+
+
+def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy for the ONNX checker in which graph inputs and outputs declared
+    without any shape (unknown rank: valid for shape inference and onnxruntime, but the checker
+    wants the field) carry an empty one."""
+    infos = [*model.graph.input, *model.graph.output]
+    if all(vi.type.tensor_type.HasField("shape") for vi in infos
+           if vi.type.HasField("tensor_type")):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in [*out.graph.input, *out.graph.output]:
+        if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+            vi.type.tensor_type.shape.SetInParent()
+    return out
+
+
+def _check_runtime_opsets(model: onnx.ModelProto, path: str) -> None:
+    """BadModel unless onnxruntime runs every opset ``model`` imports (asked of onnxruntime,
+    with an empty graph of the same imports) and the ``ai.onnx`` opset is at least
+    :data:`MIN_OPSET`."""
+    import onnxruntime as ort
+
+    imports = list(model.opset_import)
+    default = next((o.version for o in imports if o.domain in _STANDARD), None)
+    if default is not None and default < MIN_OPSET:
+        raise BadModel(f"{path}: declares ONNX opset {default}; expected opset {MIN_OPSET} or "
+                       f"newer (the oldest onnxruntime supports)")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    probe = helper.make_model(helper.make_graph([], "opsets", [x], [x]), opset_imports=imports)
+    probe.ir_version = model.ir_version
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        found = re.search(r"domain (\S+) is till opset (\d+)", text)
+        if found is None:  # e.g. an IR version too new: onnxruntime's reason, its C++ frame cut
+            why = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (/\S+:\d+ .*?\)\s+(?=[A-Z]))?", "",
+                         text)
+            raise BadModel(f"{path}: onnxruntime {ort.__version__} cannot load it: "
+                           f"{_one_line(ValueError(why))}") from None
+        domain, top = found.group(1), int(found.group(2))
+        have = next((o.version for o in imports if (o.domain or "ai.onnx") == domain), "?")
+        raise BadModel(f"{path}: declares opset {have} of domain '{domain}', which onnxruntime "
+                       f"{ort.__version__} cannot run; expected opset {top} or older") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -199,15 +302,29 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _densify(sp: onnx.SparseTensorProto) -> onnx.TensorProto:
-    values = numpy_helper.to_array(sp.values)
-    idx = numpy_helper.to_array(sp.indices).astype(np.int64)
-    dense = np.zeros(tuple(sp.dims), values.dtype)
-    if idx.ndim == 2:  # [nnz, rank] coordinates
-        dense[tuple(idx.T)] = values
-    else:  # [nnz] linear indices
-        dense.reshape(-1)[idx] = values
-    return numpy_helper.from_array(dense, sp.values.name)
+def _densify(sp: onnx.SparseTensorProto, path: str) -> onnx.TensorProto:
+    name = sp.values.name
+    try:
+        values = numpy_helper.to_array(sp.values)
+        idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+    except Exception as exc:  # onnx raises ValueError/TypeError on inconsistent tensors
+        raise BadModel(f"{path}: sparse initializer {name!r} is malformed: {_one_line(exc)}"
+                       ) from None
+    dims = tuple(int(d) for d in sp.dims)
+    size = math.prod(dims) * values.dtype.itemsize if all(d >= 0 for d in dims) else -1
+    if not 0 <= size <= MAX_MODEL_BYTES:
+        raise BadModel(f"{path}: sparse initializer {name!r} declares dims {list(dims)}; "
+                       f"expected a dense size of at most {MAX_MODEL_BYTES} bytes")
+    dense = np.zeros(dims, values.dtype)
+    try:
+        if idx.ndim == 2:  # [nnz, rank] coordinates
+            dense[tuple(idx.T)] = values
+        else:  # [nnz] linear indices
+            dense.reshape(-1)[idx] = values
+    except (IndexError, ValueError) as exc:
+        raise BadModel(f"{path}: sparse initializer {name!r}: indices do not fit dims "
+                       f"{list(dims)} ({_one_line(exc)})") from None
+    return numpy_helper.from_array(dense, name)
 
 
 class _Graph:
@@ -325,6 +442,32 @@ class _Graph:
                 return len(tt.shape.dim) if tt.HasField("shape") else None
         return None
 
+    def elem(self, name: str) -> int | None:
+        """Element type of a value from the graph's annotations, if known."""
+        for v in [*self.g.input, *self.g.value_info, *self.g.output]:
+            if v.name == name and v.type.HasField("tensor_type"):
+                return int(v.type.tensor_type.elem_type)
+        return None
+
+    def dim(self, name: str, axis: int) -> int | None:
+        """Static size of axis ``axis`` of a value, if the annotations fix it."""
+        for v in [*self.g.input, *self.g.value_info, *self.g.output]:
+            if v.name == name and v.type.HasField("tensor_type"):
+                dims = v.type.tensor_type.shape.dim
+                if axis < len(dims) and dims[axis].HasField("dim_value"):
+                    return int(dims[axis].dim_value)
+        return None
+
+    def check_channels(self, node: onnx.NodeProto, expected: int, layout: str) -> None:
+        """A Conv-like node's input must have ``expected`` channels on axis 1 where known."""
+        got = self.dim(node.input[0], 1)
+        if got is not None and got != expected:
+            raise BadModel(
+                f"{self.path}: node {node.name!r} ({node.op_type}): input "
+                f"{node.input[0]!r} has {got} channels but the weight ({layout}) expects "
+                f"{expected}"
+            )
+
     def const(self, node: onnx.NodeProto, index: int, what: str) -> np.ndarray | None:
         """The constant at input ``index`` of ``node`` (None if absent or not constant).
 
@@ -377,6 +520,17 @@ class _Mapped:
     """Tensor that carries the op's full result (after bias, transposes and casts)."""
     channel_axis: int | None
     """Axis of ``out`` that indexes the op's outputs, if known."""
+    rank: int | None = None
+    """Rank of ``out``, if known."""
+    fan: int = 1
+    """Crossbar outputs per channel of ``out`` (a ConvTranspose: one per kernel position)."""
+    post_bias: str | None = None
+    """Initializer of a per-channel bias added digitally after the crossbar op's own result
+    (a ConvTranspose's bias, added after the overlap-add), or None."""
+
+    @property
+    def channels(self) -> int:
+        return self.op.n_out // self.fan
 
 
 def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
@@ -392,10 +546,11 @@ def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
             reasons[node.name] = found
         else:
             mapped.append(found)
-    folded = _fold_batchnorm(gr, mapped, reasons)  # rule 5
+    folded = _fold_into_crossbar(gr, mapped, reasons)  # rule 5
     gr.drop_unused()  # rule 6
-    try:
-        onnx.checker.check_model(gr.model, full_check=True)
+    try:  # the checker's full check, which is its check and strict shape inference
+        onnx.checker.check_model(_checkable(gr.model))
+        shape_inference.infer_shapes(gr.model, check_type=True, strict_mode=True)
     except Exception as exc:  # a normalisation bug, but say which model it happened on
         raise BadModel(
             f"{path}: normalised graph fails the ONNX checker: {_one_line(exc)}"
@@ -433,11 +588,13 @@ def _fold_constant_paths(gr: _Graph) -> None:
     producers = {o: n for n in gr.g.node for o in n.output if o}
     local = {(f.domain, f.name) for f in gr.model.functions}  # model-local functions
     targets: list[str] = []
+    small: set[str] = set()  # operands of elementwise ops: kept only if no larger than the cone
     cone_nodes: set[str] = set()
     for node in gr.g.node:
         if node.domain not in _STANDARD:
             continue
-        for i in _PARAM_INPUTS.get(node.op_type, ()):
+        affine = node.op_type in _AFFINE
+        for i in (0, 1) if affine else _PARAM_INPUTS.get(node.op_type, ()):
             name = node.input[i] if i < len(node.input) else ""
             if not name or name in gr.consts or name not in derived or name in outputs:
                 continue
@@ -446,7 +603,11 @@ def _fold_constant_paths(gr: _Graph) -> None:
             cone = _cone(name, producers, gr.consts)
             custom = next((n for n in cone if n.domain not in _STANDARD
                            and (n.domain, n.op_type) not in local), None)
-            if custom is not None:
+            if affine:
+                if custom is not None:
+                    continue
+                small.add(name)
+            elif custom is not None:
                 if node.op_type == "BatchNormalization":
                     continue  # the BatchNormalization just stays digital
                 raise BadModel(
@@ -462,6 +623,11 @@ def _fold_constant_paths(gr: _Graph) -> None:
     nodes = [n for n in gr.g.node if n.name in cone_nodes]
     values = _evaluate(gr, nodes, targets)
     for name, value in zip(targets, values, strict=True):
+        if name in small:
+            cone = _cone(name, producers, gr.consts)
+            n_read = sum(gr.consts[i].size for n in cone for i in n.input if i in gr.consts)
+            if np.asarray(value).size > n_read:
+                continue  # an expanded constant stays computed
         # a new name: the producer may have other outputs that stay in use
         folded = gr.fresh(f"{name}.rc_folded")
         gr.set_const(folded, np.asarray(value))
@@ -530,16 +696,116 @@ def _map_node(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     if any((f.domain, f.name) == (node.domain, node.op_type) for f in gr.model.functions):
         return "model-local function; runs digitally"
     if node.domain == "ai.onnx.ml":
+        if node.op_type in ("LinearRegressor", "LinearClassifier"):
+            return _map_linear_ml(gr, node)
         return "not a weight op"
     if node.domain not in _STANDARD:
         return f"custom domain {node.domain!r}"
     if node.op_type == "Conv":
         return _map_conv(gr, node)
+    if node.op_type == "ConvTranspose":
+        return _map_conv_transpose(gr, node)
     if node.op_type == "Gemm":
         return _map_gemm(gr, node)
     if node.op_type == "MatMul":
         return _map_matmul(gr, node)
+    if node.op_type == "Einsum":
+        if not any(i in gr.consts for i in node.input):
+            return _NO_CONSTANT
+        if _einsum_as_matmul(gr, node):
+            return _map_matmul(gr, node, "Einsum")
     return _DIGITAL_WEIGHT_OPS.get(node.op_type, "not a weight op")
+
+
+def _einsum_as_matmul(gr: _Graph, node: onnx.NodeProto) -> bool:
+    """Rewrite ``node`` in place as ``MatMul(X, W[K, N])`` if its equation is that product:
+    ``X``'s subscripts end in ``k``, the 2-D constant's are ``kn`` or ``nk``, and the output is
+    ``X``'s subscripts with ``k`` replaced by ``n`` (``...`` allowed in front)."""
+    raw = _attrs(node).get("equation", b"")
+    eq = (raw.decode() if isinstance(raw, bytes) else str(raw)).replace(" ", "")
+    if len(node.input) != 2 or "->" not in eq:
+        return False
+    terms, out = eq.split("->")
+    ops = terms.split(",")
+    if len(ops) != 2 or (node.input[0] in gr.consts) == (node.input[1] in gr.consts):
+        return False
+    wi = 0 if node.input[0] in gr.consts else 1
+    w, xs, ws = gr.consts[node.input[wi]], ops[1 - wi], ops[wi]
+    if w.ndim != 2 or len(ws) != 2 or "." in ws or not _is_float(w.dtype):
+        return False
+    letters = xs.replace("...", "")
+    if not letters or len(set(letters)) != len(letters) or not letters.isalpha():
+        return False
+    k, n = letters[-1], ws.replace(letters[-1], "", 1)
+    if k not in ws or len(n) != 1 or n in xs or out != xs[:-1] + n:
+        return False
+    wk = w if ws == k + n else w.T
+    name = gr.fresh(f"{node.name}.rc_einsum_weight")
+    gr.set_const(name, np.ascontiguousarray(wk))
+    x = node.input[1 - wi]
+    del node.input[:]
+    node.input.extend([x, name])
+    del node.attribute[:]
+    node.op_type = "MatMul"
+    return True
+
+
+def _map_linear_ml(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+    """ONNX-ML ``LinearRegressor``/``LinearClassifier`` (sklearn linear models): the float32
+    scores ``X @ coefficients^T + intercepts`` are a Gemm on the crossbar; a post-transform, and
+    a classifier's labels, stay in the node, which then reads the scores with identity
+    coefficients."""
+    a = _attrs(node)
+    x = node.input[0]
+    elem = gr.elem(x)
+    if gr.rank(x) != 2 or elem not in (TensorProto.FLOAT, TensorProto.DOUBLE):
+        return f"{node.op_type} on a {gr.rank(x)}-D input of type {elem}; the crossbar takes " \
+               "a 2-D float input"
+    if not any(o.domain in _STANDARD for o in gr.model.opset_import):
+        return "the model imports no standard ONNX opset for the crossbar's Gemm"
+    coef = np.asarray(a.get("coefficients", []), np.float64)
+    bias = np.asarray(a.get("intercepts", []), np.float64)
+    feats = gr.dim(x, 1)
+    if feats is not None and feats > 0 and coef.size % feats == 0:
+        outs = coef.size // feats
+    elif node.op_type == "LinearRegressor":
+        outs = int(a.get("targets", 1))  # type: ignore[call-overload]
+    else:
+        outs = bias.size
+    if coef.size == 0 or outs == 0 or coef.size % outs or bias.size not in (0, outs):
+        raise BadModel(
+            f"{gr.path}: node {node.name!r} ({node.op_type}): {coef.size} coefficients and "
+            f"{bias.size} intercepts do not make {outs} rows; expected [outputs x features] "
+            "coefficients and one intercept per output"
+        )
+    w = gr.fresh(f"{node.name}.rc_coefficients")
+    b = gr.fresh(f"{node.name}.rc_intercepts")
+    gr.set_const(w, coef.reshape(outs, -1).T.astype(np.float32))
+    gr.set_const(b, (bias if bias.size else np.zeros(outs)).astype(np.float32))
+    raw = a.get("post_transform", b"NONE")
+    post = raw.decode() if isinstance(raw, bytes) else str(raw)
+    idx = list(gr.g.node).index(node)
+    if elem == TensorProto.DOUBLE:  # the node computes and outputs float32 scores
+        x32 = gr.fresh(f"{node.name}.rc_x32")
+        gr.g.node.insert(idx, helper.make_node("Cast", [x], [x32], to=TensorProto.FLOAT,
+                                               name=gr.fresh_node(f"{node.name}.rc_cast")))
+        x, idx = x32, idx + 1
+    if node.op_type == "LinearRegressor" and post == "NONE":
+        gemm = helper.make_node("Gemm", [x, w, b], [node.output[0]], name=node.name)
+        gr.g.node.remove(node)
+    else:  # the node keeps its post-transform and labels, reading the scores as they are
+        scores = gr.fresh(f"{node.name}.rc_scores")
+        gemm = helper.make_node("Gemm", [x, w, b], [scores], name=node.name)
+        node.name = gr.fresh_node(f"{node.name}.rc_post")
+        node.input[0] = scores
+        for attr in node.attribute:
+            if attr.name == "coefficients":
+                attr.CopyFrom(helper.make_attribute("coefficients",
+                                                    np.eye(outs).reshape(-1).tolist()))
+            elif attr.name == "intercepts":
+                attr.CopyFrom(helper.make_attribute("intercepts", [0.0] * outs))
+    gr.g.node.insert(idx, gemm)
+    return _map_gemm(gr, gemm, node.op_type)
 
 
 def _not_constant(gr: _Graph, node: onnx.NodeProto, index: int, what: str) -> str:
@@ -554,17 +820,20 @@ def _not_constant(gr: _Graph, node: onnx.NodeProto, index: int, what: str) -> st
     return f"{what} {name!r} is computed at run time"
 
 
-def _weight_dtype_reason(w: np.ndarray) -> str | None:
-    if _is_float(w.dtype):
-        return None
-    return f"{w.dtype} weights are not mapped; crossbars take floating-point weights"
+def _weight_reason(w: np.ndarray) -> str | None:
+    """Why a constant weight is not mapped, or None."""
+    if not _is_float(w.dtype):
+        return f"{w.dtype} weights are not mapped; crossbars take floating-point weights"
+    if not np.any(w):
+        return "every weight is zero: nothing to program; runs digitally (its output is its bias)"
+    return None
 
 
 def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     w = gr.const(node, 1, "weight")
     if w is None:
         return _not_constant(gr, node, 1, "weight")
-    if (why := _weight_dtype_reason(w)) is not None:
+    if (why := _weight_reason(w)) is not None:
         return why
     if w.ndim < 3:
         raise BadModel(
@@ -576,6 +845,7 @@ def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
             f"{gr.path}: node {node.name!r}: {w.shape[0]} output channels not divisible by "
             f"group={groups}"
         )
+    gr.check_channels(node, w.shape[1] * groups, f"[Cout, Cin/group, *kernel], group={groups}")
     b = gr.const(node, 2, "bias")
     if len(node.input) > 2 and node.input[2] and b is None:
         return f"bias {node.input[2]!r} is not a constant"
@@ -585,14 +855,83 @@ def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     seq = _Seq(gr, node, _elem(w))
     x = seq.to_float32(node.input[0])
     out = seq.core("Conv", [x, op.weight, op.bias], attrs)
-    return seq.finish(out, op, w, bias, channel_axis=1)
+    return seq.finish(out, op, w, bias, channel_axis=1, rank=w.ndim)
 
 
-def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+def _map_conv_transpose(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+    """ConvTranspose as a 1x1 crossbar Conv and a digital overlap-add (col2im).
+
+    Every input pixel's ``Cin/g`` vector times the ``[Cin/g, Cout/g * prod(k)]`` matrix of its
+    group gives one value per output channel and kernel position; a ConvTranspose with the
+    model's own attributes and a 0/1 kernel (one group per output channel, kernel position
+    ``j`` of channel ``c`` read from channel ``c * prod(k) + j``) adds them up where they
+    overlap. Exact for every stride, padding, output padding, dilation, group and output shape.
+    """
+    w = gr.const(node, 1, "weight")
+    if w is None:
+        return _not_constant(gr, node, 1, "weight")
+    if (why := _weight_reason(w)) is not None:
+        return why
+    if w.ndim < 3:
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: ConvTranspose weight has rank {w.ndim}; "
+            "expected >= 3 ([Cin, Cout/group, *kernel])"
+        )
+    a = _attrs(node)
+    groups = int(a.get("group", 1))  # type: ignore[call-overload]
+    cin, og, kernel = w.shape[0], w.shape[1], tuple(int(k) for k in w.shape[2:])
+    if groups < 1 or cin % groups:
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: ConvTranspose weight has {cin} input channels, "
+            f"not divisible by group={groups}; expected [Cin, Cout/group, *kernel]"
+        )
+    if "kernel_shape" in a and tuple(a["kernel_shape"]) != kernel:  # type: ignore[arg-type]
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: ConvTranspose kernel_shape "
+            f"{list(a['kernel_shape'])} differs from its weight's kernel {list(kernel)}; expected "  # type: ignore[call-overload]
+            "them equal"
+        )
+    gr.check_channels(node, cin, "[Cin, Cout/group, *kernel]")
+    cout, kk = og * groups, int(np.prod(kernel))
+    b = gr.const(node, 2, "bias")
+    if len(node.input) > 2 and node.input[2] and b is None:
+        return f"bias {node.input[2]!r} is not a constant"
+    post = np.zeros(cout, np.float32) if b is None else b.reshape(-1).astype(np.float32)
+    if post.size != cout:
+        raise BadModel(
+            f"{gr.path}: node {node.name!r}: ConvTranspose bias has {post.size} values; "
+            f"expected one per output channel ({cout})"
+        )
+    # [g*Cin/g, Cout/g, kk] -> [g, Cout/g, kk, Cin/g] -> [Cout*kk, Cin/g, 1, ...]
+    w1 = (w.reshape(groups, cin // groups, og, kk).transpose(0, 2, 3, 1)
+          .reshape(cout * kk, cin // groups, *([1] * len(kernel))))
+    op = _weight_op(gr, node, "ConvTranspose", w1.shape, LAYOUT_CONV, groups)
+    seq = _Seq(gr, node, _elem(w))
+    x = seq.to_float32(node.input[0])
+    z = seq.core("Conv", [x, op.weight, op.bias],
+                 [helper.make_attribute("kernel_shape", [1] * len(kernel)),
+                  helper.make_attribute("group", groups)])
+    onehot = np.zeros((cout, kk, kk), np.float32)
+    onehot[:, np.arange(kk), np.arange(kk)] = 1.0
+    spread = gr.fresh(f"{node.name}.rc_col2im")
+    gr.set_const(spread, onehot.reshape(cout * kk, 1, *kernel))
+    post_name = gr.fresh(f"{node.name}.rc_post_bias")
+    gr.set_const(post_name, post)
+    y = gr.fresh(f"{node.name}.rc_overlap")
+    keep = {k: v for k, v in a.items() if k not in ("group", "kernel_shape")}
+    seq.append("ConvTranspose", [z, spread, post_name], y, group=cout, **keep)
+    return seq.finish(y, op, w1, np.zeros(cout * kk), channel_axis=1, rank=w.ndim, fan=kk,
+                      post_bias=post_name)
+
+
+def _map_gemm(gr: _Graph, node: onnx.NodeProto, op_type: str = "Gemm") -> str | _Mapped:
     w = gr.const(node, 1, "weight (input B)")
+    if w is None and gr.const(node, 0, "input A") is not None:
+        return ("constant input A times a run-time input B (the weight on the left); "
+                "runs digitally")
     if w is None:
         return _not_constant(gr, node, 1, "weight (input B)")
-    if (why := _weight_dtype_reason(w)) is not None:
+    if (why := _weight_reason(w)) is not None:
         return why
     a = _attrs(node)
     alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))  # type: ignore[arg-type]
@@ -610,7 +949,7 @@ def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
         bias = np.broadcast_to(c.reshape(-1).astype(np.float64), (n,)) * beta
     else:
         bias, extra = np.zeros(n), c_name
-    op = _weight_op(gr, node, "Gemm", wk.shape, LAYOUT_KN)
+    op = _weight_op(gr, node, op_type, wk.shape, LAYOUT_KN)
     seq = _Seq(gr, node, _elem(w))
     if extra is not None and c is not None:  # constant [M, N]: scaled once
         extra = gr.fresh(f"{node.name}.rc_c")
@@ -624,27 +963,31 @@ def _map_gemm(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     x = seq.to_float32(node.input[0])
     out = seq.core("Gemm", [x, op.weight, op.bias], [helper.make_attribute("transA", trans_a)])
     # BatchNormalization is not folded across a digital C: it would have to scale C as well
-    return seq.finish(out, op, wk, bias, channel_axis=1 if extra is None else None, add=extra)
+    return seq.finish(out, op, wk, bias, channel_axis=1 if extra is None else None, rank=2,
+                      add=extra)
 
 
-def _map_matmul(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+def _map_matmul(gr: _Graph, node: onnx.NodeProto, op_type: str = "MatMul") -> str | _Mapped:
     right = gr.const(node, 1, "weight")
     left = gr.const(node, 0, "weight") if right is None else None
     if right is None and left is None:
-        return "no constant operand (a product of two run-time values)"
+        return _NO_CONSTANT
     w = right if right is not None else left
     assert w is not None
     side = "right" if right is not None else "left"
-    if w.ndim != 2:
-        return f"constant {side} operand has rank {w.ndim}; only 2-D weights map to crossbars"
-    if (why := _weight_dtype_reason(w)) is not None:
-        return why
     x_name = node.input[0] if right is not None else node.input[1]
     rank = gr.rank(x_name)
+    if w.ndim > 2 and all(d == 1 for d in w.shape[:-2]) and rank is not None and rank >= w.ndim:
+        w = w.reshape(w.shape[-2:])  # leading ones broadcast away: the same 2-D product
+    if w.ndim != 2:
+        return (f"constant {side} operand has rank {w.ndim} (a batch of matrices); only 2-D "
+                "weights map to crossbars")
+    if (why := _weight_reason(w)) is not None:
+        return why
     if right is None and rank is None:
         return "constant left operand, but the rank of the right operand is unknown"
     wk = w if right is not None else w.T  # [K, outputs]
-    op = _weight_op(gr, node, "MatMul", wk.shape, LAYOUT_KN)
+    op = _weight_op(gr, node, op_type, wk.shape, LAYOUT_KN)
     bias = np.zeros(wk.shape[1])
     seq = _Seq(gr, node, _elem(w))
     x = seq.to_float32(x_name)
@@ -667,7 +1010,7 @@ def _map_matmul(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
         axis = 0
     else:
         axis = rank - 1 if right is not None else rank - 2
-    return seq.finish(out, op, wk, bias, channel_axis=axis)
+    return seq.finish(out, op, wk, bias, channel_axis=axis, rank=rank)
 
 
 def _weight_op(gr: _Graph, node: onnx.NodeProto, op_type: str, shape: tuple[int, ...],
@@ -707,7 +1050,8 @@ class _Seq:
         return out
 
     def finish(self, out: str, op: WeightOp, w: np.ndarray, bias: np.ndarray,
-               channel_axis: int | None, add: str | None = None) -> _Mapped:
+               channel_axis: int | None, rank: int | None, add: str | None = None,
+               fan: int = 1, post_bias: str | None = None) -> _Mapped:
         """Cast back, add ``add`` if given, give the result the original output name, splice
         the nodes in place of the original one and store the weight and bias."""
         if self.elem != TensorProto.FLOAT:
@@ -726,7 +1070,7 @@ class _Seq:
         self.gr.g.node.remove(self.node)
         for k, n in enumerate(self.nodes):
             self.gr.g.node.insert(idx + k, n)
-        return _Mapped(op, w32, b32, self.node.output[0], channel_axis)
+        return _Mapped(op, w32, b32, self.node.output[0], channel_axis, rank, fan, post_bias)
 
 
 def _finite(gr: _Graph, node: onnx.NodeProto, w: np.ndarray, bias: np.ndarray
@@ -744,51 +1088,120 @@ def _finite(gr: _Graph, node: onnx.NodeProto, w: np.ndarray, bias: np.ndarray
 # --------------------------------------------------------------------------- rule 5
 
 
-def _fold_batchnorm(gr: _Graph, mapped: list[_Mapped], reasons: dict[str, str]) -> set[str]:
-    """Fold each BatchNormalization that may be folded (rule 5); return the folded nodes."""
+def _fold_into_crossbar(gr: _Graph, mapped: list[_Mapped], reasons: dict[str, str]) -> set[str]:
+    """Fold per-output affine nodes into the crossbar op before them (rule 5); return them."""
     folded: set[str] = set()
-    outputs = {o.name for o in gr.g.output}
+    outputs = {o.name for o in gr.g.output} | _subgraph_inputs(gr.g)
+    changed = True
+    while changed:
+        changed = False
+        for m in mapped:
+            users = gr.consumers(m.out)
+            if len(users) != 1 or m.out in outputs or users[0].domain not in _STANDARD:
+                continue
+            nxt = users[0]
+            if nxt.op_type == "BatchNormalization":
+                if _bn_blocker(gr, nxt, m, outputs) is not None:
+                    continue
+                k, c = _bn_affine(gr, nxt)
+            elif nxt.op_type in _AFFINE:
+                kc = _elementwise_affine(gr, nxt, m)
+                if kc is None:
+                    continue
+                k, c = kc
+            else:
+                continue
+            _apply_affine(gr, m, nxt, k, c)
+            folded.add(nxt.name)
+            changed = True
     for bn in [n for n in gr.g.node if n.op_type == "BatchNormalization"]:
-        if bn.domain not in _STANDARD:
-            continue
-        m = next((m for m in mapped if m.out == bn.input[0]), None)
-        why = _bn_blocker(gr, bn, m, outputs)
-        if why is not None:
+        if bn.domain in _STANDARD:
+            before = next((m for m in mapped if m.out == bn.input[0]), None)
+            why = _bn_blocker(gr, bn, before, outputs)
             reasons[bn.name] = f"BatchNormalization not folded: {why}"
-            continue
-        assert m is not None
-        scale, shift, mean, var = (
-            np.asarray(gr.const(bn, i, "BatchNormalization parameter"), np.float64)
-            for i in range(1, 5)
-        )
-        eps = float(_attrs(bn).get("epsilon", 1e-5))  # type: ignore[arg-type]
-        if np.any(var + eps <= 0):
-            raise BadModel(
-                f"{gr.path}: node {bn.name!r} (BatchNormalization): variance + epsilon <= 0 "
-                "gives NaN; expected a positive variance"
-            )
-        k = (scale / np.sqrt(var + eps)).reshape(-1)
-        w = m.weight.astype(np.float64)
-        if m.op.layout == LAYOUT_CONV:
-            w = w * k.reshape(-1, *([1] * (w.ndim - 1)))
-        else:
-            w = w * k[None, :]
-        b = (m.bias.astype(np.float64) - mean.reshape(-1)) * k + shift.reshape(-1)
-        m.weight, m.bias = _finite(gr, bn, w, b)
-        gr.set_const(m.op.weight, m.weight)
-        gr.set_const(m.op.bias, m.bias)
-        last = next(n for n in gr.g.node if m.out in n.output)
-        last.output[0] = bn.output[0]
-        m.out = bn.output[0]
-        gr.g.node.remove(bn)
-        folded.add(bn.name)
     return folded
+
+
+def _bn_affine(gr: _Graph, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+    """``BN(y) = k * y + c`` per channel."""
+    scale, shift, mean, var = (
+        np.asarray(gr.const(bn, i, "BatchNormalization parameter"), np.float64).reshape(-1)
+        for i in range(1, 5)
+    )
+    eps = float(_attrs(bn).get("epsilon", 1e-5))  # type: ignore[arg-type]
+    if np.any(var + eps <= 0):
+        raise BadModel(
+            f"{gr.path}: node {bn.name!r} (BatchNormalization): variance + epsilon <= 0 "
+            "gives NaN; expected a positive variance"
+        )
+    k = scale / np.sqrt(var + eps)
+    return k, shift - mean * k
+
+
+def _elementwise_affine(gr: _Graph, node: onnx.NodeProto, m: _Mapped
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+    """``node(y) = k * y + c`` per channel of ``m``'s result ``y``, or None if it is not that
+    (the other operand is not a constant with one value per channel, or one for all)."""
+    if len(node.input) != 2 or m.channel_axis is None or m.rank is None:
+        return None
+    first = node.input[1] == m.out  # the constant is the first operand
+    other = node.input[0] if first else node.input[1]
+    if other == m.out or other not in gr.consts:
+        return None
+    vec = _per_channel(gr.consts[other], m.rank, m.channel_axis, m.channels)
+    if vec is None:
+        return None
+    ones, zeros = np.ones_like(vec), np.zeros_like(vec)
+    if node.op_type == "Mul":
+        return vec, zeros
+    if node.op_type == "Add":
+        return ones, vec
+    if node.op_type == "Sub":
+        return (-ones, vec) if first else (ones, -vec)
+    if first or np.any(vec == 0):  # Div: c / y is not affine, y / 0 is not finite
+        return None
+    return 1.0 / vec, zeros
+
+
+def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """float64 ``[channels]`` if ``value`` broadcasts against a rank-``rank`` tensor along
+    ``axis`` only (or is one value for all) and leaves its shape unchanged, else None."""
+    if not _is_float(value.dtype) or value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + tuple(value.shape)
+    if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
+        return None
+    return np.broadcast_to(value.astype(np.float64).reshape(-1), (channels,)).copy()
+
+
+def _apply_affine(gr: _Graph, m: _Mapped, node: onnx.NodeProto, k: np.ndarray, c: np.ndarray
+                  ) -> None:
+    """Make ``m`` compute ``k * y + c`` per channel itself, in place of ``node``."""
+    kf = np.repeat(k, m.fan)  # per crossbar output
+    w = m.weight.astype(np.float64)
+    if m.op.layout == LAYOUT_CONV:
+        w = w * kf.reshape(-1, *([1] * (w.ndim - 1)))
+    else:
+        w = w * kf[None, :]
+    b = m.bias.astype(np.float64) * kf
+    if m.post_bias is not None:
+        post = gr.consts[m.post_bias].astype(np.float64) * k + c
+        gr.set_const(m.post_bias, _finite(gr, node, w, post)[1])
+    else:
+        b = b + c
+    m.weight, m.bias = _finite(gr, node, w, b)
+    gr.set_const(m.op.weight, m.weight)
+    gr.set_const(m.op.bias, m.bias)
+    last = next(n for n in gr.g.node if m.out in n.output)
+    last.output[0] = node.output[0]
+    m.out = node.output[0]
+    gr.g.node.remove(node)
 
 
 def _bn_blocker(gr: _Graph, bn: onnx.NodeProto, m: _Mapped | None, outputs: set[str]
                 ) -> str | None:
     """Why ``bn`` cannot be folded into the crossbar op ``m`` it follows, or None."""
-    if m is None:
+    if m is None or bn.input[0] != m.out:
         return "its input is not the result of a crossbar op"
     if int(_attrs(bn).get("training_mode", 0)):  # type: ignore[call-overload]
         return "training mode (normalises with batch statistics)"
@@ -801,6 +1214,6 @@ def _bn_blocker(gr: _Graph, bn: onnx.NodeProto, m: _Mapped | None, outputs: set[
     params = [gr.const(bn, i, "BatchNormalization parameter") for i in range(1, 5)]
     if any(p is None for p in params):
         return "its parameters are not constants"
-    if any(p is not None and p.size != m.op.n_out for p in params):
+    if any(p is not None and p.size != m.channels for p in params):
         return f"its parameters do not have one entry per output of {m.op.node!r}"
     return None
