@@ -289,6 +289,8 @@ def _run_local(state: LotState, tasks: list[ChipTask], jobs: int
         if len(batch) == 1 and unfinished:
             yield _worker_died(batch[0])
             continue
+        if not started:  # broken before any chip began: alone, each chip ends the loop
+            started = set(unfinished)
         suspects += [t for t in unfinished if t in started]
         pending += [t for t in unfinished if t not in started]
 
@@ -305,8 +307,13 @@ def _pool_run(state: LotState, batch: list[ChipTask], jobs: int
     finished = False
     broken: set[ChipTask] = set()
     try:
+        futures = {}
         with interrupts.deferred():  # the workers are forked here
-            futures = {pool.submit(_local_chip, t, i): t for i, t in enumerate(batch)}
+            for i, t in enumerate(batch):
+                try:
+                    futures[pool.submit(_local_chip, t, i)] = t
+                except BrokenProcessPool:  # a worker died already: the rest is unfinished
+                    broken.add(t)
         for fut in as_completed(futures):
             try:
                 line = fut.result()

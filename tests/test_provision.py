@@ -376,11 +376,15 @@ def test_a_worker_killed_mid_lot_costs_no_chip(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
     deadline = time.monotonic() + 60
+    report = out / prov.REPORT
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
-        kids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == proc.pid]
-        if kids:
-            os.kill(kids[0], signal.SIGKILL)
-            killed = kids[0]
+        # a chip is done, so the children are the lot's workers (not plan-stage helpers)
+        if report.exists() and report.stat().st_size:
+            kids = [int(p) for p in os.listdir("/proc")
+                    if p.isdigit() and _ppid(int(p)) == proc.pid]
+            if kids:
+                os.kill(kids[0], signal.SIGKILL)
+                killed = kids[0]
         time.sleep(0.01)
     stdout, err = proc.communicate(timeout=120)
     assert killed is not None, "the lot ended before a worker could be killed"
