@@ -360,3 +360,41 @@ def test_rerun_with_other_verify_data_verifies_again_without_rebuilding(tmp_path
     expect = runtime.verify(img, fmap.load(lot / "v.npz"),
                             load_data(second, runtime.image_input_specs(img))).accuracy
     assert report_lines(out)[0]["accuracy"] == expect != before
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_worker_killed_mid_lot_costs_no_chip(tmp_path: Path) -> None:
+    """A dead worker (here: SIGKILL from outside, as the OOM killer would) breaks its pool;
+    the chips it left are compiled by new workers and the lot ends with every chip ok."""
+    model = save(conv_bn_gemm(), str(tmp_path / "m.onnx"))
+    lot, out = tmp_path / "lot", tmp_path / "out"
+    lot.mkdir()
+    for i in range(60):
+        fmap.save(fmap.synth(4, 128, 128, 0.1, (5, 1), i, chip_id=f"w{i}"), lot / f"w{i:02d}.npz")
+    proc = subprocess.Popen([sys.executable, "-m", "rcompile", "provision", model, "--faultmaps",
+                             str(lot), "-o", str(out), "-j", "2", "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 60
+    report = out / prov.REPORT
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        # a chip is done, so the children are the lot's workers (not plan-stage helpers)
+        if report.exists() and report.stat().st_size:
+            kids = [int(p) for p in os.listdir("/proc")
+                    if p.isdigit() and _ppid(int(p)) == proc.pid]
+            if kids:
+                os.kill(kids[0], signal.SIGKILL)
+                killed = kids[0]
+        time.sleep(0.01)
+    stdout, err = proc.communicate(timeout=120)
+    assert killed is not None, "the lot ended before a worker could be killed"
+    assert proc.returncode == 0, err
+    assert json.loads(stdout)["ok"] == 60
+    assert [x["status"] for x in report_lines(out)] == ["ok"] * 60
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
