@@ -85,10 +85,26 @@ def run_chip(plan: Plan, ctx: pl.ChipContext, spec: str,
 
 def random_stuck(tiles: int, rows: int, cols: int, rate: float, seed: int, top: int = 15
                  ) -> np.ndarray:
-    """Stuck levels with fault probability ``rate``: SA0, SA1 and fractional levels alike."""
+    """Stuck levels with fault probability ``rate``: SA0, SA1 and levels in between alike.
+
+    Whole levels, so that the passes' cost tables (which round a stuck level) are the
+    objective exactly."""
     rng = np.random.default_rng(seed)
-    level = rng.choice([0.0, float(top), rng.uniform(0, top)], size=(tiles, rows, cols))
+    shape = (tiles, rows, cols)
+    level = np.where(rng.random(shape) < 0.5, rng.choice([0.0, float(top)], shape),
+                     rng.integers(0, top + 1, shape))
     return np.where(rng.random((tiles, rows, cols)) < rate, level, np.nan).astype(np.float32)
+
+
+def fractional_chip(seed: int) -> tuple[Plan, pl.ChipContext]:
+    """A small packed plan on a chip whose stuck cells (30 %) read fractional levels, as
+    measured conductances (``FaultMap.stuck_g``) give."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(2, int(rng.integers(3, 12)), int(rng.integers(1, 8))))
+    plan = plan_of(w, tile_rows=8, tile_cols=8, passes="quantize,tile,pack")
+    shape = (plan.tiles_needed(), 8, 8)
+    stuck = np.where(rng.random(shape) < 0.3, rng.uniform(0, 15, shape), np.nan)
+    return plan, chip_of(plan, stuck)
 
 
 def objective(plan: Plan, mapping: ChipMapping, ctx: pl.ChipContext) -> list[float]:
