@@ -8,17 +8,18 @@ hand them over; ``chip_of`` wraps stuck levels in a per-chip context. Passes run
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
+from rcompile.passes._objective import best_levels
+from rcompile.passes.place import block_q, block_weights
 
 from rcompile import api
 from rcompile import pipeline as pl
 from rcompile.device import Device, Geometry
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, ChipMapping, Plan, WeightOp
-from rcompile.passes._objective import best_levels
-from rcompile.passes.place import block_q, block_weights
 from tests.conftest import conv_bn_gemm, save
 
 
@@ -75,7 +76,7 @@ def chip_of(
 
 
 def run_chip(plan: Plan, ctx: pl.ChipContext, spec: str,
-             mapping: ChipMapping | None = None) -> tuple[ChipMapping, list[dict[str, object]]]:
+             mapping: ChipMapping | None = None) -> tuple[ChipMapping, list[dict[str, Any]]]:
     """Run the per-chip passes of ``spec`` (checked by the pipeline) from ``mapping``."""
     passes = pl.parse(spec, stage=pl.CHIP)
     _, out, log = pl.run(passes, plan, ctx, mapping or ChipMapping(placements=()))

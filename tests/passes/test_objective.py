@@ -56,7 +56,8 @@ def test_cell_codes_and_the_code_table_agree_with_best_levels() -> None:
     table = code_table(TOP)
     assert table.shape == (TOP + 2, TOP + 2, 2 * TOP + 1) and not table.flags.writeable
     for a, b in [(0, 0), (0, 1), (16, 0), (3, 9), (16, 16)]:
-        np.testing.assert_array_equal(table[a, b], error_table(np.array([a]), np.array([b]), TOP)[0])
+        want = error_table(np.array([a]), np.array([b]), TOP)[0]
+        np.testing.assert_array_equal(table[a, b], want)
     assert not table[0, 0].any()  # a healthy pair realises every q exactly
 
 

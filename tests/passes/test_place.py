@@ -34,7 +34,8 @@ def test_sequential_is_the_identity_placement(tiny_plan: Plan) -> None:
         np.testing.assert_array_equal(p.neg, np.arange(1, 2 * m, 2))
         np.testing.assert_array_equal(p.cols, np.arange(6))  # a tile of its own: every column
         assert not p.high.any() and not p.offset.any()
-        np.testing.assert_array_equal(p.scale, tiny_plan.layers[blk.layer].scale[blk.group][blk.outs])
+        scale = tiny_plan.layers[blk.layer].scale[blk.group][blk.outs]
+        np.testing.assert_array_equal(p.scale, scale)
     for bias, layer in zip(mapping.bias, tiny_plan.layers, strict=True):
         np.testing.assert_array_equal(bias, layer.bias)
         assert bias is not layer.bias  # a copy: later passes may not touch the plan
