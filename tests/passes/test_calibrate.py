@@ -60,6 +60,9 @@ def test_gain_never_raises_the_weighted_error_and_bias_cancels_the_mean_error(
         before = r @ (d * s0 - q * s0) ** 2
         after = r @ (d * s1 - q * s0) ** 2
         assert np.all(after <= before * (1 + 1e-5) + 1e-12)  # per output
+        num, den = r @ (q * d), r @ (d * d)
+        fit = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)  # the least-squares gain
+        np.testing.assert_allclose(s1, np.where(fit > 0, s0 * fit, s0), rtol=1e-5)
         if calib:
             mean = calib[blk.layer][1][blk.group][blk.rows].astype(np.float64)
             err = mean @ (d * s1 - q * s0)
@@ -68,6 +71,19 @@ def test_gain_never_raises_the_weighted_error_and_bias_cancels_the_mean_error(
         else:
             assert not p1.offset.any()  # no data, no mean to cancel
     assert log[0]["bias_shift"] == pytest.approx(shift, rel=1e-4, abs=1e-6)
+
+
+def test_a_gain_that_would_flip_the_sign_is_refused() -> None:
+    """A pair stuck at (0, 15) holds -15 whatever q wants: the best fit is negative, so the
+    output keeps its scale (a negative gain would turn the weights over)."""
+    plan = plan_of(np.array([[[1.0], [0.4]]]), tile_rows=2, tile_cols=2)
+    stuck = np.zeros((1, 2, 2), np.float32)
+    stuck[0, :, 1] = 15.0
+    ctx = chip_of(plan, stuck)
+    programmed, _ = run_chip(plan, ctx, "place,program")
+    out, _ = run_chip(plan, ctx, "calibrate", programmed)
+    assert held(programmed, ctx, 0).tolist() == [[-15.0], [-15.0]]
+    np.testing.assert_array_equal(out.placements[0].scale, programmed.placements[0].scale)
 
 
 def test_gain_and_bias_can_be_switched_off() -> None:
