@@ -101,6 +101,7 @@ _NONDETERMINISTIC = frozenset(
 #: Inputs that hold parameters (weights, biases, statistics), by op type.
 _PARAM_INPUTS = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
+    "Einsum": (0, 1),
     "BatchNormalization": (1, 2, 3, 4),
 }
 #: Elementwise ops whose constant operand may be folded into a crossbar op before them (rule 5):

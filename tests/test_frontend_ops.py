@@ -681,3 +681,59 @@ def test_all_zero_weights_stay_digital(tmp_path: object) -> None:
     fe = check(tmp_path, model, {"x": arr(2, 4)}, n_ops=0)
     assert fe.digital == (("head", "Gemm", "every weight is zero: nothing to program; runs "
                                            "digitally (its output is its bias)"),)
+
+
+# --------------------------------------------------------------------------- weight chains
+
+
+def _chain(kind: str, w: np.ndarray, out: str) -> tuple[list[onnx.NodeProto],
+                                                          list[onnx.TensorProto]]:
+    """Nodes that compute weight ``w`` into ``out`` the way exporters leave it."""
+    if kind == "transpose":  # stored transposed, as without constant folding
+        return ([helper.make_node("Transpose", ["w_src"], [out],
+                                  perm=list(range(w.ndim))[::-1])],
+                [init("w_src", np.ascontiguousarray(w.transpose(list(range(w.ndim))[::-1])))])
+    if kind == "reshape-cast":  # a flat float16 blob, cast and reshaped
+        return ([helper.make_node("Cast", ["w_flat"], ["w32"], to=F32),
+                 helper.make_node("Reshape", ["w32", "w_shape"], [out])],
+                [init("w_flat", w.reshape(-1).astype(np.float16)),
+                 init("w_shape", np.array(w.shape, np.int64))])
+    if kind == "dequantize-transpose":  # QDQ: an int8 weight, dequantized, then transposed
+        t = np.ascontiguousarray(w.transpose(list(range(w.ndim))[::-1]))
+        scale = np.float32(np.abs(t).max() / 127)
+        return ([helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w_dq"]),
+                 helper.make_node("Transpose", ["w_dq"], [out],
+                                  perm=list(range(w.ndim))[::-1])],
+                [init("w_q", np.round(t / scale).astype(np.int8)),
+                 init("w_s", np.array(scale, np.float32)), init("w_z", np.array(0, np.int8))])
+    assert kind == "unsqueeze-squeeze"  # Unsqueeze then Squeeze back, constant axes inputs
+    return ([helper.make_node("Unsqueeze", ["w_src", "ax"], ["w_u"]),
+             helper.make_node("Squeeze", ["w_u", "ax"], [out])],
+            [init("w_src", w), init("ax", np.array([0], np.int64))])
+
+
+CHAIN_OPS = {  # op: (node over input x and weight "w", x shape, weight shape, y shape)
+    "Conv": (lambda: helper.make_node("Conv", ["x", "w"], ["y"], name="op"), [2, 3, 5, 5],
+             (4, 3, 3, 3), [2, 4, 3, 3]),
+    "ConvTranspose": (lambda: helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2],
+                                               name="op"), [2, 3, 4, 4], (3, 4, 3, 3),
+                      [2, 4, 9, 9]),
+    "Gemm": (lambda: helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="op"), [2, 6],
+             (4, 6), [2, 4]),
+    "MatMul": (lambda: helper.make_node("MatMul", ["x", "w"], ["y"], name="op"), [2, 3, 6],
+               (6, 4), [2, 3, 4]),
+    "Einsum": (lambda: helper.make_node("Einsum", ["x", "w"], ["y"], equation="btd,nd->btn",
+                                        name="op"), [2, 3, 6], (4, 6), [2, 3, 4]),
+}
+
+
+@pytest.mark.parametrize("kind", ["transpose", "reshape-cast", "dequantize-transpose",
+                                  "unsqueeze-squeeze"])
+@pytest.mark.parametrize("op_type", sorted(CHAIN_OPS))
+def test_weights_behind_exporter_chains_are_folded(tmp_path: object, op_type: str,
+                                                   kind: str) -> None:
+    make_node, x_shape, w_shape, y_shape = CHAIN_OPS[op_type]
+    nodes, inits = _chain(kind, arr(*w_shape), "w")
+    model = make([*nodes, make_node()], [vi("x", x_shape)], [vi("y", y_shape)], inits, opset=13)
+    fe = check(tmp_path, model, {"x": arr(*x_shape)}, n_ops=1)
+    assert fe.digital == ()  # the chain is gone: evaluated into the weight
