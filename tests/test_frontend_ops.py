@@ -23,6 +23,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile import api, runtime
@@ -171,6 +173,34 @@ def test_conv_transpose_is_a_crossbar_op(tmp_path: object, form: str) -> None:
     assert (op.op_type, op.groups, op.rows, op.outs) == ("ConvTranspose", group, cin // group,
                                                           cout // group * kk)
     assert [d[0] for d in fe.digital] == ["relu"]
+
+
+@st.composite
+def conv_transpose_forms(draw: st.DrawFn) -> tuple[int, int, tuple[int, int], int,
+                                                    dict[str, Any]]:
+    group = draw(st.sampled_from([1, 2, 3]))
+    cin, cout = group * draw(st.integers(1, 3)), group * draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    strides = [draw(st.integers(1, 3)) for _ in range(2)]
+    dilations = [draw(st.integers(1, 2)) for _ in range(2)]
+    reach = [(k - 1) * d for k, d in zip(kernel, dilations, strict=True)]
+    pads = [draw(st.integers(0, r)) for r in reach] + [draw(st.integers(0, r)) for r in reach]
+    output_padding = [draw(st.integers(0, s - 1)) for s in strides]  # onnxruntime's bound
+    for i, size in enumerate((4, 3)):  # at least one output pixel
+        assume(strides[i] * (size - 1) + output_padding[i] + reach[i] + 1 > pads[i] + pads[i + 2])
+    return cin, cout, kernel, group, {"strides": strides, "dilations": dilations,
+                                      "pads": pads, "output_padding": output_padding}
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(form=conv_transpose_forms())
+def test_conv_transpose_rewrite_is_exact(tmp_path: object, form: tuple[Any, ...]) -> None:
+    """Any stride, padding, output padding, dilation and group: the 1x1 crossbar Conv and the
+    0/1 overlap-add compute what the ConvTranspose computes."""
+    cin, cout, kernel, group, attrs = form
+    check(tmp_path, conv_transpose(cin, cout, kernel, group, spatial=(4, 3), **attrs),
+          {"x": arr(2, cin, 4, 3)}, n_ops=1)
 
 
 @pytest.mark.parametrize("opset", [11, 13, 17])
