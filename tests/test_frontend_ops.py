@@ -411,6 +411,57 @@ def test_conv1d_on_a_chip(tmp_path: object) -> None:
     assert_exact_on_chip(tmp_path, conv1d_net(13), {"x": arr(32, 4, 12)})
 
 
+AFFINE_BASES = {  # op: (nodes from x to "c", x shape, channels, result rank, channel axis)
+    "Conv": (lambda: [helper.make_node("Conv", ["x", "w"], ["c"], name="op")], [2, 3, 5, 5],
+             4, 4, 1, (4, 3, 3, 3)),
+    "ConvTranspose": (lambda: [helper.make_node("ConvTranspose", ["x", "w"], ["c"],
+                                                strides=[2, 2], name="op")],
+                      [2, 3, 4, 4], 4, 4, 1, (3, 4, 3, 3)),
+    "Gemm": (lambda: [helper.make_node("Gemm", ["x", "w"], ["c"], name="op")], [2, 6], 4, 2, 1,
+             (6, 4)),
+    "MatMul": (lambda: [helper.make_node("MatMul", ["x", "w"], ["c"], name="op")], [2, 3, 6],
+               4, 3, 2, (6, 4)),
+}
+
+
+@st.composite
+def affine_chains(draw: st.DrawFn) -> tuple[str, list[tuple[str, bool, tuple[int, ...]]]]:
+    base = draw(st.sampled_from(sorted(AFFINE_BASES)))
+    _, _, ch, rank, axis, _ = AFFINE_BASES[base]
+    steps = []
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["Mul", "Add", "Sub", "Div"]))
+        first = op != "Div" and draw(st.booleans())
+        per_channel = [1] * (rank - axis - 1)
+        shape = draw(st.sampled_from([(), (1,), (ch, *per_channel), (1, ch, *per_channel)[
+            -(rank - axis + 1):]]))
+        steps.append((op, first, tuple(shape)))
+    return base, steps
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chain=affine_chains())
+def test_per_channel_affine_chains_fold_exactly(tmp_path: object,
+                                                chain: tuple[str, list[Any]]) -> None:
+    """Mul/Add/Sub/Div by a scalar or a per-output constant, either operand first (Div: the
+    result first), one after another: all fold into the crossbar op, which computes the same."""
+    base, steps = chain
+    make_nodes, x_shape, _, _, _, w_shape = AFFINE_BASES[base]
+    nodes, inits, y = make_nodes(), [init("w", arr(*w_shape))], "c"
+    for i, (op, first, shape) in enumerate(steps):
+        k = RNG.uniform(0.5, 1.5, shape).astype(np.float32)
+        ins = [f"k{i}", y] if first else [y, f"k{i}"]
+        nodes.append(helper.make_node(op, ins, [f"a{i}"], name=f"aff{i}"))
+        inits.append(init(f"k{i}", k))
+        y = f"a{i}"
+    model = make(nodes, [vi("x", x_shape)], [vi(y, ["d0", "d1", "d2", "d3"][:len(
+        AFFINE_BASES[base][1])])], inits)
+    model = onnx.shape_inference.infer_shapes(model)
+    fe = check(tmp_path, model, {"x": arr(*x_shape)}, n_ops=1)
+    assert fe.digital == ()
+
+
 def _after_conv(extra: list[onnx.NodeProto], inits: list[onnx.TensorProto],
                 out: Sequence[int] = (2, 4, 3, 3), elem: int = F32) -> onnx.ModelProto:
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), *extra]
