@@ -542,14 +542,14 @@ def _fold_constant_paths(gr: _Graph) -> None:
             cone_nodes |= {n.name for n in cone}
     if not targets:
         return
-    nodes = [n for n in gr.g.node if n.name in cone_nodes]
-    values = _evaluate(gr, nodes, targets)
-    for name, value in zip(targets, values, strict=True):
-        if name in small:
-            cone = _cone(name, producers, gr.consts)
-            n_read = sum(gr.consts[i].size for n in cone for i in n.input if i in gr.consts)
-            if np.asarray(value).size > n_read:
-                continue  # an expanded constant stays computed
+    found: list[tuple[str, np.ndarray]] = []
+    weights = [t for t in targets if t not in small]
+    if weights:  # must evaluate: the error names the weight op
+        cone_w = {n.name for t in weights for n in _cone(t, producers, gr.consts)}
+        nodes = [n for n in gr.g.node if n.name in cone_w]
+        found += zip(weights, _evaluate(gr, nodes, weights), strict=True)
+    found += _evaluate_optional(gr, [t for t in targets if t in small], producers)
+    for name, value in found:
         # a new name: the producer may have other outputs that stay in use
         folded = gr.fresh(f"{name}.rc_folded")
         gr.set_const(folded, np.asarray(value))
@@ -566,6 +566,33 @@ def _fold_constant_paths(gr: _Graph) -> None:
             if n.name in cone_nodes and not any(o in read for o in n.output if o):
                 gr.g.node.remove(n)
                 changed = True
+
+
+def _evaluate_optional(gr: _Graph, targets: list[str], producers: dict[str, onnx.NodeProto]
+                       ) -> list[tuple[str, np.ndarray]]:
+    """Values of ``targets`` that onnxruntime can compute and that are no larger than the
+    constants they read (an expanded constant stays computed); the rest are left out."""
+    cones = {t: _cone(t, producers, gr.consts) for t in targets}
+
+    def run(names: list[str]) -> list[np.ndarray]:
+        inside = {n.name for t in names for n in cones[t]}
+        return _evaluate(gr, [n for n in gr.g.node if n.name in inside], names)
+
+    try:
+        values = run(targets) if targets else []
+    except BadModel:  # find the ones that fail
+        values = []
+        for t in targets:
+            try:
+                values += run([t])
+            except BadModel:
+                values.append(np.zeros(0))  # left out below: an empty constant is not read
+    out = []
+    for t, v in zip(targets, values, strict=True):
+        n_read = sum(gr.consts[i].size for n in cones[t] for i in n.input if i in gr.consts)
+        if 0 < v.size <= n_read:
+            out.append((t, v))
+    return out
 
 
 def _cone(name: str, producers: dict[str, onnx.NodeProto], consts: dict[str, np.ndarray]

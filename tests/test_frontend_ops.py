@@ -203,7 +203,7 @@ def test_conv_transpose_rewrite_is_exact(tmp_path: object, form: tuple[Any, ...]
           {"x": arr(2, cin, 4, 3)}, n_ops=1)
 
 
-@pytest.mark.parametrize("opset", [11, 13, 17])
+@pytest.mark.parametrize("opset", [7, 9, 11, 13, 17])
 def test_conv_transpose_1d_and_3d_and_no_bias(tmp_path: object, opset: int) -> None:
     m1 = conv_transpose(4, 3, (4,), spatial=(7,), opset=opset, strides=[2], pads=[1, 1])
     check(tmp_path, m1, {"x": arr(2, 4, 7)}, n_ops=1)
@@ -818,3 +818,16 @@ def test_weights_behind_exporter_chains_are_folded(tmp_path: object, op_type: st
     model = make([*nodes, make_node()], [vi("x", x_shape)], [vi("y", y_shape)], inits, opset=13)
     fe = check(tmp_path, model, {"x": arr(*x_shape)}, n_ops=1)
     assert fe.digital == ()  # the chain is gone: evaluated into the weight
+
+
+def test_an_expanded_constant_operand_stays_computed(tmp_path: object) -> None:
+    """A ConstantOfShape feeding an Add is not written out as a larger initializer."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("ConstantOfShape", ["shape"], ["big"], name="fill",
+                              value=init("one", np.array([0.5], np.float32))),
+             helper.make_node("Add", ["c", "big"], ["y"], name="add")]
+    model = make(nodes, [vi("x", [2, 3, 5, 5])], [vi("y", [2, 4, 3, 3])],
+                 [init("w", arr(4, 3, 3, 3)), init("shape", np.array([2, 4, 3, 3], np.int64))])
+    fe = check(tmp_path, model, {"x": arr(2, 3, 5, 5)}, n_ops=1)
+    assert [d[0] for d in fe.digital] == ["fill", "add"]
+    assert max(t.dims[0] if t.dims else 1 for t in fe.model.graph.initializer) < 72
