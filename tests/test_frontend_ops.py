@@ -831,3 +831,14 @@ def test_an_expanded_constant_operand_stays_computed(tmp_path: object) -> None:
     fe = check(tmp_path, model, {"x": arr(2, 3, 5, 5)}, n_ops=1)
     assert [d[0] for d in fe.digital] == ["fill", "add"]
     assert [2, 4, 3, 3] not in [list(t.dims) for t in fe.model.graph.initializer]
+
+
+def test_float16_conv_transpose_computes_in_float32(tmp_path: object) -> None:
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2],
+                              pads=[1, 1, 1, 1], output_padding=[1, 1], name="up")]
+    f16 = TensorProto.FLOAT16
+    model = make(nodes, [vi("x", ["N", 3, 4, 4], f16)], [vi("y", ["N", 2, 8, 8], f16)],
+                 [init("w", arr(3, 2, 3, 3).astype(np.float16)),
+                  init("b", arr(2).astype(np.float16))])
+    fe = check(tmp_path, model, {"x": arr(2, 3, 4, 4).astype(np.float16)}, n_ops=1, tol=1e-2)
+    assert [n.op_type for n in fe.model.graph.node] == ["Cast", "Conv", "ConvTranspose", "Cast"]
