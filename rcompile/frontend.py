@@ -464,7 +464,16 @@ def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
     reasons: dict[str, str] = {}
     mapped: list[_Mapped] = []
     for node in list(gr.g.node):  # rule 4
-        found = _map_node(gr, node)
+        name, op_type = node.name, node.op_type
+        try:
+            found = _map_node(gr, node)
+        except BadModel:
+            raise
+        except Exception as exc:  # a form no rule foresaw: name it rather than crash
+            raise BadModel(
+                f"{path}: node {name!r} ({op_type}) cannot be mapped: {_one_line(exc)}; "
+                "expected a node the ONNX specification allows"
+            ) from None
         if isinstance(found, str):
             reasons[node.name] = found
         else:
@@ -789,6 +798,8 @@ def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
             f"{gr.path}: node {node.name!r}: Conv weight has rank {w.ndim}; expected >= 3"
         )
     groups = int(_attrs(node).get("group", 1))  # type: ignore[call-overload]
+    if groups < 1:
+        raise BadModel(f"{gr.path}: node {node.name!r}: Conv group={groups}; expected >= 1")
     if w.shape[0] % groups:
         raise BadModel(
             f"{gr.path}: node {node.name!r}: {w.shape[0]} output channels not divisible by "
@@ -929,8 +940,9 @@ def _map_matmul(gr: _Graph, node: onnx.NodeProto, op_type: str = "MatMul") -> st
     if w.ndim > 2 and all(d == 1 for d in w.shape[:-2]) and rank is not None and rank >= w.ndim:
         w = w.reshape(w.shape[-2:])  # leading ones broadcast away: the same 2-D product
     if w.ndim != 2:
-        return (f"constant {side} operand has rank {w.ndim} (a batch of matrices); only 2-D "
-                "weights map to crossbars")
+        what = "a vector" if w.ndim == 1 else "a batch of matrices"
+        return (f"constant {side} operand has rank {w.ndim} ({what}); only 2-D weights map to "
+                "crossbars")
     if (why := _weight_reason(w)) is not None:
         return why
     if right is None and rank is None:

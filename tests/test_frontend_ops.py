@@ -550,6 +550,10 @@ BAD_OPS = {
         lambda: _one(helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), ["N", 3, 5, 5],
                      arr(4, 2, 3, 3)),
         r"node 'conv' \(Conv\): input 'x' has 3 channels but the weight .* expects 2$"),
+    "conv-group-0": (
+        lambda: _one(helper.make_node("Conv", ["x", "w"], ["y"], group=0, name="conv"),
+                     ["N", 4, 5, 5], arr(4, 4, 3, 3)),
+        r"node 'conv': Conv group=0; expected >= 1$"),
     "conv-transpose-channels": (
         lambda: _one(helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up"),
                      ["N", 3, 4, 4], arr(5, 2, 3, 3)),
