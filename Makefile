@@ -15,7 +15,10 @@ install: $(VENV)/.installed  ## create .venv and install rcompile with its test 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	@# setuptools warns on every editable install of a package-dir mapping (rcompile.passes is
+	@# passes/): the log is kept in .venv/install.log and shown only when the install fails
+	$(BIN)/pip install --quiet -e '.[test]' > $(VENV)/install.log 2>&1 || \
+		{ cat $(VENV)/install.log; exit 1; }
 	touch $@
 
 demo: install  ## synthesise a 1 % (5:1) chip for the MNIST example, build, verify, compare

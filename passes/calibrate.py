@@ -28,6 +28,8 @@ from rcompile.pipeline import CHIP, ChipContext, register
 class Calibrate:
     name: ClassVar[str] = "calibrate"
     stage: ClassVar[str] = CHIP
+    requires: ClassVar[frozenset[str]] = frozenset({"levels"})
+    ensures: ClassVar[frozenset[str]] = frozenset({"calibrated"})
     gain: bool = True
     bias: bool = True
 

@@ -82,6 +82,8 @@ def pack_bins(widths: list[int], cap: int, budget: float) -> tuple[list[int], bo
 class Pack:
     name: ClassVar[str] = "pack"
     stage: ClassVar[str] = PLAN
+    requires: ClassVar[frozenset[str]] = frozenset({"blocks"})
+    ensures: ClassVar[frozenset[str]] = frozenset({"packed"})
     budget: float = 5.0
     """CP-SAT deterministic time budget (about seconds)."""
 

@@ -124,6 +124,8 @@ def problem(plan: Plan, ctx: ChipContext, pl: Placement) -> BlockProblem:
 class Pair:
     name: ClassVar[str] = "pair"
     stage: ClassVar[str] = CHIP
+    requires: ClassVar[frozenset[str]] = frozenset({"placements"})
+    ensures: ClassVar[frozenset[str]] = frozenset()
     rounds: int = 3
 
     def run(

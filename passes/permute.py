@@ -68,6 +68,8 @@ def solve_block(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.nda
 class Permute:
     name: ClassVar[str] = "permute"
     stage: ClassVar[str] = CHIP
+    requires: ClassVar[frozenset[str]] = frozenset({"placements"})
+    ensures: ClassVar[frozenset[str]] = frozenset()
     rounds: int = 6
     columns: bool = True
     """Also move columns between row rounds (else rows only)."""

@@ -18,7 +18,7 @@ Raises DoesNotFit when the chip has fewer tiles than blocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -80,8 +80,11 @@ def strips(plan: Plan, members: list[int], cols: int) -> list[np.ndarray]:
 class Place:
     name: ClassVar[str] = "place"
     stage: ClassVar[str] = CHIP
-    order: str = "sequential"
-    """sequential | assign"""
+    requires: ClassVar[frozenset[str]] = frozenset({"blocks"})
+    ensures: ClassVar[frozenset[str]] = frozenset({"placements"})
+    order: Literal["sequential", "assign"] = "sequential"
+    """``sequential``: bins on tiles 0, 1, ...; ``assign``: an exact assignment of bins to the
+    tiles whose faults hurt them least (when the chip has spare tiles)."""
 
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext

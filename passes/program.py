@@ -25,7 +25,7 @@ Requires: placements. Guarantees: ``levels`` for every used tile.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from rcompile.passes._objective import best_levels, best_levels_noisy, noise_mode
@@ -43,10 +43,12 @@ SCHEMES = ("two-column", "differential", "transform", "compensate")
 class Program:
     name: ClassVar[str] = "program"
     stage: ClassVar[str] = CHIP
-    scheme: str = "compensate"
-    common: str = "auto"
+    requires: ClassVar[frozenset[str]] = frozenset({"placements"})
+    ensures: ClassVar[frozenset[str]] = frozenset({"levels"})
+    scheme: Literal["two-column", "differential", "transform", "compensate"] = "compensate"
+    common: Literal["auto", "high", "low"] = "auto"
     """For ``differential``: auto | high | low."""
-    noise: str = "auto"
+    noise: Literal["auto", "off", "partners", "all"] = "auto"
     """For ``compensate``: auto (= off) | off | partners | all (``_objective.noise_mode``):
     how the device's per-level programming error joins the objective (see docs/device.md)."""
 

@@ -14,7 +14,7 @@ Requires: float matrices. Guarantees: same shapes; only entries set to 0.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -37,7 +37,9 @@ def _smallest(score: np.ndarray, amount: float) -> np.ndarray:
 class Prune:
     name: ClassVar[str] = "prune"
     stage: ClassVar[str] = PLAN
-    mode: str = "magnitude"
+    requires: ClassVar[frozenset[str]] = frozenset()
+    ensures: ClassVar[frozenset[str]] = frozenset()
+    mode: Literal["magnitude", "rows", "cols"] = "magnitude"
     amount: float = 0.5
     """Fraction pruned per layer, 0..1."""
 

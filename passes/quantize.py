@@ -22,6 +22,8 @@ from rcompile.pipeline import PLAN, PlanContext, register
 class Quantize:
     name: ClassVar[str] = "quantize"
     stage: ClassVar[str] = PLAN
+    requires: ClassVar[frozenset[str]] = frozenset()
+    ensures: ClassVar[frozenset[str]] = frozenset({"quantised"})
 
     def run(self, plan: Plan, ctx: PlanContext) -> tuple[Plan, dict[str, Any]]:
         top = ctx.device.max_level

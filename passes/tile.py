@@ -29,6 +29,8 @@ def _chunks(index: np.ndarray, limit: int) -> list[np.ndarray]:
 class Tile:
     name: ClassVar[str] = "tile"
     stage: ClassVar[str] = PLAN
+    requires: ClassVar[frozenset[str]] = frozenset({"quantised"})
+    ensures: ClassVar[frozenset[str]] = frozenset({"blocks"})
     skip_zero: bool = True
     """Give all-zero rows and outputs no cells."""
 

@@ -20,7 +20,7 @@ Requires: placements. Guarantees: ``pos``/``neg``/``high`` set per output.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from rcompile.passes._objective import noise_mode
@@ -49,7 +49,9 @@ def realised(k: np.ndarray, stuck: np.ndarray) -> np.ndarray:
 class Transform:
     name: ClassVar[str] = "transform"
     stage: ClassVar[str] = CHIP
-    noise: str = "auto"
+    requires: ClassVar[frozenset[str]] = frozenset({"placements"})
+    ensures: ClassVar[frozenset[str]] = frozenset()
+    noise: Literal["auto", "off", "partners", "all"] = "auto"
     """auto (= all) | off | partners | all (``_objective.noise_mode``): which healthy cells
     weigh in the device's per-level programming error."""
 

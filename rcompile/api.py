@@ -1,15 +1,21 @@
 """The Python API; the CLI is a thin shell over it.
 
-One line per stage, in processing order::
+One compile, model and fault map to image, is :func:`compile_chip`::
 
-    plan, _ = make_plan("model.onnx", tile_rows=128, tile_cols=128)  # chip-independent, once a lot
-    image = build(plan, faultmap.load("chip.npz"), strategy="full").image   # per chip
-    report = runtime.verify(image, faultmap, data)                   # independent check
+    fm = faultmap.load("chip.npz")
+    res = compile_chip("model.onnx", fm, calib_path="calib.npz")     # plan + per-chip stage
+    report = runtime.verify(res.image, fm, data)                     # independent check
+
+A lot plans once and compiles every chip against that plan::
+
+    lot = plan_lot("model.onnx", fm, calib_path="calib.npz")        # chip-independent, once a lot
+    res = compile_chip("model.onnx", other_fm, lot=lot)              # per chip
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,8 +24,8 @@ import onnx
 
 import rcompile
 from rcompile import pipeline as pl
-from rcompile.device import Device, Geometry
-from rcompile.errors import BadData, BadFaultMap
+from rcompile.device import Device, Geometry, Hardware
+from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
@@ -46,10 +52,127 @@ def plan_pipeline(prune: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class BuildResult:
+    """One chip's compile: its image, the mapping behind it, and what happened."""
+
     image: Image
     mapping: ChipMapping
     log: list[dict[str, Any]]
+    """One entry per pass that ran (chip-independent ones first when the plan was made here):
+    ``pass``, ``seconds`` and the pass's own statistics."""
     warnings: list[str]
+    """What an operator should know; the image is valid regardless."""
+    plan: Plan | None = None
+    """The plan the chip was compiled against."""
+    plan_seconds: float = 0.0
+    """Time of the chip-independent stage (0 when a lot's plan was reused)."""
+    chip_seconds: float = 0.0
+    """Time of the per-chip stage and the image assembly."""
+
+
+@dataclass(frozen=True)
+class LotPlan:
+    """The chip-independent stage of a lot: made once, shared by every chip of the lot."""
+
+    plan: Plan
+    calib: Calib | None
+    """Per crossbar op ``(E[x^2], E[x])`` of its matrix rows; None without calibration data."""
+    log: tuple[dict[str, Any], ...] = ()
+    """The plan passes' log (empty when the plan was read from a plan file)."""
+    source: str = "<memory>"
+    """Where the plan came from (a plan file, or ``plan of MODEL``): named in errors."""
+    seconds: float = 0.0
+
+
+Calib = tuple[tuple[np.ndarray, np.ndarray], ...]
+
+
+def plan_lot(
+    model_path: str,
+    fm: FaultMap,
+    *,
+    hardware: Hardware | None = None,
+    plan_path: str | None = None,
+    calib_path: str | None = None,
+    prune: str | None = None,
+) -> LotPlan:
+    """The chip-independent stage for chips like ``fm``: read from ``plan_path`` (checked
+    against the model, the chip's geometry and levels, and ``hardware``'s cell), or made from
+    the model for ``fm``'s tile geometry and levels and ``hardware``'s cell; with
+    ``calib_path``, the calibration statistics of its data."""
+    from rcompile import planfile
+    from rcompile.programming import compiler_device
+
+    t0 = time.perf_counter()
+    if plan_path is not None:
+        if prune is not None:
+            raise BadPlan(f"{plan_path}: a saved plan already fixes pruning; drop --prune")
+        saved = planfile.read(plan_path)
+        planfile.check_model(saved, model_path)
+        planfile.check_chip(saved, fm)
+        if calib_path is not None and saved.calib is None:
+            raise BadPlan(f"{plan_path}: made without --calib; pass --calib to 'rcompile plan'")
+        if hardware is not None and hardware.cell.levels != saved.plan.device.levels:
+            raise BadPlan(f"{plan_path}: plan is quantised for {saved.plan.device.levels} levels "
+                          f"but device {hardware.name} has {hardware.cell.levels}: make a plan "
+                          f"with --levels {hardware.cell.levels}")
+        return LotPlan(saved.plan, saved.calib, (), saved.source, time.perf_counter() - t0)
+    geo = fm.geometry
+    plan, log = make_plan(model_path, tile_rows=geo.rows, tile_cols=geo.cols,
+                          device=fm.device(compiler_device(hardware)),
+                          pipeline=plan_pipeline(prune))
+    calib = None if calib_path is None else load_calib_stats(plan, calib_path)
+    return LotPlan(plan, calib, tuple(log), f"plan of {model_path}", time.perf_counter() - t0)
+
+
+def compile_chip(
+    model_path: str,
+    fm: FaultMap,
+    *,
+    lot: LotPlan | None = None,
+    plan_path: str | None = None,
+    calib_path: str | None = None,
+    prune: str | None = None,
+    strategy: str = "full",
+    pipeline: str | None = None,
+    solver: pl.SolverOptions | None = None,
+    hardware: Hardware | None = None,
+) -> BuildResult:
+    """Compile the model at ``model_path`` for the chip whose fault map is ``fm``.
+
+    ``lot`` is a plan made once for a whole lot (:func:`plan_lot`); without it the plan is made
+    here (or read from ``plan_path``). ``hardware`` is the device model the chip is made in:
+    the plan quantises for its cell and the image records it, so ``verify`` emulates it."""
+    if pipeline is None and strategy not in STRATEGIES:
+        raise pl.BadPipeline(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    passes = chip_pipeline(pipeline or STRATEGIES[strategy])   # checked before any work
+    if hardware is not None:                                   # the device's tiles are the chip's
+        hardware.check_tiles(fm.geometry.rows, fm.geometry.cols, fm.source)
+    lot = lot or plan_lot(model_path, fm, hardware=hardware, plan_path=plan_path,
+                          calib_path=calib_path, prune=prune)  # chip-independent stage
+    t0 = time.perf_counter()
+    res = build(lot.plan, fm, strategy=strategy, pipeline=pipeline, solver=solver,
+                calib=lot.calib, hardware=None if hardware is None else hardware.to_dict(),
+                passes=passes)                                 # per-chip passes and the image
+    return replace(res, log=[*lot.log, *res.log], plan=lot.plan, plan_seconds=lot.seconds,
+                   chip_seconds=time.perf_counter() - t0)
+
+
+def utilisation(plan: Plan, image: Image) -> list[dict[str, Any]]:
+    """Per crossbar op: its blocks, the physical tiles it occupies and the fraction of those
+    tiles' cells its blocks use (two cells per weight)."""
+    cells = plan.tile_rows * plan.tile_cols
+    tiles: list[set[int]] = [set() for _ in plan.ops]
+    for tile in image.tiles:
+        for sl in tile.slices:
+            tiles[sl.layer].add(int(tile.tile))
+    out = []
+    for i, op in enumerate(plan.ops):
+        blocks = [b for b in plan.blocks if b.layer == i]
+        used = sum(2 * len(b.rows) * len(b.outs) for b in blocks)
+        out.append({"node": op.node, "op_type": op.op_type, "shape": list(op.shape),
+                    "groups": op.groups, "blocks": len(blocks), "tiles": len(tiles[i]),
+                    "cell_utilisation": used / max(1, len(tiles[i]) * cells)})
+    return out
 
 
 def make_plan(
@@ -79,7 +202,9 @@ def make_plan(
         options={"plan_pipeline": pipeline},
     )
     ctx = pl.PlanContext(tile_rows, tile_cols, device)
-    return pl.run_plan(pl.parse(pipeline), plan, ctx)
+    passes = pl.parse(pipeline, stage=pl.PLAN, have=frozenset())
+    plan, _, log = pl.run(passes, plan, ctx)
+    return plan, log
 
 
 def tiles_needed(model_path: str, rows: int, cols: int) -> int:
@@ -96,6 +221,21 @@ def spare_tiles(needed: int, spare: float) -> int:
     """
     tiles = math.ceil(round(needed * (1.0 + spare), 9))
     return max(tiles, needed + 1) if spare > 0 else tiles
+
+
+def chip_pipeline(spec: str, plan: Plan | None = None) -> list[pl.ChipPass]:
+    """The per-chip passes of ``spec``, checked before any runs: per-chip passes only, each
+    pass's requirements ensured by the plan (or, without one, by a finished plan) or an earlier
+    pass, and an image's needs (placements and cell levels) ensured by the end."""
+    have = pl.plan_facts(plan) if plan is not None else frozenset({"quantised", "blocks"})
+    passes = pl.parse(spec, stage=pl.CHIP, have=have)
+    missing = {"placements", "levels"} - pl.check_order(passes, have)
+    if missing:
+        raise pl.BadPipeline(
+            f"pipeline: {spec!r} does not ensure {', '.join(sorted(missing))}, which an image "
+            "needs; end it with 'program'" + ("" if "placements" not in missing
+                                              else " and start it with 'place'"))
+    return passes
 
 
 def chip_device(plan: Plan, fm: FaultMap) -> Device:
@@ -118,11 +258,13 @@ def build(
     solver: pl.SolverOptions | None = None,
     calib: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None,
     hardware: dict[str, Any] | None = None,
+    passes: list[pl.ChipPass] | None = None,
 ) -> BuildResult:
     """Per-chip stage: place, pair, permute, program and calibrate for one fault map.
 
     ``hardware`` (a :class:`rcompile.device.Hardware` as a dict) is recorded in the image header
-    so that ``verify`` emulates the same device by default.
+    so that ``verify`` emulates the same device by default. ``passes``: the already checked
+    passes of ``pipeline`` or ``strategy`` (:func:`chip_pipeline`).
     """
     geo = fm.geometry
     if (geo.rows, geo.cols) != (plan.tile_rows, plan.tile_cols):
@@ -130,9 +272,13 @@ def build(
             f"{fm.source}: tiles are {geo.rows}x{geo.cols} but the plan was tiled for "
             f"{plan.tile_rows}x{plan.tile_cols}"
         )
+    if len(plan.bins()) > geo.tiles:
+        raise DoesNotFit(f"{fm.source}: the model needs {len(plan.bins())} tiles of "
+                         f"{geo.rows}x{geo.cols} but chip {fm.chip_id} has {geo.tiles}")
     if strategy not in STRATEGIES and pipeline is None:
         raise ValueError(f"unknown strategy {strategy!r}")
     spec = pipeline if pipeline is not None else STRATEGIES[strategy]
+    passes = chip_pipeline(spec, plan) if passes is None else passes
     device = chip_device(plan, fm)
     solver = solver or pl.SolverOptions()
     ctx = pl.ChipContext(
@@ -143,8 +289,8 @@ def build(
         solver=solver,
         calib=calib,
     )
-    passes = pl.parse(spec)
-    mapping, log = pl.run_chip(passes, plan, ChipMapping(placements=()), ctx)
+    _, mapping, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
+    assert mapping is not None
     header = {
         "chip_id": fm.chip_id,
         "faultmap_sha256": fm.digest(),
@@ -236,6 +382,9 @@ def calib_stats(
     """
     import onnxruntime as ort
 
+    from rcompile.data import batches, fixed_batch, input_specs, unpad
+    from rcompile.runtime import free_dims
+
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     node_input = {}
@@ -251,7 +400,8 @@ def calib_stats(
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(free_dims(probe).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
     feeds = {i.name for i in sess.get_inputs()}
     missing = feeds - set(data)
     if missing:
@@ -259,9 +409,10 @@ def calib_stats(
     names = [o.name for o in sess.get_outputs()]
     sums: dict[str, list[np.ndarray]] = {}
     n = len(next(iter(data.values())))
-    for start in range(0, n, 256):
-        batch = {k: v[start : start + 256] for k, v in data.items() if k in feeds}
-        outs = dict(zip(names, sess.run(None, batch), strict=True))
+    fixed = fixed_batch(input_specs(model), source)
+    for lo, hi, batch in batches({k: v for k, v in data.items() if k in feeds}, n, 256, fixed):
+        outs = {k: unpad(np.asarray(v), hi - lo, fixed)
+                for k, v in zip(names, sess.run(None, batch), strict=True)}
         for op in ops:
             x, node = node_input[op.node]
             xs = np.asarray(outs[x], np.float64)
@@ -294,8 +445,12 @@ __all__ = [
     "STRATEGIES",
     "BuildResult",
     "Geometry",
+    "LotPlan",
     "build",
     "calib_stats",
+    "compile_chip",
     "make_plan",
+    "plan_lot",
     "tiles_needed",
+    "utilisation",
 ]

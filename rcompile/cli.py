@@ -1,7 +1,10 @@
 """``rcompile`` command line: a click group of thin commands over :mod:`rcompile.api`.
 
 Domain errors (:class:`~rcompile.errors.RcompileError`) are caught once, in :func:`main`, and
-become one line on stderr and a non-zero exit. Output files are written atomically.
+become one line on stderr and a non-zero exit; so do SIGINT and SIGTERM (exit 130 / 143,
+:mod:`rcompile.interrupts`). Output files are written atomically, and every command refuses an
+output that is the same file as one of its inputs (:func:`rcompile.fileio.refuse_overwrite`),
+before any work. The promises and exit codes: ``docs/reliability.md``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 import click
 import numpy as np
 
-from rcompile import __version__, api, runtime
+from rcompile import __version__, api, interrupts, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import load_data
 from rcompile.errors import RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
+from rcompile.fileio import refuse_overwrite
 from rcompile.pipeline import SolverOptions
 
 
@@ -78,6 +82,13 @@ def _device_option(f: Any) -> Any:
                         "(docs/device.md).")(f)
 
 
+def _device_file(spec: str | None) -> str | None:
+    """The file ``--device`` names (None for a preset or without the option)."""
+    from rcompile.device import PRESETS
+
+    return None if spec is None or spec in PRESETS else spec
+
+
 def _load_device(spec: str | None) -> Any:
     """The :class:`~rcompile.device.Hardware` of ``--device`` (None without it)."""
     from rcompile.device import load_hardware
@@ -109,7 +120,13 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
     """Compile MODEL for one chip and write its programming image."""
     from rcompile.programming import compiler_device
 
+    out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
+    refuse_overwrite([("-o" if output else "the default image", out)],
+                     [("MODEL", model), ("--faultmap", faultmap_path), ("--calib", calib),
+                      ("--plan", plan_path), ("--device", _device_file(device_spec))])
     t0 = time.perf_counter()
+    if pipeline is not None:
+        api.chip_pipeline(pipeline)  # a bad pipeline string fails before any file is read
     hw = _load_device(device_spec)
     fm = fmap.load(faultmap_path)
     geo = fm.geometry
@@ -136,7 +153,6 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
                     solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
                     hardware=None if hw is None else hw.to_dict())
     t2 = time.perf_counter()
-    out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
     rimg.write(res.image, out)
     for w in res.warnings:
         click.echo(f"rcompile: warning: {w}", err=True)
@@ -325,6 +341,9 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
     for s in strategies:
         if s not in api.STRATEGIES:
             raise click.BadParameter(f"unknown strategy {s!r}; known: {sorted(api.STRATEGIES)}")
+    refuse_overwrite([("--plot", plot)], [("MODEL", model), ("--data", data_path),
+                                          ("--calib", calib),
+                                          ("--device", _device_file(device_spec))])
     hw = _load_device(device_spec)
     result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
                        seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
@@ -361,6 +380,7 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
     if cols % 2:
         raise click.BadParameter(f"{cols} is odd; expected an even column count "
                                  "(differential pairs)", param_hint="'--cols'")
+    refuse_overwrite([("-o", output)], [("MODEL", model), ("--calib", calib)])
     t0 = time.perf_counter()
     plan, log = api.make_plan(model, tile_rows=rows, tile_cols=cols,
                                  device=Device(levels=levels), pipeline=api.plan_pipeline(prune))
@@ -419,9 +439,12 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
     if plan_path is not None and calib is not None:
         raise click.BadParameter("a saved plan already fixes calibration; drop --calib",
                                  param_hint="'--plan'")
+    maps = prov.find_faultmaps(faultmaps_dir)
+    prov.check_outputs(model, maps, out_dir, plan_path=plan_path, calib_path=calib,
+                       verify_data=verify_data, device_file=_device_file(device_spec))
     hw = _load_device(device_spec)
-    total = len(prov.find_faultmaps(faultmaps_dir))
     prov.check_writable(out_dir)  # fail before the progress bar starts
+    total = len(maps)
     with click.progressbar(length=total, label="provisioning", file=sys.stderr,
                            show_pos=True) as bar:
         summary = prov.provision(
@@ -444,10 +467,20 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
                             f"see {summary.report}")
 
 
-def main() -> None:
-    """Console entry point: one stderr line and a non-zero exit for every domain error."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one stderr line and a non-zero exit for every domain error, and for
+    SIGINT / SIGTERM (exit 130 / 143, see :mod:`rcompile.interrupts`)."""
     try:
-        cli.main(standalone_mode=False)
+        with interrupts.catching():
+            _run(argv)
+            interrupts.check()
+    except interrupts.Interrupted as e:
+        interrupts.stop(e)
+
+
+def _run(argv: list[str] | None) -> None:
+    try:
+        cli.main(args=argv, prog_name="rcompile", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:

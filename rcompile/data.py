@@ -6,31 +6,47 @@ samples. Every rule below is checked at load time, so the runtime never meets a 
 
 * the file exists and is an ``.npz`` archive (no pickled objects);
 * every model input is present, and nothing else is (besides ``labels``);
-* each input has the model's rank and every fixed dimension after axis 0; a fixed axis 0
-  (a model exported with batch size ``b``) requires a sample count that is a multiple of ``b``;
+* each input has the model's rank and every fixed dimension after axis 0;
 * dtypes match the model's input types exactly; the one allowed cast is float64 -> float32;
 * floating inputs hold no NaN or Inf (after that cast);
-* ``labels`` is 1-D, integer, non-negative, one per sample;
+* ``labels`` is 1-D, integer, non-negative, fits int64, one per sample;
+* the arrays stay within :data:`MAX_DATA_BYTES` (checked on the ``.npy`` headers, before
+  allocating), each zip member is one ``<key>.npy`` and no key appears twice;
 * there is at least one sample.
 
 A violation raises :class:`~rcompile.errors.BadData` with one line naming the file, the array
 and what was expected.
+
+Batch axis: a dimension the model declares as a positive number is fixed; ``-1``, ``0``, a
+symbolic name (``N``, ``p2o.DynamicDimension.0``), a dimension with neither, or an input without
+a shape leave it free. Any sample count fits any batch: a model that fixes axis 0 at ``b`` runs
+``b`` samples at a time (1000 samples at ``b = 1``: 1000 runs), and a last batch that ``b`` does
+not fill is padded with copies of its last sample whose outputs are dropped (:func:`batches`).
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from rcompile.errors import BadData, BadModel
+from rcompile.npzio import read_npz
 
 LABELS = "labels"
 """Key of the optional integer label array in a data file."""
+
+MAX_DATA_BYTES = 1 << 30
+"""Most bytes the arrays of one data file may hold once loaded (1 GiB); checked against every
+``.npy`` header before anything is allocated."""
+
+MAX_LABEL = np.iinfo(np.int64).max
+"""Largest label a data file may hold; the runtime then requires labels below the model's
+number of output classes."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +117,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if tt.HasField("shape"):
             dims: list[int | str | None] = []
             for d in tt.shape.dim:
-                if d.HasField("dim_value"):
+                if d.HasField("dim_value") and d.dim_value > 0:  # -1 and 0 mean "any"
                     dims.append(int(d.dim_value))
                 elif d.HasField("dim_param"):
                     dims.append(d.dim_param)
@@ -134,18 +150,8 @@ def _load(path: str, specs: list[InputSpec], *, use_labels: bool) -> Dataset:
         raise BadData(f"{path}: no such data file; expected an .npz archive of input arrays")
     if not zipfile.is_zipfile(path):
         raise BadData(f"{path}: not an .npz archive; expected one array per model input")
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            for key in z.files:
-                try:
-                    arrays[key] = z[key]
-                except ValueError as e:  # object arrays need pickle
-                    raise BadData(
-                        f"{path}: array '{key}' holds Python objects; expected a numeric array"
-                    ) from e
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
-        raise BadData(f"{path}: cannot read the .npz archive ({e})") from e
+    arrays = read_npz(path, name=path, error=BadData, max_array_bytes=MAX_DATA_BYTES,
+                      max_total_bytes=MAX_DATA_BYTES, what="an .npz of one array per model input")
     return _validate(path, arrays, specs, use_labels=use_labels)
 
 
@@ -186,16 +192,43 @@ def _validate(
         n = int(arrays[LABELS].shape[0]) if LABELS in arrays and arrays[LABELS].ndim else 0
     if n == 0:
         raise BadData(f"{path}: holds 0 samples; expected at least one")
-    for s in specs:
-        b = s.fixed_batch
-        if b is not None and b > 0 and n % b:
-            raise BadData(
-                f"{path}: input '{s.name}' has {n} samples but the model fixes axis 0 at {b}; "
-                f"expected a multiple of {b}"
-            )
 
     labels = _check_labels(path, arrays[LABELS], n) if use_labels and LABELS in arrays else None
     return Dataset(inputs=inputs, labels=labels, n=n, source=path)
+
+
+def fixed_batch(specs: list[InputSpec], source: str = "model") -> int | None:
+    """The batch size the inputs ``specs`` fix (None: free), or BadModel if they disagree."""
+    fixed = {s.fixed_batch for s in specs if s.fixed_batch}
+    if len(fixed) > 1:
+        raise BadModel(f"{source}: inputs fix axis 0 at different sizes {sorted(fixed)}")
+    return fixed.pop() if fixed else None
+
+
+def batches(
+    inputs: Mapping[str, np.ndarray], n: int, step: int, fixed: int | None, first: int = 0
+) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """``(lo, hi, feed)`` for consecutive batches of ``step`` samples of ``inputs`` (``n`` in
+    all); no batch straddles sample ``first`` unless the batch is ``fixed``. With a ``fixed``
+    batch every feed has exactly ``fixed`` samples: a short last one is padded with copies of
+    its last sample (drop their outputs with :func:`unpad`)."""
+    step = fixed or max(1, int(step))
+    cut = 0 if fixed or not 0 < first < n else first
+    starts = [*range(0, cut, step), *range(cut, n, step)]
+    for lo, hi in zip(starts, [*starts[1:], n], strict=True):
+        feed = {k: v[lo:hi] for k, v in inputs.items()}
+        if fixed and hi - lo < fixed:
+            pad = np.full(fixed - (hi - lo), hi - lo - 1)
+            feed = {k: np.concatenate([v, v[pad]]) for k, v in feed.items()}
+        yield lo, hi, feed
+
+
+def unpad(out: np.ndarray, real: int, fixed: int | None) -> np.ndarray:
+    """An output of a (padded) ``fixed`` batch, with the rows of padding samples dropped:
+    outputs whose axis 0 is the batch keep their first ``real`` rows."""
+    if fixed and real < fixed and out.ndim and out.shape[0] == fixed:
+        return out[:real]
+    return out
 
 
 def _check_input(path: str, s: InputSpec, a: np.ndarray) -> np.ndarray:
@@ -245,6 +278,12 @@ def _check_labels(path: str, y: np.ndarray, n: int) -> np.ndarray:
             f"{path}: '{LABELS}' has {y.shape[0]} entries but the inputs have {n} samples; "
             "expected one label per sample"
         )
-    if (y < 0).any():
+    if y.size and int(y.min()) < 0:
         raise BadData(f"{path}: '{LABELS}' has negative entries; expected class indices >= 0")
+    if y.size and int(y.max()) > MAX_LABEL:
+        first = int(np.argmax(y))
+        raise BadData(
+            f"{path}: '{LABELS}'[{first}] = {int(y[first])} does not fit int64; expected class "
+            f"indices 0..{MAX_LABEL} (below the model's number of output classes)"
+        )
     return y.astype(np.int64)

@@ -146,6 +146,8 @@ def infer_shapes(
         if shape is None or not inp.type.HasField("tensor_type"):
             continue
         dims = inp.type.tensor_type.shape.dim
+        if not inp.type.tensor_type.HasField("shape"):  # declared without a shape: any rank
+            dims.extend(onnx.TensorShapeProto.Dimension() for _ in shape)
         if len(dims) != len(shape):
             continue
         for d, n in zip(dims, shape, strict=True):

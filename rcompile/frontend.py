@@ -78,7 +78,9 @@ a Conv or ConvTranspose whose input channels (where the shapes fix them), bias o
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +93,11 @@ from onnx.external_data_helper import load_external_data_for_tensor, uses_extern
 from rcompile.errors import BadModel
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
+#: Oldest ``ai.onnx`` opset accepted (onnxruntime's oldest supported; the emulator's nodes).
+MIN_OPSET = 7
+MAX_MODEL_BYTES = 1 << 31
+"""Largest ONNX file (and densified sparse initializer) the frontend reads: 2 GiB, protobuf's
+own limit."""
 #: Domains whose ops the compiler knows.
 _STANDARD = ("", "ai.onnx")
 #: Ops whose output is not a function of their inputs: never folded to constants.
@@ -152,8 +159,16 @@ def load_model(path: str) -> Frontend:
     """Load, check and normalise the model at ``path``; raise :class:`BadModel` on any defect."""
     if not os.path.isfile(path):
         raise BadModel(f"{path}: no such model file")
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MODEL_BYTES:
+                raise BadModel(f"{path}: {size} bytes; expected an ONNX file of at most "
+                               f"{MAX_MODEL_BYTES} bytes (the protobuf limit; larger weights "
+                               "belong in external data)")
+            raw = f.read()
+    except OSError as e:
+        raise BadModel(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         model = onnx.load_model_from_string(raw)
     except Exception as exc:  # protobuf raises DecodeError and friends
@@ -163,10 +178,11 @@ def load_model(path: str) -> Frontend:
     digest = hashlib.sha256(raw)
     _load_external_data(model, path, digest)
     for sp in model.graph.sparse_initializer:  # shape inference does not see sparse ones
-        model.graph.initializer.append(_densify(sp))
+        model.graph.initializer.append(_densify(sp, path))
     del model.graph.sparse_initializer[:]
+    _check_runtime_opsets(model, path)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(_checkable(model))
     except Exception as exc:
         raise BadModel(f"{path}: fails the ONNX checker: {_one_line(exc)}") from None
     try:
@@ -174,6 +190,54 @@ def load_model(path: str) -> Frontend:
     except Exception as exc:
         raise BadModel(f"{path}: shape inference failed: {_one_line(exc)}") from None
     return normalise(model, path, digest.hexdigest())
+
+
+def _checkable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy for the ONNX checker in which graph inputs and outputs declared
+    without any shape (unknown rank: valid for shape inference and onnxruntime, but the checker
+    wants the field) carry an empty one."""
+    infos = [*model.graph.input, *model.graph.output]
+    if all(vi.type.tensor_type.HasField("shape") for vi in infos
+           if vi.type.HasField("tensor_type")):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in [*out.graph.input, *out.graph.output]:
+        if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
+            vi.type.tensor_type.shape.SetInParent()
+    return out
+
+
+def _check_runtime_opsets(model: onnx.ModelProto, path: str) -> None:
+    """BadModel unless onnxruntime runs every opset ``model`` imports (asked of onnxruntime,
+    with an empty graph of the same imports) and the ``ai.onnx`` opset is at least
+    :data:`MIN_OPSET`."""
+    import onnxruntime as ort
+
+    imports = list(model.opset_import)
+    default = next((o.version for o in imports if o.domain in _STANDARD), None)
+    if default is not None and default < MIN_OPSET:
+        raise BadModel(f"{path}: declares ONNX opset {default}; expected opset {MIN_OPSET} or "
+                       f"newer (the oldest onnxruntime supports)")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    probe = helper.make_model(helper.make_graph([], "opsets", [x], [x]), opset_imports=imports)
+    probe.ir_version = model.ir_version
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        found = re.search(r"domain (\S+) is till opset (\d+)", text)
+        if found is None:  # e.g. an IR version too new: onnxruntime's reason, its C++ frame cut
+            why = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (/\S+:\d+ .*?\)\s+(?=[A-Z]))?", "",
+                         text)
+            raise BadModel(f"{path}: onnxruntime {ort.__version__} cannot load it: "
+                           f"{_one_line(ValueError(why))}") from None
+        domain, top = found.group(1), int(found.group(2))
+        have = next((o.version for o in imports if (o.domain or "ai.onnx") == domain), "?")
+        raise BadModel(f"{path}: declares opset {have} of domain '{domain}', which onnxruntime "
+                       f"{ort.__version__} cannot run; expected opset {top} or older") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -239,15 +303,29 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _densify(sp: onnx.SparseTensorProto) -> onnx.TensorProto:
-    values = numpy_helper.to_array(sp.values)
-    idx = numpy_helper.to_array(sp.indices).astype(np.int64)
-    dense = np.zeros(tuple(sp.dims), values.dtype)
-    if idx.ndim == 2:  # [nnz, rank] coordinates
-        dense[tuple(idx.T)] = values
-    else:  # [nnz] linear indices
-        dense.reshape(-1)[idx] = values
-    return numpy_helper.from_array(dense, sp.values.name)
+def _densify(sp: onnx.SparseTensorProto, path: str) -> onnx.TensorProto:
+    name = sp.values.name
+    try:
+        values = numpy_helper.to_array(sp.values)
+        idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+    except Exception as exc:  # onnx raises ValueError/TypeError on inconsistent tensors
+        raise BadModel(f"{path}: sparse initializer {name!r} is malformed: {_one_line(exc)}"
+                       ) from None
+    dims = tuple(int(d) for d in sp.dims)
+    size = math.prod(dims) * values.dtype.itemsize if all(d >= 0 for d in dims) else -1
+    if not 0 <= size <= MAX_MODEL_BYTES:
+        raise BadModel(f"{path}: sparse initializer {name!r} declares dims {list(dims)}; "
+                       f"expected a dense size of at most {MAX_MODEL_BYTES} bytes")
+    dense = np.zeros(dims, values.dtype)
+    try:
+        if idx.ndim == 2:  # [nnz, rank] coordinates
+            dense[tuple(idx.T)] = values
+        else:  # [nnz] linear indices
+            dense.reshape(-1)[idx] = values
+    except (IndexError, ValueError) as exc:
+        raise BadModel(f"{path}: sparse initializer {name!r}: indices do not fit dims "
+                       f"{list(dims)} ({_one_line(exc)})") from None
+    return numpy_helper.from_array(dense, name)
 
 
 class _Graph:
@@ -480,8 +558,9 @@ def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
             mapped.append(found)
     folded = _fold_into_crossbar(gr, mapped, reasons)  # rule 5
     gr.drop_unused()  # rule 6
-    try:
-        onnx.checker.check_model(gr.model, full_check=True)
+    try:  # the checker's full check, which is its check and strict shape inference
+        onnx.checker.check_model(_checkable(gr.model))
+        shape_inference.infer_shapes(gr.model, check_type=True, strict_mode=True)
     except Exception as exc:  # a normalisation bug, but say which model it happened on
         raise BadModel(
             f"{path}: normalised graph fails the ONNX checker: {_one_line(exc)}"

@@ -64,7 +64,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from rcompile import energy, tilemode
-from rcompile.data import Dataset, InputSpec, input_specs
+from rcompile.data import Dataset, InputSpec, batches, fixed_batch, input_specs, unpad
 from rcompile.device import PRESETS, Device, Hardware, hardware_from_dict
 from rcompile.errors import BadData, BadDevice, BadImage, BadModel
 from rcompile.image import Image, LayerRecord, SliceRecord
@@ -85,6 +85,7 @@ __all__ = [
     "effective_weights",
     "emulate",
     "emulated_model",
+    "free_dims",
     "image_device",
     "image_hardware",
     "image_input_specs",
@@ -107,7 +108,8 @@ set, three chips: 64 spread inferences land within 0.7 % of all 1000, 32 within 
 *first* 64 were 28 % off, the data is not shuffled.)"""
 
 CALIBRATION_SAMPLES = 128
-"""Samples (the first of the data, at most one batch) a ``calibrated`` converter is set on."""
+"""Samples (the first of the data, at most one batch, or whole batches of a model that fixes its
+batch size) a ``calibrated`` converter is set on."""
 
 PARALLEL_CELLS = 1 << 20
 """Cells to write above which the programming simulation spreads the chip's tiles over every
@@ -236,7 +238,7 @@ def image_hardware(
             raise BadImage(str(e)) from e
     if hardware.cell.levels != cell.levels:
         raise BadDevice(
-            f"device {hardware.name} has {hardware.cell.levels} levels per cell but image "
+            f"{hardware.label} has {hardware.cell.levels} levels per cell but image "
             f"{name} was compiled for {cell.levels}; expected the same number of levels"
         )
     over = {k: v for k, v in (faultmap.device_overrides() if faultmap else {}).items()
@@ -583,7 +585,8 @@ def run(
     CPU execution provider, two intra-op threads, all graph optimisations (none with
     ``optimize=False``: for the emulator's own graphs, whose hundreds of nodes make the
     optimisers cost more session setup than they save in the run). A model that fixes its batch
-    axis at ``b`` is run ``b`` samples at a time; otherwise no batch straddles sample
+    axis at ``b`` is run ``b`` samples at a time, a short last batch padded (the padding's
+    outputs dropped, :func:`rcompile.data.batches`); otherwise no batch straddles sample
     ``first`` (so per-batch outputs can be told apart for the first ``first`` samples).
     """
     opts = ort.SessionOptions()
@@ -596,23 +599,20 @@ def run(
     opts.log_severity_level = 3
     try:
         sess = ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            free_dims(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as e:
         raise BadModel(f"{source}: onnxruntime cannot load it ({_first_line(e)})") from e
     fixed = _fixed_batch(model, source)
-    step = fixed or max(1, int(batch_size))
     names = [i.name for i in sess.get_inputs()]
     for nm in names:
         if nm not in dataset.inputs:
             raise BadData(f"{dataset.source}: has no array for input '{nm}' of {source}")
     parts: list[list[np.ndarray]] = []
-    cut = 0 if fixed or not 0 < first < dataset.n else first
-    starts = [*range(0, cut, step), *range(cut, dataset.n, step)]
-    for lo, hi in zip(starts, [*starts[1:], dataset.n], strict=True):
-        feed = {nm: dataset.inputs[nm][lo:hi] for nm in names}
+    inputs = {nm: dataset.inputs[nm] for nm in names}
+    for lo, hi, feed in batches(inputs, dataset.n, batch_size, fixed, first):
         try:
-            parts.append([np.asarray(o) for o in sess.run(None, feed)])
+            parts.append([unpad(np.asarray(o), hi - lo, fixed) for o in sess.run(None, feed)])
         except Exception as e:
             raise BadModel(
                 f"{source}: onnxruntime failed on samples {lo}..{hi - 1} "
@@ -623,6 +623,24 @@ def run(
         chunk = [p[k] for p in parts]
         outs.append(np.concatenate(chunk) if chunk[0].ndim else np.stack(chunk))
     return outs
+
+
+def free_dims(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every dimension declared ``0`` or negative made unknown (exporters write
+    them for "any size"; onnxruntime would take a ``0`` literally). A copy only when needed."""
+    infos = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    dims = [d for vi in infos if vi.type.HasField("tensor_type")
+            for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value") and d.dim_value <= 0]
+    if not dims:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in [*out.graph.input, *out.graph.output, *out.graph.value_info]:
+        if vi.type.HasField("tensor_type"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value <= 0:
+                    d.ClearField("dim_value")
+    return out
 
 
 def _first_line(e: BaseException) -> str:
@@ -813,8 +831,11 @@ def verify(
     n_energy = min(dataset.n, ENERGY_SAMPLES)
     order = _energy_first(dataset.n, n_energy)
     data = dataset if order is None else dataset.take(order)
+    per_run = _fixed_batch(emulated)
     if mode == "ideal":  # the probed copy runs those, the plain graph the rest
         head = run(probed, data.take(slice(0, n_energy)), step, source=src, optimize=False)
+        if per_run:  # the probes also saw the padding of a short last batch
+            n_energy = -(-n_energy // per_run) * per_run
         every, emu = head[n_out:], head[:n_out]
         if data.n > n_energy:
             rest = run(emulated, data.take(slice(n_energy, None)), step, source=src)
@@ -822,10 +843,9 @@ def verify(
     else:  # the probes' rows of the batches that cover them
         outs = run(emulated, data, step, source=src, optimize=False, first=n_energy)
         emu = outs[:n_out]
-        per_run = _fixed_batch(emulated)
         rows = -(-n_energy // (per_run or step))
-        if per_run:  # whole fixed batches
-            n_energy = min(data.n, rows * per_run)
+        if per_run:  # whole fixed batches (a short last one padded)
+            n_energy = rows * per_run
         every = [o[:rows] for o in outs[n_out:]]
     if order is not None:  # back to the data's own order
         back = np.argsort(order)
@@ -965,8 +985,9 @@ def _tile_model(
     ):
         cal = tilemode.build(image, graph, levels, hw, biases, seed=seed, calibrate=True,
                              shapes=shapes)
-        fixed = _fixed_batch(reference) is not None
-        n_cal = min(step if fixed else min(step, CALIBRATION_SAMPLES), dataset.n)
+        fixed = _fixed_batch(reference)
+        n_cal = min(fixed * max(1, CALIBRATION_SAMPLES // fixed) if fixed
+                    else min(step, CALIBRATION_SAMPLES), dataset.n)
         outs = run(cal.model, dataset.take(slice(0, n_cal)), min(step, cal.max_batch()),
                    source=source, optimize=False)
         calibration = cal.read_calibration(outs, len(image.layers))
@@ -984,10 +1005,7 @@ def _energy_first(n: int, k: int) -> np.ndarray | None:
 
 def _fixed_batch(model: onnx.ModelProto, source: str = "model") -> int | None:
     """The batch size ``model``'s inputs fix (None: free), or BadModel if they disagree."""
-    fixed = {s.fixed_batch for s in input_specs(model) if s.fixed_batch}
-    if len(fixed) > 1:
-        raise BadModel(f"{source}: inputs fix axis 0 at different sizes {sorted(fixed)}")
-    return fixed.pop() if fixed else None
+    return fixed_batch(input_specs(model), source)
 
 
 def _batch_step(model: onnx.ModelProto, batch_size: int) -> int:

@@ -49,6 +49,7 @@ outputs *probes* the energy model reads (:class:`Probes`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,9 @@ models whose layers are split over many tiles (every tile column is a tensor cha
 NOISE_BANK_FLOATS = 1 << 22
 """Budget (float32 values, 16 MB) of one layer's bank of read-noise patterns: a layer with a
 large input keeps fewer patterns (at least 8, at most ``bank``)."""
+
+MIN_OPSET = 7
+"""Oldest ``ai.onnx`` opset the emulator writes nodes for (onnxruntime's oldest supported)."""
 
 COMBINE_DENSE_RATIO = 32
 """The digital sum of a layer is one dense product over all its columns when they are at most
@@ -164,15 +168,28 @@ class Built:
 
 
 class _Graph:
-    """Appends nodes and initializers with fresh names; knows the opset's Reduce flavour."""
+    """Appends nodes and initializers with fresh names, every node in the graph's own opset.
+
+    The emulator's nodes take the form the model's ``ai.onnx`` opset defines (7 and up): Reduce
+    axes as an attribute or an input, Clip bounds as attributes (< 11) or inputs, Slice as
+    attributes (< 10). Where an op is missing from an old opset, an exact equivalent stands in:
+    ``Max``/``Min`` with a constant are a Clip (< 8: no broadcasting), ``ConstantOfShape`` a Tile
+    (< 9), ``Round`` an addition of ``2^23`` (< 11, see :meth:`round`), the ADC's uint8 codes
+    (a QuantizeLinear read back by a per-axis DequantizeLinear, 13 and up) float codes, and the
+    random generators the random mask of a Dropout (:meth:`uniform`, :meth:`normal_like`).
+    ``Round``, the quantizers and the random generators are used only where onnxruntime has a
+    kernel of the graph's opset (``Round`` and the generators of opset 22, the quantizers of 28
+    have none in onnxruntime 1.32).
+    """
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
         self.opset = next(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
         )
-        if self.opset < 13:
-            raise BadImage(f"image: tile mode needs ONNX opset >= 13; the graph has {self.opset}")
+        if self.opset < MIN_OPSET:
+            raise BadImage(f"image: the graph has ONNX opset {self.opset}; expected "
+                           f"{MIN_OPSET} or newer")
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
@@ -181,6 +198,15 @@ class _Graph:
         self.taken = {n for node in model.graph.node for n in (*node.input, *node.output)}
         self.taken |= {t.name for t in model.graph.initializer}
         self._n = 0
+
+    def has(self, op_type: str) -> bool:
+        """Whether onnxruntime runs ``op_type`` of this graph's opset (see :func:`_has_kernel`)."""
+        return _has_kernel(op_type, self.opset)
+
+    @property
+    def uint8_codes(self) -> bool:
+        """ADC codes may stay uint8 (a per-axis DequantizeLinear reads them: opset 13)."""
+        return self.opset >= 13 and self.has("QuantizeLinear") and self.has("DequantizeLinear")
 
     def fresh(self, hint: str) -> str:
         while True:
@@ -201,19 +227,109 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, list(inputs), [y], **attrs))
         return y
 
-    def reduce(self, op_type: str, x: str, axes: Sequence[int] | None, keepdims: int = 1) -> str:
+    def reduce(self, op_type: str, x: str, axes: Sequence[int] | None, keepdims: int = 1,
+               out: str | None = None, hint: str = "") -> str:
         """``op_type`` over ``axes`` (None: every axis)."""
+        hint = hint or op_type.lower()
         if axes is None:
-            return self.op(op_type, [x], op_type.lower(), keepdims=keepdims)
+            return self.op(op_type, [x], hint, out=out, keepdims=keepdims)
         if self.opset >= (13 if op_type == "ReduceSum" else 18):
             ax = self.const("axes", list(axes), np.int64)
-            return self.op(op_type, [x, ax], op_type.lower(), keepdims=keepdims)
-        return self.op(op_type, [x], op_type.lower(), axes=list(axes), keepdims=keepdims)
+            return self.op(op_type, [x, ax], hint, out=out, keepdims=keepdims)
+        return self.op(op_type, [x], hint, out=out, axes=list(axes), keepdims=keepdims)
+
+    def clip(self, x: str, lo: float, hi: float, hint: str = "clip") -> str:
+        """``x`` clipped to ``[lo, hi]`` (float)."""
+        if self.opset >= 11:
+            return self.op("Clip", [x, self.const("lo", lo), self.const("hi", hi)], hint)
+        return self.op("Clip", [x], hint, min=float(lo), max=float(hi))
+
+    def maximum(self, x: str, c: float, hint: str) -> str:
+        """``max(x, c)`` of a float tensor and a constant."""
+        if self.opset >= 8:
+            return self.op("Max", [x, self.const("c", c)], hint)
+        return self.op("Clip", [x], hint, min=float(c), max=float(np.finfo(np.float32).max))
+
+    def minimum(self, x: str, c: float, hint: str) -> str:
+        """``min(x, c)`` of a float tensor and a constant."""
+        if self.opset >= 8:
+            return self.op("Min", [x, self.const("c", c)], hint)
+        return self.op("Clip", [x], hint, min=float(np.finfo(np.float32).min), max=float(c))
+
+    def round(self, x: str, lo: float, hi: float, hint: str = "code") -> str:
+        """``x`` rounded half to even, for ``x`` known to lie in ``[lo, hi]``.
+
+        Before opset 11 (no ``Round``): ``(x + m) - m`` rounds exactly so when every sum lies in
+        ``[2^23, 2^24)``, where float32 holds exactly the integers (the addition rounds to the
+        nearest, ties to even, and ``m`` is even): ``m = 2^23`` for ``x >= 0``, ``1.5 * 2^23``
+        for ``|x| < 2^22``, else the positive and negative parts apart. Converter codes are
+        below ``2^23`` (at most 23 bits below ideal)."""
+        if self.has("Round"):
+            return self.op("Round", [x], hint)
+        if lo >= 0 or max(-lo, hi) < 2.0**22:
+            m = self.const("m", 2.0**23 if lo >= 0 else 1.5 * 2.0**23)
+            return self.op("Sub", [self.op("Add", [x, m], hint), m], hint)
+        pos = self.round(self.op("Relu", [x], hint), 0.0, hi, hint)
+        neg = self.round(self.op("Relu", [self.op("Neg", [x], hint)], hint), 0.0, -lo, hint)
+        return self.op("Sub", [pos, neg], hint)
+
+    def clip_round(self, x: str, lo: float, hi: float, hint: str = "code") -> str:
+        """``clip(round(x), lo, hi)`` for integer bounds (equal to ``round(clip(x))``, which an
+        opset without ``Round`` computes, see :meth:`round`)."""
+        if self.has("Round"):
+            return self.op("Clip", [self.op("Round", [x]), self.const("lo", lo),
+                                    self.const("hi", hi)], hint)
+        return self.round(self.clip(x, lo, hi, hint), lo, hi, hint)
+
+    def zeros(self, shape: str, hint: str) -> str:
+        """A float zero tensor of the (int64 1-D tensor) ``shape``."""
+        if self.opset >= 9:
+            return self.op("ConstantOfShape", [shape], hint)
+        return self.op("Tile", [self.const("zero", np.zeros(1)), shape], hint)
+
+    def _bits(self, shape: str, seed: int) -> str:
+        """Fair random bits (float 0 or 1) of the (int64 1-D tensor) ``shape``: the mask of a
+        training-mode Dropout of ratio 0.5 (its mask, which onnxruntime's Dropout elimination
+        keeps)."""
+        ones = self.op("ConstantOfShape", [shape], "ones",
+                       value=numpy_helper.from_array(np.ones(1, np.float32)))
+        kept, mask = self.fresh("dropped"), self.fresh("mask")
+        self.nodes.append(helper.make_node(
+            "Dropout", [ones, self.const("half", 0.5), self.const("on", True, np.bool_)],
+            [kept, mask], seed=int(seed)))
+        return self.op("Cast", [mask], "bits", to=TensorProto.FLOAT)
+
+    def uniform(self, shape: str, seed: int, hint: str) -> str:
+        """Uniform ``[0, 1)`` draws of the (int64 1-D tensor) ``shape``.
+
+        Where onnxruntime has no ``RandomUniformLike`` of the graph's opset (its opset-22 form)
+        24 random bits make each draw, ``sum_j bit_j 2^-(j + 1)`` (exact in float32)."""
+        if self.has("RandomUniformLike"):
+            return self.op("RandomUniformLike", [self.zeros(shape, "zeros")], hint,
+                           seed=float(seed), dtype=TensorProto.FLOAT)
+        wide = self.op("Concat", [shape, self.const("bits", [24], np.int64)], hint, axis=0)
+        weights = self.const("w", 0.5 ** np.arange(1, 25))
+        return self.op("MatMul", [self._bits(wide, seed), weights], hint)
+
+    def normal_like(self, x: str, seed: int, hint: str) -> str:
+        """Standard normal draws shaped like ``x``. Without ``RandomNormalLike`` (see
+        :meth:`uniform`): the sum of 16 random bits, centred and scaled (a binomial with exactly
+        mean 0 and variance 1)."""
+        if self.has("RandomNormalLike"):
+            return self.op("RandomNormalLike", [x], hint, seed=float(seed))
+        wide = self.op("Concat", [self.const("n", [16], np.int64), self.op("Shape", [x])], hint,
+                       axis=0)
+        total = self.reduce("ReduceSum", self._bits(wide, seed), [0], 0, hint=hint)
+        return self.op("Sub", [self.op("Mul", [total, self.const("q", 0.5)], hint),
+                               self.const("mean", 4.0)], hint)
 
     def dims(self, x: str, lo: int, hi: int | None = None) -> str:
         """``Shape(x)[lo:hi]`` (``hi`` None: to the last axis)."""
         end = np.iinfo(np.int64).max if hi is None else hi
-        return self.op("Slice", [self.op("Shape", [x]), self.const("s", [lo], np.int64),
+        shape = self.op("Shape", [x])
+        if self.opset < 10:
+            return self.op("Slice", [shape], "dims", starts=[lo], ends=[end], axes=[0])
+        return self.op("Slice", [shape, self.const("s", [lo], np.int64),
                                  self.const("e", [end], np.int64)], "dims")
 
     def shape_with(self, x: str, middle: Sequence[int]) -> str:
@@ -230,6 +346,38 @@ class _Graph:
         if dtype is not None:
             y = self.op("Cast", [y], "probe", to=dtype)
         return y
+
+
+@functools.cache
+def _kernels() -> dict[str, list[tuple[int, int]]] | None:
+    """Version ranges of onnxruntime's CPU kernels of every ``ai.onnx`` op (None: unknown)."""
+    try:
+        from onnxruntime.capi import _pybind_state
+
+        defs = _pybind_state.get_all_opkernel_def()
+    except (ImportError, AttributeError):  # pragma: no cover - an onnxruntime without the list
+        return None
+    out: dict[str, list[tuple[int, int]]] = {}
+    for k in defs:
+        if k.provider == "CPUExecutionProvider" and k.domain in ("", "ai.onnx"):
+            out.setdefault(k.op_name, []).append(tuple(k.version_range))
+    return out
+
+
+@functools.cache
+def _has_kernel(op_type: str, opset: int) -> bool:
+    """Whether onnxruntime's CPU provider runs the ``op_type`` of ``opset``: a kernel registered
+    for exactly its schema's version, or for a closed range holding it (onnxruntime's rule: an
+    open-ended kernel serves only the version it starts at)."""
+    try:
+        since = onnx.defs.get_schema(op_type, opset, "").since_version
+    except onnx.defs.SchemaError:
+        return False
+    kernels = _kernels()
+    if kernels is None:
+        return True
+    top = np.iinfo(np.int32).max
+    return any(lo == since or lo <= since <= hi < top for lo, hi in kernels.get(op_type, []))
 
 
 def _layer_slices(image: Image) -> list[list[tuple[int, int, SliceRecord]]]:
@@ -330,7 +478,7 @@ def build(
             else:
                 a = _dyn_scale(g, x, axes)
                 v = g.op("Mul", [x, g.op("Div", [g.const("q", q), a])], "v")
-            v = g.op("Clip", [g.op("Round", [v]), g.const("lo", -q), g.const("hi", q)], "v")
+            v = g.clip_round(v, -q, q, "v")
             v2 = _sum_sq(g, v, conv, spatial, op.shape[0], scale=1.0 / q)
         probe = Probes(v2=v2, in_shape=g.row(g.op("Shape", [x]), TensorProto.FLOAT),
                        conv=_conv_info(node, op) if conv else None)
@@ -423,7 +571,7 @@ def _splice(
 def _dyn_scale(g: _Graph, x: str, axes: list[int]) -> str:
     """Per-inference DAC full scale ``max |x|`` (never 0)."""
     a = g.reduce("ReduceMax", g.op("Abs", [x], "abs"), axes)
-    return g.op("Max", [a, g.const("tiny", 1e-30)], "a")
+    return g.maximum(a, 1e-30, "a")
 
 
 def _sum_sq(
@@ -595,8 +743,7 @@ class _Batched:
                      else g.const("s3", [-1, self.n_out, k], np.int64))
             terms = g.op("Reshape", [_per_column(g, picked, wk, zp, len(ones)), shape],
                          "terms")
-            y = g.op("ReduceSum", [terms, g.const("axes", [2], np.int64)], "y", out=last,
-                     keepdims=0)
+            y = g.reduce("ReduceSum", terms, [2], 0, out=last, hint="y")
         if bias is None:
             return y
         b = np.asarray(bias, np.float32).reshape(-1, *ones) if conv else bias
@@ -632,8 +779,8 @@ class _Batched:
         terms = g.op("Reshape", [
             _per_column(g, code, self.coef, zp, len(self._spatial())), shape], "terms")
         identity = np.array_equal(where, np.arange(places))
-        y = g.op("ReduceSum", [terms, g.const("axes", [1], np.int64)], "y",
-                 out=out if identity and not conv else None, keepdims=0)
+        y = g.reduce("ReduceSum", terms, [1], 0, out=out if identity and not conv else None,
+                     hint="y")
         if conv:  # [N, places, positions] back to [N, places, *spatial]
             y = g.op("Reshape", [y, g.shape_with(code, [places])], "y",
                      out=out if identity else None)
@@ -691,11 +838,11 @@ def _crossbar(
     if fixed:  # currents are in ADC steps already
         return _adc_codes(g, cur, int(adc_bits), clipped)
     if adc_bits < IDEAL_BITS:  # per inference and slice: [min(0, lo), hi]
-        lo = g.op("Min", [g.reduce("ReduceMin", per_slice, [2, 4]), g.const("z", 0.0)], "lo")
+        lo = g.minimum(g.reduce("ReduceMin", per_slice, [2, 4]), 0.0, "lo")
         hi = g.reduce("ReduceMax", per_slice, [2, 4])
-        step_t = g.op("Max", [g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / top)]),
-                              g.const("tiny", 1e-30)], "adc_step")
-        code = g.op("Round", [g.op("Div", [g.op("Sub", [per_slice, lo]), step_t])], "code")
+        step_t = g.maximum(g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / top)]),
+                           1e-30, "adc_step")
+        code = g.round(g.op("Div", [g.op("Sub", [per_slice, lo]), step_t]), 0.0, top)
         return g.op("Reshape", [g.op("Mul", [code, step_t]), g.op("Shape", [cur])], "adc"), None
     return cur, None
 
@@ -710,12 +857,13 @@ def _adc_codes(g: _Graph, cur: str, bits: int, clipped: bool = False) -> tuple[s
     are never written. ``clipped``: ``cur`` is in ``[0, top]`` already (a fused Clip), and the
     zero point is 0. Above 8 bits: float codes (zero point None)."""
     top = float(2**bits - 1)
+    if clipped and not g.uint8_codes:
+        return g.round(cur, 0.0, top), None
     if clipped:
         return g.op("QuantizeLinear", [cur, g.const("one", 1.0), g.const("zp0", 0, np.uint8)],
                     "adc"), 0
-    if bits > 8:
-        return g.op("Clip", [g.op("Round", [cur]), g.const("z", 0.0), g.const("top", top)],
-                    "code"), None
+    if bits > 8 or not g.uint8_codes:
+        return g.clip_round(cur, 0.0, top), None
     cur = g.op("Relu", [cur], "cur")
     zp = 255 - int(top)
     return g.op("QuantizeLinear", [cur, g.const("one", 1.0), g.const("zp", zp, np.uint8)],
@@ -812,16 +960,18 @@ def _noisy_rows(
     back = g.shape_with(vin, [2 * groups * width])
     if per is None or bank < 1:
         both = g.op("Concat", [v5, v5], "vv", axis=2)
-        z = g.op("RandomNormalLike", [both], "z", seed=float(seed * 7919 + k))
+        z = g.normal_like(both, seed * 7919 + k, "z")
         f = g.op("Add", [g.op("Mul", [z, g.const("rel", rel)]), g.const("one", 1.0)], "f")
         return g.op("Reshape", [g.op("Mul", [both, f], "vnoisy"), back], "vnoisy")
     patterns = 1.0 + rel * rng.standard_normal((bank, *per), dtype=np.float32)
     pat = g.const("bank", patterns)
-    u = g.op("RandomUniformLike", [g.op("ConstantOfShape", [g.dims(vin, 0, 1)], "zeros")], "u",
-             seed=float(seed * 7919 + k + 1), dtype=TensorProto.FLOAT)
-    idx = g.op("Cast", [g.op("Floor", [g.op("Mul", [u, g.const("k", float(bank))])])], "idx",
-               to=TensorProto.INT64)
-    idx = g.op("Min", [idx, g.const("kmax", bank - 1, np.int64)], "idx")
+    u = g.uniform(g.dims(vin, 0, 1), seed * 7919 + k + 1, "u")
+    pick = g.op("Floor", [g.op("Mul", [u, g.const("k", float(bank))])], "idx")
+    if g.opset >= 12:
+        idx = g.op("Cast", [pick], "idx", to=TensorProto.INT64)
+        idx = g.op("Min", [idx, g.const("kmax", bank - 1, np.int64)], "idx")
+    else:  # no integer Min: the same bound on the float index
+        idx = g.op("Cast", [g.minimum(pick, float(bank - 1), "idx")], "idx", to=TensorProto.INT64)
     noisy = g.op("Mul", [v5, g.op("Gather", [pat, idx], "z", axis=0)], "vnoisy")
     return g.op("Reshape", [noisy, back], "vnoisy")
 

@@ -9,7 +9,10 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
+
+from rcompile import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "mnist")
@@ -19,6 +22,33 @@ CALIB = os.path.join(EXAMPLE, "calib.npz")
 
 
 def rcompile(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in-process, exactly as its console entry point does, and capture its output.
+
+    ``rcompile.cli.main`` is called with ``sys.argv`` set (so its one-line error handling and
+    exit codes are the ones a user meets) inside click's test isolation, which swaps the
+    standard streams. Tests that need a real process (signals, the interpreter's own exit path)
+    use :func:`rcompile_process`.
+    """
+    runner = CliRunner()
+    here = os.getcwd()
+    argv = sys.argv
+    code = 0
+    with runner.isolation() as (out, err, _):
+        sys.argv = ["rcompile", *args]
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            cli.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            sys.argv = argv
+            os.chdir(here)
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["rcompile", *args], code, stdout, stderr)
+
+
+def rcompile_process(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess (exit codes and stderr as a user sees them)."""
     return subprocess.run(
         [sys.executable, "-m", "rcompile", *args],

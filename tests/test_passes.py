@@ -72,14 +72,6 @@ def test_permutation_moves_are_bijections_and_never_worsen(seed: int, rate: floa
     assert c1 <= bp.cost(r1, p0, n0) + 1e-9
 
 
-def test_pipeline_strings_round_trip() -> None:
-    for spec in [
-        *api.STRATEGIES.values(),
-        "place{order=assign},permute{rounds=2,columns=false},program",
-    ]:
-        assert render(parse(spec)) == spec
-
-
 def test_plan_blocks_cover_every_weight_once(tiny_model: str) -> None:
     plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
     for li, layer in enumerate(plan.layers):

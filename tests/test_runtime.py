@@ -526,3 +526,86 @@ def test_run_without_graph_optimisations_computes_the_same() -> None:
     ds = dataset(conv_graph(), 16)
     (a,), (b,) = run(model, ds), run(model, ds, optimize=False)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+# --------------------------------------------------------------------------- batch declarations
+
+
+def _mlp(batch: object) -> onnx.ModelProto:
+    """x[batch, 3] -> MatMul(W[3, 2]) -> y, W an initializer (runs as it is)."""
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 2])], [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+
+
+@pytest.mark.parametrize("batch", [-1, 0, None, "N", "p2o.DynamicDimension.0"])
+def test_non_positive_and_symbolic_batch_dims_are_free(batch: object) -> None:
+    model = _mlp(batch)
+    (spec,) = input_specs(model)
+    assert spec.fixed_batch is None and spec.shape_text() == "(?, 3)"
+    xs = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float32)
+    out = run(model, Dataset({"x": xs}, None, 7), batch_size=3)[0]
+    np.testing.assert_allclose(out, xs @ np.arange(6, dtype=np.float32).reshape(3, 2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("fixed, n", [(4, 7), (1, 5), (8, 3), (2, 6)])
+def test_a_fixed_batch_runs_any_sample_count(fixed: int, n: int, tmp_path: Path) -> None:
+    model = _mlp(fixed)
+    xs = np.random.default_rng(n).normal(size=(n, 3)).astype(np.float32)
+    p = save(tmp_path, x=xs)
+    data = load_data(p, input_specs(model))  # no multiple of the batch needed
+    out = run(model, data, batch_size=256)[0]
+    assert out.shape == (n, 2)
+    np.testing.assert_allclose(out, xs @ np.arange(6, dtype=np.float32).reshape(3, 2), rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), step=st.integers(1, 12), fixed=st.one_of(st.none(), st.integers(1, 9)),
+       first=st.integers(0, 45))
+def test_batches_cover_every_sample_once(n: int, step: int, fixed: int | None, first: int) -> None:
+    from rcompile.data import batches, unpad
+
+    xs = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    got, bounds = [], []
+    for lo, hi, feed in batches({"x": xs}, n, step, fixed, first):
+        assert feed["x"].shape[0] == (fixed or hi - lo) and 0 < hi - lo <= (fixed or step)
+        np.testing.assert_array_equal(feed["x"][hi - lo:], feed["x"][hi - lo - 1:hi - lo]
+                                      .repeat(feed["x"].shape[0] - (hi - lo), 0))
+        got.append(unpad(feed["x"], hi - lo, fixed))
+        bounds.append((lo, hi))
+    np.testing.assert_array_equal(np.concatenate(got), xs)
+    if not fixed and 0 < first < n:  # no batch straddles ``first``
+        assert all(not lo < first < hi for lo, hi in bounds)
+
+
+@pytest.mark.parametrize("mode", ["ideal", "tile"])
+def test_a_short_fixed_batch_counts_its_padding_once(mode: str, tmp_path: Path) -> None:
+    """A model fixed at batch 4 on 7 samples runs them as 8, the last repeated: its report is
+    the free-batch model's on those 8 samples (energy per inference included), its outputs the
+    first 7."""
+    from rcompile import api
+    from rcompile import faultmap as fmap
+    from rcompile.data import dataset_from_arrays
+    from rcompile.runtime import emulate
+    from tests.test_opsets import FINE, cnn
+
+    xs = np.random.default_rng(3).normal(size=(7, 1, 8, 8)).astype(np.float32)
+    runs = {}
+    for batch, x8 in (("fixed", xs), ("N", np.concatenate([xs, xs[-1:]]))):
+        path = str(tmp_path / f"{batch}.onnx")
+        onnx.save(cnn(11, batch), path)
+        plan, _ = api.make_plan(path)
+        fm = fmap.synth(api.spare_tiles(plan.tiles_needed(), 0.1), 128, 128, 0.02, (5, 1), 2)
+        image = api.build(plan, fm).image
+        data = dataset_from_arrays({"x": x8}, image_input_specs(image))
+        hw = FINE if mode == "tile" else None
+        runs[batch] = (verify(image, fm, data, hardware=hw, mode=mode),
+                       emulate(image, fm, data, hardware=hw, mode=mode)[0])
+    (fixed, out_fixed), (free, out_free) = runs["fixed"], runs["N"]
+    assert fixed.n_samples == 7 and out_fixed.shape == (7, 10)
+    np.testing.assert_allclose(out_fixed, out_free[:7], rtol=1e-5, atol=1e-6)
+    assert fixed.energy_per_inference_j == pytest.approx(free.energy_per_inference_j, rel=1e-5)

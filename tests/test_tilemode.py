@@ -95,3 +95,123 @@ def test_energy_is_measured_on_samples_spread_over_the_data(
     c = runtime.verify(image, fm, data, mode=mode)  # type: ignore[arg-type]
     assert a.accuracy is not None and (a.accuracy, a.agreement) == (c.accuracy, c.agreement)
     assert a.output_cosine == pytest.approx(c.output_cosine, abs=1e-9)
+
+
+def _rounded(opset: int, xs: np.ndarray, lo: float, hi: float, clip: bool) -> np.ndarray:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])
+    graph = helper.make_graph([], "r", [x], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    g = tilemode._Graph(model)
+    y = g.clip_round("x", lo, hi) if clip else g.round("x", lo, hi)
+    model.graph.node.extend(g.nodes)
+    model.graph.initializer.extend(g.inits)
+    model.graph.output.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, [None]))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": xs})[0]
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, 2.0**23 - 1), (-255.0, 255.0),
+                                    (-(2.0**23 - 1), 2.0**23 - 1)])
+def test_rounding_before_opset_11_is_round_half_to_even(lo: float, hi: float) -> None:
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([
+        rng.uniform(lo, hi, 4000), np.arange(lo, min(hi, lo + 40)) + 0.5,  # ties
+        np.arange(max(lo, hi - 40), hi) + 0.5, [lo, hi, 0.0, 0.49999997, -0.49999997, 2.5],
+        np.nextafter(np.float32(np.arange(lo, lo + 20) + 0.5), np.float32(np.inf)),
+    ]).astype(np.float32)
+    xs = xs[(xs >= lo) & (xs <= hi)]
+    want = np.round(xs)  # numpy rounds half to even, as ONNX Round does
+    for opset in (7, 10):
+        np.testing.assert_array_equal(_rounded(opset, xs, lo, hi, clip=False), want)
+    wide = np.concatenate([xs, [lo - 3.7, hi + 9.2]]).astype(np.float32)
+    np.testing.assert_array_equal(_rounded(7, wide, lo, hi, clip=True),
+                                  _rounded(11, wide, lo, hi, clip=True))
+
+
+@pytest.mark.parametrize("combine", ["blocks", "gather"])
+def test_old_opsets_sum_the_columns_alike(combine: str, monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: object) -> None:
+    """The row-block sum and the gather (ReduceSum's axes an attribute before opset 13) give
+    what opset 13 gives, bit for bit."""
+    import os
+
+    import onnx
+
+    from tests.test_opsets import cnn
+
+    monkeypatch.setattr(tilemode, "COMBINE_DENSE_RATIO", 0)
+    if combine == "gather":
+        monkeypatch.setattr(tilemode._Batched, "_regular", lambda self: None)
+    xs = np.random.default_rng(1).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    ns = PRESETS["neurosim"]
+    dynamic = replace(ns, converters=replace(ns.converters, adc_range="dynamic",
+                                             dac_range="dynamic"))
+    outs = {}
+    for opset in (7, 9, 12, 13):
+        path = os.path.join(str(tmp_path), f"m{opset}.onnx")
+        onnx.save(cnn(opset, "N"), path)
+        plan, _ = api.make_plan(path)
+        fm = fmap.synth(api.spare_tiles(plan.tiles_needed(), 0.1), 128, 128, 0.05, (5, 1), 3)
+        image = api.build(plan, fm).image
+        data = dataset_from_arrays({"x": xs}, input_specs(plan.model))
+        outs[opset] = [runtime.emulate(image, fm, data, hardware=hw, mode="tile")[0]
+                       for hw in (ns, dynamic)]
+    for opset in (7, 9, 12):
+        for a, b in zip(outs[opset], outs[13], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("op, opset, runs", [
+    ("Round", 10, False), ("Round", 11, True), ("Round", 22, True),
+    ("RandomUniformLike", 21, True), ("RandomUniformLike", 22, None),
+    ("QuantizeLinear", 25, True), ("QuantizeLinear", 28, None),
+])
+def test_kernel_table_says_what_onnxruntime_runs(op: str, opset: int, runs: bool | None) -> None:
+    """``_has_kernel`` against a real session of the op (None: whatever onnxruntime says)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if opset > __import__("onnx").defs.onnx_opset_version():
+        pytest.skip("onnx does not know this opset")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    extra = ({"dtype": TensorProto.FLOAT} if op == "RandomUniformLike" else {})
+    inputs = ["x", "s"] if op == "QuantizeLinear" else ["x"]
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [1.0])]
+    graph = helper.make_graph([helper.make_node(op, inputs, ["y"], **extra)], "k", [x],
+                              [helper.make_empty_tensor_value_info("y")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        loads = True
+    except Exception:
+        loads = False
+    assert tilemode._has_kernel(op, opset) == loads
+    if runs is not None:
+        assert loads == runs
+
+
+def test_random_draws_without_random_generators_have_the_right_moments() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])
+    model = helper.make_model(helper.make_graph([], "r", [x], []),
+                              opset_imports=[helper.make_opsetid("", 22)])
+    g = tilemode._Graph(model)
+    u = g.uniform(g.dims("x", 0, 1), 5, "u")
+    z = g.normal_like("x", 6, "z")
+    model.graph.node.extend(g.nodes)
+    model.graph.initializer.extend(g.inits)
+    assert {n.op_type for n in g.nodes}.isdisjoint({"RandomUniformLike", "RandomNormalLike"})
+    model.graph.output.extend([helper.make_empty_tensor_value_info(u),
+                               helper.make_empty_tensor_value_info(z)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    uu, zz = sess.run(None, {"x": np.zeros((20000, 3), np.float32)})
+    assert uu.shape == (20000,) and zz.shape == (20000, 3)
+    assert 0 <= uu.min() and uu.max() < 1 and np.unique(uu).size > 19000
+    assert abs(uu.mean() - 0.5) < 0.01 and abs(uu.var() - 1 / 12) < 0.003
+    assert abs(zz.mean()) < 0.02 and abs(zz.var() - 1) < 0.03
+    assert abs(np.corrcoef(zz[:, 0], zz[:, 1])[0, 1]) < 0.03  # independent draws
