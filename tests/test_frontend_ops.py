@@ -626,9 +626,13 @@ def test_segmentation_net_builds_and_verifies_in_tile_mode(tmp_path: object) -> 
     np.savez(os.path.join(d, "data.npz"), x=arr(16, 3, 8, 8))
     fmap.save(fmap.synth(4, 128, 128, 0.1, (5, 1), 1), os.path.join(d, "chip.npz"))
     run = CliRunner()
-    res = run.invoke(cli, ["build", model, "--faultmap", os.path.join(d, "chip.npz"),
-                           "--device", "neurosim", "-o", os.path.join(d, "chip.rimg")])
-    assert res.exit_code == 0, res.output
+    for out in ("again.rimg", "chip.rimg"):
+        res = run.invoke(cli, ["build", model, "--faultmap", os.path.join(d, "chip.npz"),
+                               "--device", "neurosim", "-o", os.path.join(d, out)])
+        assert res.exit_code == 0, res.output
+    with open(os.path.join(d, "again.rimg"), "rb") as a, open(os.path.join(d, "chip.rimg"),
+                                                               "rb") as b:
+        assert a.read() == b.read()  # same inputs, same bytes
     res = run.invoke(cli, ["verify", os.path.join(d, "chip.rimg"), "--faultmap",
                            os.path.join(d, "chip.npz"), "--data", os.path.join(d, "data.npz"),
                            "--json"])
