@@ -56,8 +56,9 @@ Normalisation rules, in order (the digital graph that the image carries is the r
    fold: a ``BatchNormalization`` (inference mode, on the op's output axis), and a ``Mul``,
    ``Add``, ``Sub`` (``y - c`` or ``c - y``) or ``Div`` (``y / c``) by a float constant with
    one value per output channel or one for all (an exporter's split BatchNorm, a separate bias
-   ``Add``, an attention scale) that leaves the result's shape unchanged. After a
-   ConvTranspose ``c`` goes into the overlap-add's bias;
+   ``Add``, an attention scale) that leaves the result's shape unchanged, also across a
+   ``Transpose`` that alone reads the result (ConvNeXt's layer scale after its channels-last
+   Linear layers). After a ConvTranspose ``c`` goes into the overlap-add's bias;
 6. unused initializers and stale shape annotations are dropped (an IR 3 model lists the new
    initializers among its graph inputs, as IR 3 requires); the result must pass the ONNX checker
    with strict shape inference.
@@ -1145,13 +1146,28 @@ def _fold_into_crossbar(gr: _Graph, mapped: list[_Mapped], reasons: dict[str, st
                     continue
                 k, c = _bn_affine(gr, nxt)
             elif nxt.op_type in _AFFINE:
-                kc = _elementwise_affine(gr, nxt, m)
+                if m.channel_axis is None or m.rank is None:
+                    continue
+                kc = _elementwise_affine(gr, nxt, m.out, m.rank, m.channel_axis, m.channels)
                 if kc is None:
                     continue
                 k, c = kc
+            elif nxt.op_type == "Transpose":  # channels-last blocks: Linear, Permute, scale
+                aff = _affine_after_transpose(gr, nxt, m, outputs)
+                if aff is not None:
+                    _scale_op(gr, m, aff[0], aff[1], aff[2])
+                    nxt.output[0] = aff[0].output[0]
+                    gr.g.node.remove(aff[0])
+                    folded.add(aff[0].name)
+                    changed = True
+                continue
             else:
                 continue
-            _apply_affine(gr, m, nxt, k, c)
+            _scale_op(gr, m, nxt, k, c)
+            last = next(n for n in gr.g.node if m.out in n.output)
+            last.output[0] = nxt.output[0]
+            m.out = nxt.output[0]
+            gr.g.node.remove(nxt)
             folded.add(nxt.name)
             changed = True
     for bn in [n for n in gr.g.node if n.op_type == "BatchNormalization"]:
@@ -1178,17 +1194,34 @@ def _bn_affine(gr: _Graph, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
     return k, shift - mean * k
 
 
-def _elementwise_affine(gr: _Graph, node: onnx.NodeProto, m: _Mapped
-                        ) -> tuple[np.ndarray, np.ndarray] | None:
-    """``node(y) = k * y + c`` per channel of ``m``'s result ``y``, or None if it is not that
-    (the other operand is not a constant with one value per channel, or one for all)."""
-    if len(node.input) != 2 or m.channel_axis is None or m.rank is None:
+def _affine_after_transpose(gr: _Graph, tr: onnx.NodeProto, m: _Mapped, outputs: set[str]
+                            ) -> tuple[onnx.NodeProto, np.ndarray, np.ndarray] | None:
+    """The affine node (and its ``k``, ``c``) that alone reads the Transpose ``tr`` of ``m``'s
+    result, per channel on the axis the channels moved to, or None."""
+    if m.channel_axis is None or m.rank is None:
         return None
-    first = node.input[1] == m.out  # the constant is the first operand
+    perm = [int(p) for p in _attrs(tr).get("perm", range(m.rank - 1, -1, -1))]  # type: ignore[attr-defined]
+    users = gr.consumers(tr.output[0])
+    if (sorted(perm) != list(range(m.rank)) or len(users) != 1 or tr.output[0] in outputs
+            or users[0].op_type not in _AFFINE or users[0].domain not in _STANDARD):
+        return None
+    kc = _elementwise_affine(gr, users[0], tr.output[0], m.rank, perm.index(m.channel_axis),
+                             m.channels)
+    return None if kc is None else (users[0], kc[0], kc[1])
+
+
+def _elementwise_affine(gr: _Graph, node: onnx.NodeProto, y: str, rank: int, axis: int,
+                        channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``node(y) = k * y + c`` per channel (axis ``axis`` of the rank-``rank`` ``y``), or None
+    if it is not that (the other operand is not a constant with one value per channel, or one
+    for all)."""
+    if len(node.input) != 2:
+        return None
+    first = node.input[1] == y  # the constant is the first operand
     other = node.input[0] if first else node.input[1]
-    if other == m.out or other not in gr.consts:
+    if other == y or other not in gr.consts:
         return None
-    vec = _per_channel(gr.consts[other], m.rank, m.channel_axis, m.channels)
+    vec = _per_channel(gr.consts[other], rank, axis, channels)
     if vec is None:
         return None
     ones, zeros = np.ones_like(vec), np.zeros_like(vec)
@@ -1214,9 +1247,9 @@ def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.n
     return np.broadcast_to(value.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
-def _apply_affine(gr: _Graph, m: _Mapped, node: onnx.NodeProto, k: np.ndarray, c: np.ndarray
-                  ) -> None:
-    """Make ``m`` compute ``k * y + c`` per channel itself, in place of ``node``."""
+def _scale_op(gr: _Graph, m: _Mapped, node: onnx.NodeProto, k: np.ndarray, c: np.ndarray
+              ) -> None:
+    """Make ``m`` compute ``k * y + c`` per channel itself (``node`` is what did it)."""
     kf = np.repeat(k, m.fan)  # per crossbar output
     w = m.weight.astype(np.float64)
     if m.op.layout == LAYOUT_CONV:
@@ -1232,10 +1265,6 @@ def _apply_affine(gr: _Graph, m: _Mapped, node: onnx.NodeProto, k: np.ndarray, c
     m.weight, m.bias = _finite(gr, node, w, b)
     gr.set_const(m.op.weight, m.weight)
     gr.set_const(m.op.bias, m.bias)
-    last = next(n for n in gr.g.node if m.out in n.output)
-    last.output[0] = node.output[0]
-    m.out = node.output[0]
-    gr.g.node.remove(node)
 
 
 def _bn_blocker(gr: _Graph, bn: onnx.NodeProto, m: _Mapped | None, outputs: set[str]

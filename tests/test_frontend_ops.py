@@ -851,3 +851,30 @@ def test_float16_conv_transpose_computes_in_float32(tmp_path: object) -> None:
                   init("b", arr(2).astype(np.float16))])
     fe = check(tmp_path, model, {"x": arr(2, 3, 4, 4).astype(np.float16)}, n_ops=1, tol=1e-2)
     assert [n.op_type for n in fe.model.graph.node] == ["Cast", "Conv", "ConvTranspose", "Cast"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_layer_scale_after_a_permute_is_folded(tmp_path: object, shared: bool) -> None:
+    """ConvNeXt's block: channels-last Linear layers, Permute back, then ``gamma[C, 1, 1] * y``
+    folds into the second Linear (not when the permuted result also feeds another node)."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xl"], perm=[0, 2, 3, 1], name="to_last"),
+        helper.make_node("MatMul", ["xl", "w1"], ["h0"], name="pw1"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="pw1_bias"),
+        helper.make_node("Relu", ["h1"], ["h2"], name="act"),
+        helper.make_node("MatMul", ["h2", "w2"], ["h3"], name="pw2"),
+        helper.make_node("Add", ["h3", "b2"], ["h4"], name="pw2_bias"),
+        helper.make_node("Transpose", ["h4"], ["h5"], perm=[0, 3, 1, 2], name="to_first"),
+        helper.make_node("Mul", ["gamma", "h5"], ["h6"], name="layer_scale"),
+        helper.make_node("Add", ["x", "h6"], ["y"], name="residual"),
+    ]
+    inits = [init("w1", arr(4, 8)), init("b1", arr(8)), init("w2", arr(8, 4)),
+             init("b2", arr(4)), init("gamma", arr(4, 1, 1))]
+    outputs = [vi("y", ["N", 4, 5, 5])]
+    if shared:
+        outputs.append(vi("h5", ["N", 4, 5, 5]))
+    model = make(nodes, [vi("x", ["N", 4, 5, 5])], outputs, inits)
+    fe = check(tmp_path, model, {"x": arr(2, 4, 5, 5)}, n_ops=2)
+    digital = [d[0] for d in fe.digital]
+    assert ("layer_scale" in digital) == shared
+    assert digital[:3] == ["to_last", "act", "to_first"]
