@@ -44,6 +44,10 @@ Normalisation rules, in order (the digital graph that the image carries is the r
      the (transposed) activation, like every other crossbar op's;
    * **Einsum** of an activation and a constant 2-D weight whose equation is that product
      (``...k,kn->...n``, ``btd,nd->btn``, either operand first) becomes a MatMul first;
+   * **QLinearConv** / **QLinearMatMul** (QOperator int8 models) with constant weight, scale
+     and zero point and a per-tensor activation scale: ``DequantizeLinear`` -> the float op
+     with the weight dequantized once -> ``QuantizeLinear``; the result is within one output
+     code of the integer kernel (ConvInteger and MatMulInteger stay digital);
    * **LinearRegressor** / **LinearClassifier** (ONNX-ML, sklearn's linear models through
      skl2onnx): the scores ``X @ coefficients^T + intercepts`` are a Gemm; a post-transform and
      a classifier's labels stay in the node, which then reads the scores with identity
@@ -127,8 +131,6 @@ _NO_CONSTANT = "no constant operand (a product of two run-time values)"
 _DIGITAL_WEIGHT_OPS = {
     "ConvInteger": "integer (quantised) op; runs digitally",
     "MatMulInteger": "integer (quantised) op; runs digitally",
-    "QLinearConv": "integer (quantised) op; runs digitally",
-    "QLinearMatMul": "integer (quantised) op; runs digitally",
     "Einsum": "Einsum with a constant operand that is not a product X[..., k] @ W[k, n] "
               "(its equation contracts otherwise); runs digitally",
     "LSTM": _RECURRENT.format(op="LSTM"),
@@ -747,12 +749,82 @@ def _map_node(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
         return _map_gemm(gr, node)
     if node.op_type == "MatMul":
         return _map_matmul(gr, node)
+    if node.op_type in ("QLinearConv", "QLinearMatMul"):
+        why = _dequantize_qlinear(gr, node)
+        if why is not None:
+            return why
+        return (_map_conv if node.op_type == "Conv" else _map_matmul)(gr, node, _QLINEAR[
+            node.op_type])
     if node.op_type == "Einsum":
         if not any(i in gr.consts for i in node.input):
             return _NO_CONSTANT
         if _einsum_as_matmul(gr, node):
             return _map_matmul(gr, node, "Einsum")
     return _DIGITAL_WEIGHT_OPS.get(node.op_type, "not a weight op")
+
+
+#: The integer op each float op was rewritten from (for the crossbar listing).
+_QLINEAR = {"Conv": "QLinearConv", "MatMul": "QLinearMatMul"}
+#: Inputs of QLinearConv / QLinearMatMul: activation, its scale and zero point, weight, ...
+_Q_X, _Q_XS, _Q_XZ, _Q_W, _Q_WS, _Q_WZ, _Q_YS, _Q_YZ, _Q_B = range(9)
+
+
+def _dequantize_qlinear(gr: _Graph, node: onnx.NodeProto) -> str | None:
+    """Rewrite a QLinearConv / QLinearMatMul (QOperator int8 models) in place as
+    ``DequantizeLinear -> Conv/MatMul -> QuantizeLinear`` with the weight dequantized once (and
+    a QLinearConv's int32 bias scaled by ``x_scale * w_scale``): the crossbar computes the real
+    product the integer kernel approximates; requantizing the result rounds as the kernel does.
+    Return why it stays integer instead."""
+    ins = list(node.input) + [""] * (9 - len(node.input))
+    conv = node.op_type == "QLinearConv"
+    wi, xi = _Q_W, _Q_X
+    if not conv and ins[_Q_W] not in gr.consts and ins[_Q_X] in gr.consts:
+        wi, xi = _Q_X, _Q_W  # the weight is input a: W @ X
+    params = [ins[wi], ins[wi + 1], ins[wi + 2]]
+    if not all(p in gr.consts for p in params) or (ins[_Q_B] and ins[_Q_B] not in gr.consts):
+        return "integer (quantised) op whose weight, scale or zero point is computed at run time"
+    x_scale = gr.consts.get(ins[xi + 1])
+    if x_scale is None or x_scale.size != 1 or gr.consts.get(ins[_Q_YS], np.ones(1)).size != 1:
+        return "integer (quantised) op with a per-row or run-time activation scale"
+    w, ws, wz = (gr.consts[p] for p in params)
+    axis = 0 if conv or wi == _Q_X else 1  # per output channel, column (b) or row (a)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    wf = (w.astype(np.float64) - wz.astype(np.float64).reshape(shape)) * ws.astype(
+        np.float64).reshape(shape)
+    nodes = []
+    xf = gr.fresh(f"{node.name}.rc_x")
+    rank = gr.rank(ins[xi])
+    if rank is not None:  # the float op's input keeps its rank (a left MatMul needs it)
+        gr.g.value_info.append(helper.make_tensor_value_info(xf, TensorProto.FLOAT,
+                                                             [None] * rank))
+    nodes.append(helper.make_node("DequantizeLinear", [ins[xi], ins[xi + 1], ins[xi + 2]],
+                                  [xf], name=gr.fresh_node(f"{node.name}.rc_dequantize")))
+    w_name = gr.fresh(f"{node.name}.rc_float_weight")
+    gr.set_const(w_name, wf.astype(np.float32))
+    yf = gr.fresh(f"{node.name}.rc_y")
+    if conv:
+        inputs = [xf, w_name]
+        if ins[_Q_B]:
+            b_name = gr.fresh(f"{node.name}.rc_float_bias")
+            scale = float(x_scale.reshape(-1)[0]) * ws.astype(np.float64).reshape(-1)
+            gr.set_const(b_name, (gr.consts[ins[_Q_B]].astype(np.float64) * scale
+                                  ).astype(np.float32))
+            inputs.append(b_name)
+        core = helper.make_node("Conv", inputs, [yf], name=node.name)
+        core.attribute.extend(node.attribute)
+    else:
+        core = helper.make_node("MatMul", [xf, w_name] if wi == _Q_W else [w_name, xf], [yf],
+                                name=node.name)
+    nodes.append(core)
+    nodes.append(helper.make_node("QuantizeLinear", [yf, ins[_Q_YS], ins[_Q_YZ]],
+                                  [node.output[0]], name=gr.fresh_node(f"{node.name}.rc_quantize")))
+    idx = list(gr.g.node).index(node)
+    gr.g.node.remove(node)
+    for k, n in enumerate(nodes):
+        gr.g.node.insert(idx + k, n)
+    node.CopyFrom(core)
+    return None
 
 
 def _einsum_as_matmul(gr: _Graph, node: onnx.NodeProto) -> bool:
@@ -867,7 +939,7 @@ def _weight_reason(w: np.ndarray) -> str | None:
     return None
 
 
-def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+def _map_conv(gr: _Graph, node: onnx.NodeProto, op_type: str = "Conv") -> str | _Mapped:
     w = gr.const(node, 1, "weight")
     if w is None:
         return _not_constant(gr, node, 1, "weight")
@@ -890,7 +962,7 @@ def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     if len(node.input) > 2 and node.input[2] and b is None:
         return f"bias {node.input[2]!r} is not a constant"
     bias = np.zeros(w.shape[0]) if b is None else b.reshape(-1).astype(np.float64)
-    op = _weight_op(gr, node, "Conv", w.shape, LAYOUT_CONV, groups)
+    op = _weight_op(gr, node, op_type, w.shape, LAYOUT_CONV, groups)
     attrs = list(node.attribute)
     seq = _Seq(gr, node, _elem(w))
     x = seq.to_float32(node.input[0])

@@ -53,13 +53,15 @@ def _seeded() -> None:
     RNG.bit_generator.state = np.random.default_rng(7).bit_generator.state
 
 
-def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+              level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+              ) -> list[np.ndarray]:
     """What ``model`` computes, by onnxruntime without its fusions (they replace a
     DequantizeLinear + MatMul by an integer kernel, which is not the model's float result)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.graph_optimization_level = level
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     return [np.asarray(o) for o in sess.run(None, feeds)]
@@ -878,3 +880,92 @@ def test_layer_scale_after_a_permute_is_folded(tmp_path: object, shared: bool) -
     digital = [d[0] for d in fe.digital]
     assert ("layer_scale" in digital) == shared
     assert digital[:3] == ["to_last", "act", "to_first"]
+
+
+# --------------------------------------------------------------------------- QOperator int8
+
+
+def _q(value: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantisation: per tensor, or per slice along ``axis``."""
+    if axis is None:
+        scale = np.array(np.abs(value).max() / 127, np.float32)
+        return np.round(value / scale).astype(np.int8), scale
+    other = tuple(a for a in range(value.ndim) if a != axis)
+    scale = (np.abs(value).max(axis=other) / 127).astype(np.float32)
+    shape = [1] * value.ndim
+    shape[axis] = -1
+    return np.round(value / scale.reshape(shape)).astype(np.int8), scale
+
+
+def qoperator_net(opset: int = 13) -> onnx.ModelProto:
+    """An onnxruntime ``quantize_static(QuantFormat.QOperator)`` int8 model: QuantizeLinear ->
+    QLinearConv (per-channel weight scale, int32 bias) -> Reshape -> QLinearMatMul (per-tensor)
+    -> DequantizeLinear."""
+    wq, ws = _q(arr(4, 3, 3, 3), axis=0)
+    mq, ms = _q(arr(36, 5))
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q_in"),
+        helper.make_node("QLinearConv", ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz", "bq"],
+                         ["cq"], name="qconv"),
+        helper.make_node("Reshape", ["cq", "flat"], ["fq"], name="flatten"),
+        helper.make_node("QLinearMatMul", ["fq", "ys", "yz", "mq", "ms", "mz", "zs", "zz"],
+                         ["zq"], name="qmm"),
+        helper.make_node("DequantizeLinear", ["zq", "zs", "zz"], ["y"], name="dq_out"),
+    ]
+    inits = [init("xs", np.array(0.02, np.float32)), init("xz", np.array(128, np.uint8)),
+             init("wq", wq), init("ws", ws), init("wz", np.zeros(4, np.int8)),
+             init("ys", np.array(0.05, np.float32)), init("yz", np.array(128, np.uint8)),
+             init("bq", np.round(arr(4) / (0.02 * ws)).astype(np.int32)),  # scale xs * ws
+             init("flat", np.array([-1, 36], np.int64)),
+             init("mq", mq), init("ms", ms), init("mz", np.array(0, np.int8)),
+             init("zs", np.array(0.5, np.float32)), init("zz", np.array(128, np.uint8))]
+    return make(nodes, [vi("x", ["N", 3, 5, 5])], [vi("y", ["N", 5])], inits, opset=opset)
+
+
+def _codes_apart(tmp_path: object, model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                 step: float, n_ops: int) -> Frontend:
+    """Normalise ``model``: its outputs differ from the integer kernels' by at most one
+    output code (the float product rounds where the integer accumulator did not). Without
+    onnxruntime's graph optimisations, which would turn DequantizeLinear -> Conv ->
+    QuantizeLinear back into an integer kernel of their own."""
+    fe = load_model(save(model, os.path.join(str(tmp_path), "q.onnx")))
+    assert len(fe.ops) == n_ops, fe.digital
+    plain = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got, want = reference(fe.model, feeds, plain)[0], reference(model, feeds, plain)[0]
+    assert np.abs(got.astype(np.float64) - want).max() <= step * 1.001
+    return fe
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_qoperator_int8_ops_are_crossbar_ops(tmp_path: object, opset: int) -> None:
+    model = qoperator_net(opset)
+    x = {"x": arr(4, 3, 5, 5)}
+    conv_only = onnx.ModelProto()
+    conv_only.CopyFrom(model)
+    del conv_only.graph.node[2:]  # up to the QLinearConv, then its codes dequantized
+    conv_only.graph.node.append(helper.make_node("DequantizeLinear", ["cq", "ys", "yz"], ["c"]))
+    del conv_only.graph.output[:]
+    conv_only.graph.output.append(vi("c", ["N", 4, 3, 3]))
+    _codes_apart(tmp_path, conv_only, x, 0.05, n_ops=1)
+    fe = load_model(save(model, os.path.join(str(tmp_path), "net.onnx")))
+    assert [(op.node, op.op_type) for op in fe.ops] == [("qconv", "QLinearConv"),
+                                                        ("qmm", "QLinearMatMul")]
+    assert [d[0] for d in fe.digital] == ["q_in", "flatten", "dq_out"]
+
+
+def test_qoperator_left_weight_matmul(tmp_path: object) -> None:
+    aq, a_s = _q(arr(4, 5))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q_in"),
+             helper.make_node("QLinearMatMul", ["aq", "as", "az", "xq", "xs", "xz", "ys",
+                                                "yz"], ["yq"], name="qmm"),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dq")]
+    inits = [init("aq", aq), init("as", a_s), init("az", np.array(0, np.int8)),
+             init("xs", np.array(0.02, np.float32)), init("xz", np.array(0, np.int8)),
+             init("ys", np.array(0.1, np.float32)), init("yz", np.array(0, np.int8))]
+    model = make(nodes, [vi("x", [5, 7])], [vi("y", [4, 7])], inits, opset=13)
+    fe = _codes_apart(tmp_path, model, {"x": arr(5, 7)}, 0.1, n_ops=1)
+    assert fe.ops[0].shape == (5, 4)  # stored [K, M]
+
+
+def test_qoperator_net_on_a_chip(tmp_path: object) -> None:
+    assert_exact_on_chip(tmp_path, qoperator_net(13), {"x": arr(32, 3, 5, 5)})
