@@ -49,7 +49,7 @@ from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import Dataset, input_specs, load_data
 from rcompile.device import Hardware
-from rcompile.errors import BadImage, BadPlan, RcompileError
+from rcompile.errors import BadImage, RcompileError
 from rcompile.fileio import atomic_write, refuse_overwrite, remove_stale_temporaries
 from rcompile.pipeline import SolverOptions
 
@@ -61,7 +61,7 @@ EXECUTORS = ("local", "dask")
 class LotState:
     """What every worker needs, the same for all chips of the lot."""
 
-    saved: planfile.SavedPlan
+    saved: api.LotPlan
     strategy: str = api.DEFAULT_STRATEGY
     solver: SolverOptions = field(default_factory=SolverOptions)
     verify: Dataset | None = None
@@ -76,6 +76,8 @@ class LotState:
     """:func:`lot_key` of this lot: a chip's image is reusable only if its line records it."""
     verify_key: str | None = None
     """What the verification depends on besides the image (data, device); None without."""
+    model: str = ""
+    """Path of the lot's model."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,8 @@ def compile_chip(state: LotState, task: ChipTask) -> dict[str, Any]:
         line["chip_id"] = fm.chip_id
         line["faults"] = {"sa0": counts["sa0"], "sa1": counts["sa1"],
                           "rate": round(float(counts["rate"]), 6)}
-        planfile.check_chip(state.saved, fm)
+        planfile.check_chip(planfile.SavedPlan(state.saved.plan, state.saved.calib,
+                                               state.saved.source), fm)
         hw = state.hardware
         if hw is not None:
             hw.check_tiles(fm.geometry.rows, fm.geometry.cols, task.faultmap)
@@ -142,9 +145,8 @@ def compile_chip(state: LotState, task: ChipTask) -> dict[str, Any]:
             line["seconds"] = time.perf_counter() - t0
             return line
         with solvers.serial():  # one chip per worker: the workers already fill the cores
-            res = api.build(state.saved.plan, fm, strategy=state.strategy,
-                            solver=state.solver, calib=state.saved.calib,
-                            hardware=None if hw is None else hw.to_dict())
+            res = api.compile_chip(state.model, fm, lot=state.saved, strategy=state.strategy,
+                                   solver=state.solver, hardware=hw)
         data = rimg.encode(res.image)
         atomic_write(task.image, data, what="image", error=BadImage)
         line["predicted_error"] = _predicted(res.log)
@@ -188,7 +190,7 @@ def _file_sha256(path: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def lot_key(saved: planfile.SavedPlan, strategy: str, solver: SolverOptions,
+def lot_key(saved: api.LotPlan, strategy: str, solver: SolverOptions,
             hardware: Hardware | None) -> str:
     """SHA-256 of everything, besides the chip's fault map, that can change an image's bytes.
 
@@ -401,22 +403,16 @@ def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dty
 
 def lot_plan(model: str, maps: list[str], *, plan_path: str | None = None,
              calib_path: str | None = None,
-             hardware: Hardware | None = None) -> planfile.SavedPlan:
-    """The lot's plan: read from ``plan_path`` (checked against ``model``), or made from the
-    model for the tile geometry and levels most maps of the lot declare (:func:`lot_family`;
-    a tie goes to the family whose first map sorts first), taken from the first map of that
-    family that loads (and for the cell of ``hardware`` when given: its levels, conductances
-    and programming error table). A map of another family is then that chip's error alone."""
-    if plan_path is not None:
-        saved = planfile.read(plan_path)
-        planfile.check_model(saved, model)
-        if calib_path is not None and saved.calib is None:
-            raise BadPlan(f"{plan_path}: made without --calib; pass --calib to 'rcompile plan'")
-        if hardware is not None and hardware.cell.levels != saved.plan.device.levels:
-            raise BadPlan(f"{plan_path}: plan is quantised for {saved.plan.device.levels} levels "
-                          f"but device {hardware.name} has {hardware.cell.levels}: make a plan "
-                          f"with --levels {hardware.cell.levels}")
-        return saved
+             hardware: Hardware | None = None) -> api.LotPlan:
+    """The lot's plan (:func:`rcompile.api.plan_lot`): read from ``plan_path`` (checked against
+    ``model``), or made from the model for the tile geometry and levels most maps of the lot
+    declare (:func:`lot_family`; a tie goes to the family whose first map sorts first), taken
+    from the first map of that family that loads (and for the cell of ``hardware`` when given:
+    its levels, conductances and programming error table). A map of another family is then that
+    chip's error alone."""
+    if plan_path is not None:  # checked against the model here, against each chip on its own
+        return api.plan_lot(model, None, hardware=hardware, plan_path=plan_path,
+                            calib_path=calib_path)
     families = [lot_family(m) for m in maps]
     votes = Counter(f for f in families if f is not None)
     rank: dict[Any, tuple[int, int]] = {f: (-n, families.index(f)) for f, n in votes.items()}
@@ -431,15 +427,7 @@ def lot_plan(model: str, maps: list[str], *, plan_path: str | None = None,
             continue
     if first is None:
         raise RcompileError(f"{os.path.dirname(maps[0]) or '.'}: no fault map in the lot loads")
-    geo = first.geometry
-    from rcompile.programming import compiler_device
-
-    plan, _ = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
-                            device=first.device(compiler_device(hardware)))
-    calib = None
-    if calib_path is not None:
-        calib = api.load_calib_stats(plan, calib_path)
-    return planfile.SavedPlan(plan, calib, source=f"plan of {model}")
+    return api.plan_lot(model, first, hardware=hardware, calib_path=calib_path)
 
 
 def read_report(path: str) -> dict[str, dict[str, Any]]:
@@ -507,7 +495,7 @@ def provision(
     done = {k: v for k, v in previous.items() if v.get("status") in ("ok", "skipped")}
     state = LotState(saved, strategy, solver, verify, out_dir, hardware, done,
                      lot_key(saved, strategy, solver, hardware),
-                     None if verify is None else verify_key(verify, hardware))
+                     None if verify is None else verify_key(verify, hardware), model)
     tasks = [ChipTask(m, image_path(out_dir, m)) for m in maps]
     lines: dict[str, dict[str, Any]] = {}
     summary = LotSummary(chips=len(tasks), report=report)
