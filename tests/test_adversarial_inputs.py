@@ -85,6 +85,7 @@ class Good:
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Good:
     d = tmp_path_factory.mktemp("good")
+    (d / "w.bin").write_bytes(bytes(16))  # a short external weight file
     model = str(d / "model.onnx")
     onnx.save(conv_bn_gemm(), model)
     fm = str(d / "chip.npz")
@@ -297,6 +298,21 @@ def external(m: onnx.ModelProto) -> None:
     w.data_location = TensorProto.EXTERNAL
     e = w.external_data.add()
     e.key, e.value = "location", "missing-weights.bin"
+
+
+def external_to(n: int, location: str) -> Callable[[onnx.ModelProto], None]:
+    """The first weight moved to the external file ``location``, declared to hold ``n``
+    floats."""
+    def change(m: onnx.ModelProto) -> None:
+        w = m.graph.initializer[0]
+        w.ClearField("raw_data")
+        del w.float_data[:]
+        del w.dims[:]
+        w.dims.extend([n])
+        w.data_location = TensorProto.EXTERNAL
+        e = w.external_data.add()
+        e.key, e.value = "location", location
+    return change
 
 
 def unknown_op(m: onnx.ModelProto) -> None:
@@ -867,6 +883,10 @@ MODEL: list[Case] = [
     Case("onnx-sparse-index-out-of-range", ".onnx",
          lambda g: model_with(sparse([8, 4, 3, 3], [10**6])), build_model),
     Case("onnx-external-missing", ".onnx", lambda g: model_with(external), build_model),
+    Case("onnx-external-short", ".onnx",
+         lambda g: model_with(external_to(1 << 40, str(g.dir / "w.bin"))), build_model),
+    Case("onnx-external-dev-zero", ".onnx", lambda g: model_with(external_to(1 << 20, "/dev/zero")),
+         build_model),
     Case("onnx-weight-is-input", ".onnx", lambda g: model_with(weight_as_input), build_model),
     Case("onnx-dims-lie", ".onnx", lambda g: model_with(dims_lie), build_model),
     Case("onnx-constant-dims-lie", ".onnx", lambda g: model_with(constant_lie), build_model),
