@@ -2,9 +2,10 @@
 
 ``rcompile plan MODEL -o model.rplan`` writes it; ``rcompile build --plan`` and ``rcompile
 provision --plan`` read it instead of loading, quantising and tiling the model again. The spec
-is ``docs/provisioning.md``; in short, a ``.rplan`` is a numpy ``.npz`` (zip) archive read with
-``allow_pickle=False``, every member a plain ``.npy`` array, stored uncompressed with fixed
-timestamps so one plan always gives the same bytes:
+is ``docs/provisioning.md``; in short, a ``.rplan`` is a numpy ``.npz`` (zip) archive read by
+:func:`rcompile.npzio.read_npz` (no pickles, each member once, sizes bounded, see
+``docs/limits.md``), every member a plain ``.npy`` array of the dtype below, stored
+uncompressed with fixed timestamps so one plan always gives the same bytes:
 
 =====================  =============================================================
 member                 content

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rcompile import faultmap as F
@@ -257,6 +257,7 @@ arrays = st.one_of(
 @given(st.lists(st.tuples(st.sampled_from(["faults", "stuck_g", "chip_id", "g_min", "g_max",
                                            "levels", "faults", "other", "dir/faults"]),
                           arrays), max_size=5))
+@example([("faults", np.full((1, 2, 2), 1, np.uint8)), ("faults", np.zeros((1, 2, 2), np.uint8))])
 def test_faultmap_crafted_members(mapfile: Path, members: list[tuple[str, np.ndarray]]) -> None:
     """Any combination of (possibly repeated, unknown) keys holding arrays of any content;
     a repeated key is always refused (a reader must not pick one of two ``faults``)."""
