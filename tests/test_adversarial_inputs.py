@@ -384,6 +384,19 @@ def verify_data(g: Good, bad: str, out: str) -> list[str]:
     return ["verify", g.image, "--faultmap", g.faultmap, "--data", bad]
 
 
+def sweep_data(g: Good, bad: str, out: str) -> list[str]:
+    return ["sweep", g.model, "--data", bad, "--rates", "0.01", "--seeds", "1", "--rows",
+            str(ROWS), "--cols", str(COLS), "--strategies", "two-column", "--plot", out]
+
+
+def plan_calib(g: Good, bad: str, out: str) -> list[str]:
+    return ["plan", g.model, "--calib", bad, "--rows", str(ROWS), "--cols", str(COLS), "-o", out]
+
+
+def synth_like(g: Good, bad: str, out: str) -> list[str]:
+    return ["faultmap", "synth", "--like", bad, "--rate", "0.1", "-o", out]
+
+
 def build_calib(g: Good, bad: str, out: str) -> list[str]:
     return ["build", g.model, "--faultmap", g.faultmap, "--calib", bad, "-o", out]
 
@@ -653,6 +666,11 @@ DATA: list[Case] = [
     Case("data-header-lies", ".npz",
          data_raw(lambda: [("x.npy", npy_lying((N, 4, 6, 6), "<f4", b"\x00" * 16))]),
          verify_data),
+    Case("sweep-data-duplicate", ".npz",
+         data_raw(lambda: [("x.npy", npy(np.zeros((N, 4, 6, 6), np.float32)))] * 2), sweep_data),
+    Case("sweep-data-labels-2**64-1", ".npz",
+         data_bytes(labels=np.full(N, 2**64 - 1, np.uint64)), sweep_data),
+    Case("plan-calib-nan", ".npz", data_bytes(x=x_nan()), plan_calib),
     Case("calib-nan", ".npz", data_bytes(x=x_nan()), build_calib),
     Case("calib-wrong-dim", ".npz", data_bytes(x=np.zeros((N, 4, 5, 6), np.float32)),
          build_calib),
@@ -889,6 +907,9 @@ MODEL: list[Case] = [
          build_model),
     Case("onnx-weight-is-input", ".onnx", lambda g: model_with(weight_as_input), build_model),
     Case("onnx-dims-lie", ".onnx", lambda g: model_with(dims_lie), build_model),
+    Case("onnx-synth-like-garbage", ".onnx", lambda g: b"\x08\x07garbage", synth_like),
+    Case("onnx-synth-like-sparse-huge", ".onnx",
+         lambda g: model_with(sparse([1 << 20, 1 << 20, 3, 3], [0])), synth_like),
     Case("onnx-constant-dims-lie", ".onnx", lambda g: model_with(constant_lie), build_model),
 ]
 
