@@ -340,6 +340,14 @@ def constant_lie(m: onnx.ModelProto) -> None:
     m.graph.node.append(helper.make_node("Identity", ["cst"], ["unused"]))
 
 
+def relu_model() -> bytes:
+    """Another valid model: one Relu."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    return helper.make_model(graph).SerializeToString()
+
+
 def no_nodes(m: onnx.ModelProto) -> None:
     del m.graph.node[:]
 
@@ -784,6 +792,12 @@ PLAN: list[Case] = [
     plan_case("plan-block-out-of-range",
               plan_array("blocks.row_ix", np.full(1000, 10**6, np.int32))),
     plan_case("plan-bins-gap", plan_array("blocks.bin", np.full(1, 5, np.int32))),
+    plan_case("plan-model-empty", lambda g: plan_with(g.plan, model=npy(np.zeros(0, np.uint8)))),
+    plan_case("plan-model-other-graph", lambda g: plan_with(g.plan, model=npy(np.frombuffer(
+        relu_model(), np.uint8)))),
+    plan_case("plan-float-wrong-shape", plan_array("L0.float", np.zeros((1, 3, 8), np.float32))),
+    plan_case("plan-meta-digital", meta_change(set_key("digital", [[1]]))),
+    plan_case("plan-meta-calibrated", meta_change(set_key("calibrated", True))),
     plan_case("plan-model-garbage", lambda g: plan_with(
         g.plan, model=npy(np.frombuffer(b"\xff" * 64, np.uint8)))),
     plan_case("plan-bomb", lambda g: [(n, d) for n, d in plan_members(g.plan)] + [
