@@ -28,7 +28,7 @@ from rcompile import image as rimg
 from rcompile.errors import BadFaultMap, BadImage
 from tests.test_image import make_image
 
-FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=100, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 GOOD_IMAGE = rimg.encode(make_image(np.random.default_rng(5), n_layers=2, n_tiles=2))
@@ -196,7 +196,7 @@ def loads_or_bad_map(path: Path, raw: bytes) -> None:
     assert F.load(path).digest() == fm.digest()
 
 
-FUZZ_MAP = settings(FUZZ, max_examples=100,
+FUZZ_MAP = settings(FUZZ, max_examples=80,
                     suppress_health_check=[*FUZZ.suppress_health_check,
                                            HealthCheck.function_scoped_fixture])
 
