@@ -10,7 +10,8 @@ SA0         1      stuck at ``g_min`` (high-resistance state, "stuck-off"); leve
 SA1         2      stuck at ``g_max`` (low-resistance state, "stuck-on"); level ``levels - 1``
 ==========  =====  ===========================================================================
 
-**File format** (``chip.npz``, a numpy ``.npz`` zip archive, read with ``allow_pickle=False``):
+**File format** (``chip.npz``, a numpy ``.npz`` zip archive, read by
+:func:`rcompile.npzio.read_npz`: no pickles, each key once, sizes bounded):
 
 ===========  ==================  ==============================================================
 key          type                meaning

@@ -269,6 +269,7 @@ def _load_external_data(model: onnx.ModelProto, path: str, digest: hashlib._Hash
             continue
         where = next((e.value for e in t.external_data if e.key == "location"), "")
         try:
+            _check_external_size(t, base, where)
             load_external_data_for_tensor(t, base)
         except Exception as exc:
             users = [n.name or n.op_type for n in model.graph.node if t.name in n.input]
@@ -279,6 +280,20 @@ def _load_external_data(model: onnx.ModelProto, path: str, digest: hashlib._Hash
             ) from None
         digest.update(t.name.encode())
         digest.update(t.raw_data)
+
+
+def _check_external_size(t: onnx.TensorProto, base: str, where: str) -> None:
+    """ValueError unless the external file holds the bytes the tensor declares, within
+    :data:`MAX_MODEL_BYTES` (checked before anything is read: no /dev/zero, no huge dims)."""
+    info = {e.key: e.value for e in t.external_data}
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    need = math.prod(int(d) for d in t.dims) * itemsize
+    offset = int(info.get("offset", 0) or 0)
+    length = int(info.get("length", need) or need)
+    have = os.stat(os.path.join(base, where)).st_size - offset
+    if not 0 <= need <= MAX_MODEL_BYTES or length != need or need > have:
+        raise ValueError(f"dims {list(t.dims)} need {need} bytes, the entry says {length} and "
+                         f"the file holds {max(have, 0)} after offset {offset}")
 
 
 def _is_float(dtype: np.dtype) -> bool:

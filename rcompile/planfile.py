@@ -2,9 +2,10 @@
 
 ``rcompile plan MODEL -o model.rplan`` writes it; ``rcompile build --plan`` and ``rcompile
 provision --plan`` read it instead of loading, quantising and tiling the model again. The spec
-is ``docs/provisioning.md``; in short, a ``.rplan`` is a numpy ``.npz`` (zip) archive read with
-``allow_pickle=False``, every member a plain ``.npy`` array, stored uncompressed with fixed
-timestamps so one plan always gives the same bytes:
+is ``docs/provisioning.md``; in short, a ``.rplan`` is a numpy ``.npz`` (zip) archive read by
+:func:`rcompile.npzio.read_npz` (no pickles, each member once, sizes bounded, see
+``docs/limits.md``), every member a plain ``.npy`` array of the dtype below, stored
+uncompressed with fixed timestamps so one plan always gives the same bytes:
 
 =====================  =============================================================
 member                 content
@@ -222,10 +223,16 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
               bias=a[f"L{i}.bias"])
         for i in range(n)
     )
-    for i, layer in enumerate(layers):
-        if layer.q.shape != (ops[i].groups, ops[i].rows, ops[i].outs):
-            raise ValueError(f"layer {i}: q has shape {layer.q.shape}, op {ops[i].node!r} "
-                             f"needs {(ops[i].groups, ops[i].rows, ops[i].outs)}")
+    for i, op in enumerate(ops):
+        want = {"q": (op.groups, op.rows, op.outs), "float": (op.groups, op.rows, op.outs),
+                "scale": (op.groups, op.outs), "bias": (op.n_out,), "fbias": (op.n_out,)}
+        if meta["calibrated"]:
+            want |= {"power": (op.groups, op.rows), "mean": (op.groups, op.rows)}
+        for name, shape in want.items():
+            got = a[f"L{i}.{name}"].shape
+            if got != shape:
+                raise ValueError(f"layer {i}: {name} has shape {got}, op {op.node!r} needs "
+                                 f"{shape}")
     head, ro, oo = a["blocks.head"], a["blocks.rows"], a["blocks.outs"]
     rix, oix = a["blocks.row_ix"], a["blocks.out_ix"]
     blocks = tuple(
@@ -245,6 +252,7 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
             raise ValueError(f"block {b} lies outside layer {blk.layer}")
     model = onnx.ModelProto()
     model.ParseFromString(a["model"].tobytes())
+    _check_graph(model, ops)
     plan = Plan(
         model=model,
         model_sha256=str(meta["model_sha256"]),
@@ -263,6 +271,24 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
     calib = (tuple((a[f"L{i}.power"], a[f"L{i}.mean"]) for i in range(n))
              if meta["calibrated"] else None)
     return plan, calib
+
+
+def _check_graph(model: onnx.ModelProto, ops: tuple[WeightOp, ...]) -> None:
+    """ValueError unless ``model`` is the graph of ``ops``: every op is a node of its type that
+    reads its weight and bias, and the weight initializer has the op's shape."""
+    nodes = {n.name: n for n in model.graph.node}
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    if not nodes:
+        raise ValueError("the model member holds no graph")
+    for op in ops:
+        node = nodes.get(op.node)
+        if node is None or node.op_type != op.op_type or not {op.weight, op.bias} <= set(
+            node.input
+        ):
+            raise ValueError(f"op {op.node!r} ({op.op_type}) is not in the saved graph")
+        if inits.get(op.weight) != tuple(op.shape):
+            raise ValueError(f"op {op.node!r}: weight {op.weight!r} is not a {list(op.shape)} "
+                             "initializer of the saved graph")
 
 
 def check_chip(saved: SavedPlan, fm: FaultMap) -> None:

@@ -85,6 +85,7 @@ class Good:
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Good:
     d = tmp_path_factory.mktemp("good")
+    (d / "w.bin").write_bytes(bytes(16))  # a short external weight file
     model = str(d / "model.onnx")
     onnx.save(conv_bn_gemm(), model)
     fm = str(d / "chip.npz")
@@ -299,6 +300,21 @@ def external(m: onnx.ModelProto) -> None:
     e.key, e.value = "location", "missing-weights.bin"
 
 
+def external_to(n: int, location: str) -> Callable[[onnx.ModelProto], None]:
+    """The first weight moved to the external file ``location``, declared to hold ``n``
+    floats."""
+    def change(m: onnx.ModelProto) -> None:
+        w = m.graph.initializer[0]
+        w.ClearField("raw_data")
+        del w.float_data[:]
+        del w.dims[:]
+        w.dims.extend([n])
+        w.data_location = TensorProto.EXTERNAL
+        e = w.external_data.add()
+        e.key, e.value = "location", location
+    return change
+
+
 def unknown_op(m: onnx.ModelProto) -> None:
     m.graph.node[2].op_type = "NoSuchOp"
 
@@ -322,6 +338,14 @@ def constant_lie(m: onnx.ModelProto) -> None:
     t.dims.extend([1 << 30, 1 << 30])
     m.graph.node.insert(0, helper.make_node("Constant", [], ["cst"], value=t))
     m.graph.node.append(helper.make_node("Identity", ["cst"], ["unused"]))
+
+
+def relu_model() -> bytes:
+    """Another valid model: one Relu."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    return helper.make_model(graph).SerializeToString()
 
 
 def no_nodes(m: onnx.ModelProto) -> None:
@@ -366,6 +390,19 @@ def import_huge(g: Good, bad: str, out: str) -> list[str]:
 
 def verify_data(g: Good, bad: str, out: str) -> list[str]:
     return ["verify", g.image, "--faultmap", g.faultmap, "--data", bad]
+
+
+def sweep_data(g: Good, bad: str, out: str) -> list[str]:
+    return ["sweep", g.model, "--data", bad, "--rates", "0.01", "--seeds", "1", "--rows",
+            str(ROWS), "--cols", str(COLS), "--strategies", "two-column", "--plot", out]
+
+
+def plan_calib(g: Good, bad: str, out: str) -> list[str]:
+    return ["plan", g.model, "--calib", bad, "--rows", str(ROWS), "--cols", str(COLS), "-o", out]
+
+
+def synth_like(g: Good, bad: str, out: str) -> list[str]:
+    return ["faultmap", "synth", "--like", bad, "--rate", "0.1", "-o", out]
 
 
 def build_calib(g: Good, bad: str, out: str) -> list[str]:
@@ -637,6 +674,11 @@ DATA: list[Case] = [
     Case("data-header-lies", ".npz",
          data_raw(lambda: [("x.npy", npy_lying((N, 4, 6, 6), "<f4", b"\x00" * 16))]),
          verify_data),
+    Case("sweep-data-duplicate", ".npz",
+         data_raw(lambda: [("x.npy", npy(np.zeros((N, 4, 6, 6), np.float32)))] * 2), sweep_data),
+    Case("sweep-data-labels-2**64-1", ".npz",
+         data_bytes(labels=np.full(N, 2**64 - 1, np.uint64)), sweep_data),
+    Case("plan-calib-nan", ".npz", data_bytes(x=x_nan()), plan_calib),
     Case("calib-nan", ".npz", data_bytes(x=x_nan()), build_calib),
     Case("calib-wrong-dim", ".npz", data_bytes(x=np.zeros((N, 4, 5, 6), np.float32)),
          build_calib),
@@ -750,6 +792,12 @@ PLAN: list[Case] = [
     plan_case("plan-block-out-of-range",
               plan_array("blocks.row_ix", np.full(1000, 10**6, np.int32))),
     plan_case("plan-bins-gap", plan_array("blocks.bin", np.full(1, 5, np.int32))),
+    plan_case("plan-model-empty", lambda g: plan_with(g.plan, model=npy(np.zeros(0, np.uint8)))),
+    plan_case("plan-model-other-graph", lambda g: plan_with(g.plan, model=npy(np.frombuffer(
+        relu_model(), np.uint8)))),
+    plan_case("plan-float-wrong-shape", plan_array("L0.float", np.zeros((1, 3, 8), np.float32))),
+    plan_case("plan-meta-digital", meta_change(set_key("digital", [[1]]))),
+    plan_case("plan-meta-calibrated", meta_change(set_key("calibrated", True))),
     plan_case("plan-model-garbage", lambda g: plan_with(
         g.plan, model=npy(np.frombuffer(b"\xff" * 64, np.uint8)))),
     plan_case("plan-bomb", lambda g: [(n, d) for n, d in plan_members(g.plan)] + [
@@ -867,8 +915,15 @@ MODEL: list[Case] = [
     Case("onnx-sparse-index-out-of-range", ".onnx",
          lambda g: model_with(sparse([8, 4, 3, 3], [10**6])), build_model),
     Case("onnx-external-missing", ".onnx", lambda g: model_with(external), build_model),
+    Case("onnx-external-short", ".onnx",
+         lambda g: model_with(external_to(1 << 40, str(g.dir / "w.bin"))), build_model),
+    Case("onnx-external-dev-zero", ".onnx", lambda g: model_with(external_to(1 << 20, "/dev/zero")),
+         build_model),
     Case("onnx-weight-is-input", ".onnx", lambda g: model_with(weight_as_input), build_model),
     Case("onnx-dims-lie", ".onnx", lambda g: model_with(dims_lie), build_model),
+    Case("onnx-synth-like-garbage", ".onnx", lambda g: b"\x08\x07garbage", synth_like),
+    Case("onnx-synth-like-sparse-huge", ".onnx",
+         lambda g: model_with(sparse([1 << 20, 1 << 20, 3, 3], [0])), synth_like),
     Case("onnx-constant-dims-lie", ".onnx", lambda g: model_with(constant_lie), build_model),
 ]
 
