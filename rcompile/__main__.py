@@ -1,3 +1,3 @@
-from rcompile.cli import main
+from rcompile.interrupts import main
 
 main()

@@ -25,7 +25,7 @@ import onnx
 import rcompile
 from rcompile import pipeline as pl
 from rcompile.device import Device, Geometry, Hardware
-from rcompile.errors import BadData, BadFaultMap, BadPlan
+from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
@@ -88,7 +88,7 @@ Calib = tuple[tuple[np.ndarray, np.ndarray], ...]
 
 def plan_lot(
     model_path: str,
-    fm: FaultMap,
+    fm: FaultMap | None,
     *,
     hardware: Hardware | None = None,
     plan_path: str | None = None,
@@ -96,9 +96,9 @@ def plan_lot(
     prune: str | None = None,
 ) -> LotPlan:
     """The chip-independent stage for chips like ``fm``: read from ``plan_path`` (checked
-    against the model, the chip's geometry and levels, and ``hardware``'s cell), or made from
-    the model for ``fm``'s tile geometry and levels and ``hardware``'s cell; with
-    ``calib_path``, the calibration statistics of its data."""
+    against the model, ``hardware``'s cell and, unless ``fm`` is None, the chip's geometry and
+    levels), or made from the model for ``fm``'s tile geometry and levels and ``hardware``'s
+    cell; with ``calib_path``, the calibration statistics of its data."""
     from rcompile import planfile
     from rcompile.programming import compiler_device
 
@@ -108,7 +108,8 @@ def plan_lot(
             raise BadPlan(f"{plan_path}: a saved plan already fixes pruning; drop --prune")
         saved = planfile.read(plan_path)
         planfile.check_model(saved, model_path)
-        planfile.check_chip(saved, fm)
+        if fm is not None:
+            planfile.check_chip(saved, fm)
         if calib_path is not None and saved.calib is None:
             raise BadPlan(f"{plan_path}: made without --calib; pass --calib to 'rcompile plan'")
         if hardware is not None and hardware.cell.levels != saved.plan.device.levels:
@@ -116,6 +117,8 @@ def plan_lot(
                           f"but device {hardware.name} has {hardware.cell.levels}: make a plan "
                           f"with --levels {hardware.cell.levels}")
         return LotPlan(saved.plan, saved.calib, (), saved.source, time.perf_counter() - t0)
+    if fm is None:
+        raise ValueError("plan_lot: a plan made from the model needs a fault map (its geometry)")
     geo = fm.geometry
     plan, log = make_plan(model_path, tile_rows=geo.rows, tile_cols=geo.cols,
                           device=fm.device(compiler_device(hardware)),
@@ -272,6 +275,9 @@ def build(
             f"{fm.source}: tiles are {geo.rows}x{geo.cols} but the plan was tiled for "
             f"{plan.tile_rows}x{plan.tile_cols}"
         )
+    if len(plan.bins()) > geo.tiles:
+        raise DoesNotFit(f"{fm.source}: the model needs {len(plan.bins())} tiles of "
+                         f"{geo.rows}x{geo.cols} but chip {fm.chip_id} has {geo.tiles}")
     if strategy not in STRATEGIES and pipeline is None:
         raise ValueError(f"unknown strategy {strategy!r}")
     spec = pipeline if pipeline is not None else STRATEGIES[strategy]

@@ -1,11 +1,15 @@
 """``rcompile`` command line: a click group of thin commands over :mod:`rcompile.api`.
 
 Domain errors (:class:`~rcompile.errors.RcompileError`) are caught once, in :func:`main`, and
-become one line on stderr and a non-zero exit. Output files are written atomically.
+become one line on stderr and a non-zero exit; so do SIGINT and SIGTERM (exit 130 / 143,
+:mod:`rcompile.interrupts`). Output files are written atomically, and every command refuses an
+output that is the same file as one of its inputs (:func:`rcompile.fileio.refuse_overwrite`),
+before any work. The promises and exit codes: ``docs/reliability.md``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -15,12 +19,13 @@ from typing import Any
 import click
 import numpy as np
 
-from rcompile import __version__, api, runtime
+from rcompile import __version__, api, interrupts, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import load_data
 from rcompile.errors import RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
+from rcompile.fileio import refuse_overwrite
 from rcompile.pipeline import SolverOptions
 
 
@@ -78,6 +83,13 @@ def _device_option(f: Any) -> Any:
                         "(docs/device.md).")(f)
 
 
+def _device_file(spec: str | None) -> str | None:
+    """The file ``--device`` names (None for a preset or without the option)."""
+    from rcompile.device import PRESETS
+
+    return None if spec is None or spec in PRESETS else spec
+
+
 def _load_device(spec: str | None) -> Any:
     """The :class:`~rcompile.device.Hardware` of ``--device`` (None without it)."""
     from rcompile.device import load_hardware
@@ -107,49 +119,25 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
           calib: str | None, prune: str | None, time_limit: float, solver_seed: int,
           device_spec: str | None, plan_path: str | None, as_json: bool) -> None:
     """Compile MODEL for one chip and write its programming image."""
-    from rcompile.programming import compiler_device
-
-    t0 = time.perf_counter()
+    out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
+    refuse_overwrite([("-o" if output else "the default image", out)],
+                     [("MODEL", model), ("--faultmap", faultmap_path), ("--calib", calib),
+                      ("--plan", plan_path), ("--device", _device_file(device_spec))])
+    if plan_path is not None and (prune is not None or calib is not None):
+        raise click.BadParameter("a saved plan already fixes pruning and calibration; "
+                                 "drop --prune/--calib", param_hint="'--plan'")
     if pipeline is not None:
         api.chip_pipeline(pipeline)  # a bad pipeline string fails before any file is read
     hw = _load_device(device_spec)
     fm = fmap.load(faultmap_path)
-    geo = fm.geometry
-    if hw is not None:
-        hw.check_tiles(geo.rows, geo.cols, faultmap_path)
-    if plan_path is not None:
-        if prune is not None or calib is not None:
-            raise click.BadParameter("a saved plan already fixes pruning and calibration; "
-                                     "drop --prune/--calib", param_hint="'--plan'")
-        from rcompile import planfile
-
-        saved = planfile.read(plan_path)
-        planfile.check_model(saved, model)
-        planfile.check_chip(saved, fm)
-        plan, stats = saved.plan, saved.calib
-        plan_log: list[dict[str, Any]] = []
-    else:
-        plan, plan_log = api.make_plan(model, tile_rows=geo.rows, tile_cols=geo.cols,
-                                          device=fm.device(compiler_device(hw)),
-                                          pipeline=api.plan_pipeline(prune))
-        stats = None if calib is None else api.load_calib_stats(plan, calib)
-    t1 = time.perf_counter()
-    res = api.build(plan, fm, strategy=strategy, pipeline=pipeline, calib=stats,
-                    solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
-                    hardware=None if hw is None else hw.to_dict())
-    t2 = time.perf_counter()
-    out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
+    res = api.compile_chip(model, fm, plan_path=plan_path, calib_path=calib, prune=prune,
+                           strategy=strategy, pipeline=pipeline, hardware=hw,
+                           solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed))
     rimg.write(res.image, out)
     for w in res.warnings:
         click.echo(f"rcompile: warning: {w}", err=True)
-    cells = plan.tile_rows * plan.tile_cols
-    layer_tiles: list[set[int]] = [set() for _ in plan.ops]  # physical tiles under each op
-    for tile in res.image.tiles:
-        for sl in tile.slices:
-            layer_tiles[sl.layer].add(int(tile.tile))
-    layer_blocks = [sum(b.layer == i for b in plan.blocks) for i in range(len(plan.ops))]
-    layer_cells = [sum(2 * len(b.rows) * len(b.outs) for b in plan.blocks if b.layer == i)
-                   for i in range(len(plan.ops))]
+    plan, geo = res.plan, fm.geometry
+    assert plan is not None
     report = {
         "image": out,
         "chip_id": fm.chip_id,
@@ -157,16 +145,12 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         "pipeline": res.image.header["pipeline"],
         "tiles_used": len(res.image.tiles),
         "tiles": geo.tiles,
-        "crossbar": [{"node": op.node, "op_type": op.op_type, "shape": list(op.shape),
-                      "groups": op.groups, "blocks": layer_blocks[i],
-                      "tiles": len(layer_tiles[i]),
-                      "cell_utilisation": layer_cells[i] / max(1, len(layer_tiles[i]) * cells)}
-                     for i, op in enumerate(plan.ops)],
+        "crossbar": api.utilisation(plan, res.image),
         "warnings": res.warnings,
         "digital": [{"node": n, "op_type": t, "reason": r} for n, t, r in plan.digital],
-        "passes": plan_log + res.log,
-        "plan_seconds": t1 - t0,
-        "chip_seconds": t2 - t1,
+        "passes": res.log,
+        "plan_seconds": res.plan_seconds,
+        "chip_seconds": res.chip_seconds,
     }
     if as_json:
         click.echo(json.dumps(report, default=float))
@@ -203,7 +187,7 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in p.items() if k not in ("pass", "seconds"))
         click.echo(f"  {p['pass']:<10} {p['seconds'] * 1000:8.1f} ms  {extra}")
-    click.echo(f"per-chip stage {t2 - t1:.3f} s (plan {t1 - t0:.3f} s)")
+    click.echo(f"per-chip stage {res.chip_seconds:.3f} s (plan {res.plan_seconds:.3f} s)")
 
 
 @cli.command()
@@ -327,11 +311,17 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
     for s in strategies:
         if s not in api.STRATEGIES:
             raise click.BadParameter(f"unknown strategy {s!r}; known: {sorted(api.STRATEGIES)}")
+    refuse_overwrite([("--plot", plot)], [("MODEL", model), ("--data", data_path),
+                                          ("--calib", calib),
+                                          ("--device", _device_file(device_spec))])
     hw = _load_device(device_spec)
-    result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
-                       seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
-                       plan_pipeline=api.plan_pipeline(prune),
-                       progress=not as_json, hardware=hw, mode=mode)
+    total = len(rates) * len(ratios) * seeds
+    sink = sys.stderr if not as_json else io.StringIO()
+    with click.progressbar(length=total, label="sweep", file=sink) as bar:
+        result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
+                           seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
+                           prune=prune, progress=lambda done, n: bar.update(1), hardware=hw,
+                           mode=mode)
     if plot:
         render_plot(result, plot)
     if as_json:
@@ -363,6 +353,7 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
     if cols % 2:
         raise click.BadParameter(f"{cols} is odd; expected an even column count "
                                  "(differential pairs)", param_hint="'--cols'")
+    refuse_overwrite([("-o", output)], [("MODEL", model), ("--calib", calib)])
     t0 = time.perf_counter()
     plan, log = api.make_plan(model, tile_rows=rows, tile_cols=cols,
                                  device=Device(levels=levels), pipeline=api.plan_pipeline(prune))
@@ -421,9 +412,12 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
     if plan_path is not None and calib is not None:
         raise click.BadParameter("a saved plan already fixes calibration; drop --calib",
                                  param_hint="'--plan'")
+    maps = prov.find_faultmaps(faultmaps_dir)
+    prov.check_outputs(model, maps, out_dir, plan_path=plan_path, calib_path=calib,
+                       verify_data=verify_data, device_file=_device_file(device_spec))
     hw = _load_device(device_spec)
-    total = len(prov.find_faultmaps(faultmaps_dir))
     prov.check_writable(out_dir)  # fail before the progress bar starts
+    total = len(maps)
     with click.progressbar(length=total, label="provisioning", file=sys.stderr,
                            show_pos=True) as bar:
         summary = prov.provision(
@@ -446,10 +440,20 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
                             f"see {summary.report}")
 
 
-def main() -> None:
-    """Console entry point: one stderr line and a non-zero exit for every domain error."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one stderr line and a non-zero exit for every domain error, and for
+    SIGINT / SIGTERM (exit 130 / 143, see :mod:`rcompile.interrupts`)."""
     try:
-        cli.main(standalone_mode=False)
+        with interrupts.catching():
+            _run(argv)
+            interrupts.check()
+    except interrupts.Interrupted as e:
+        interrupts.stop(e)
+
+
+def _run(argv: list[str] | None) -> None:
+    try:
+        cli.main(args=argv, prog_name="rcompile", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:

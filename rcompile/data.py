@@ -9,7 +9,9 @@ samples. Every rule below is checked at load time, so the runtime never meets a 
 * each input has the model's rank and every fixed dimension after axis 0;
 * dtypes match the model's input types exactly; the one allowed cast is float64 -> float32;
 * floating inputs hold no NaN or Inf (after that cast);
-* ``labels`` is 1-D, integer, non-negative, one per sample;
+* ``labels`` is 1-D, integer, non-negative, fits int64, one per sample;
+* the arrays stay within :data:`MAX_DATA_BYTES` (checked on the ``.npy`` headers, before
+  allocating), each zip member is one ``<key>.npy`` and no key appears twice;
 * there is at least one sample.
 
 A violation raises :class:`~rcompile.errors.BadData` with one line naming the file, the array
@@ -33,9 +35,18 @@ import numpy as np
 import onnx
 
 from rcompile.errors import BadData, BadModel
+from rcompile.npzio import read_npz
 
 LABELS = "labels"
 """Key of the optional integer label array in a data file."""
+
+MAX_DATA_BYTES = 1 << 30
+"""Most bytes the arrays of one data file may hold once loaded (1 GiB); checked against every
+``.npy`` header before anything is allocated."""
+
+MAX_LABEL = np.iinfo(np.int64).max
+"""Largest label a data file may hold; the runtime then requires labels below the model's
+number of output classes."""
 
 
 @dataclass(frozen=True)
@@ -139,18 +150,8 @@ def _load(path: str, specs: list[InputSpec], *, use_labels: bool) -> Dataset:
         raise BadData(f"{path}: no such data file; expected an .npz archive of input arrays")
     if not zipfile.is_zipfile(path):
         raise BadData(f"{path}: not an .npz archive; expected one array per model input")
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            for key in z.files:
-                try:
-                    arrays[key] = z[key]
-                except ValueError as e:  # object arrays need pickle
-                    raise BadData(
-                        f"{path}: array '{key}' holds Python objects; expected a numeric array"
-                    ) from e
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as e:
-        raise BadData(f"{path}: cannot read the .npz archive ({e})") from e
+    arrays = read_npz(path, name=path, error=BadData, max_array_bytes=MAX_DATA_BYTES,
+                      max_total_bytes=MAX_DATA_BYTES, what="an .npz of one array per model input")
     return _validate(path, arrays, specs, use_labels=use_labels)
 
 
@@ -277,6 +278,12 @@ def _check_labels(path: str, y: np.ndarray, n: int) -> np.ndarray:
             f"{path}: '{LABELS}' has {y.shape[0]} entries but the inputs have {n} samples; "
             "expected one label per sample"
         )
-    if (y < 0).any():
+    if y.size and int(y.min()) < 0:
         raise BadData(f"{path}: '{LABELS}' has negative entries; expected class indices >= 0")
+    if y.size and int(y.max()) > MAX_LABEL:
+        first = int(np.argmax(y))
+        raise BadData(
+            f"{path}: '{LABELS}'[{first}] = {int(y[first])} does not fit int64; expected class "
+            f"indices 0..{MAX_LABEL} (below the model's number of output classes)"
+        )
     return y.astype(np.int64)

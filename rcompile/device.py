@@ -339,6 +339,9 @@ class Hardware:
 
     name: str = "ideal"
     """Preset or file name, for reports."""
+    source: str = field(default="", compare=False)
+    """The device file it was read from (empty for a preset or a dict); named in errors, not
+    part of the device (two equal files make equal devices)."""
     tile_rows: int = 128
     """Rows per crossbar tile of this chip family (synthetic chips in sweeps use it)."""
     tile_cols: int = 128
@@ -374,8 +377,13 @@ class Hardware:
         """BadDevice unless a chip with ``rows x cols`` tiles (its fault map ``source``) has this
         device's tiles."""
         if (self.tile_rows, self.tile_cols) != (rows, cols):
-            raise BadDevice(f"device {self.name} has {self.tile_rows}x{self.tile_cols} tiles but "
+            raise BadDevice(f"{self.label} has {self.tile_rows}x{self.tile_cols} tiles but "
                             f"fault map {source} has {rows}x{cols}; expected the same tiles")
+
+    @property
+    def label(self) -> str:
+        """How errors name this device: its file if it came from one, else its preset name."""
+        return f"device file {self.source}" if self.source else f"device {self.name}"
 
     def with_cell(self, cell: Device) -> Hardware:
         return replace(self, cell=cell)
@@ -408,6 +416,9 @@ _TOP_KEYS = ("name", "base", "tile_rows", "tile_cols")
 
 
 # --------------------------------------------------------------------------- presets
+
+MAX_DEVICE_BYTES = 1 << 20
+"""Largest device TOML file :func:`load_hardware` reads (1 MiB)."""
 
 PRESETS: dict[str, Hardware] = {
     "ideal": Hardware(name="ideal"),
@@ -452,15 +463,31 @@ def load_hardware(spec: str | os.PathLike[str]) -> Hardware:
         )
     try:
         with open(s, "rb") as f:
-            doc = tomllib.load(f)
+            raw = f.read(MAX_DEVICE_BYTES + 1)
     except FileNotFoundError:
         raise BadDevice(f"{s}: no such file; expected a device .toml file") from None
     except IsADirectoryError:
         raise BadDevice(f"{s}: is a directory; expected a device .toml file") from None
+    except OSError as e:
+        raise BadDevice(f"{s}: cannot read ({e.strerror or e}); expected a device .toml file"
+                        ) from None
+    if len(raw) > MAX_DEVICE_BYTES:
+        raise BadDevice(f"{s}: larger than {MAX_DEVICE_BYTES} bytes; expected a device .toml "
+                        "file (docs/limits.md)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise BadDevice(f"{s}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); expected "
+                        "a UTF-8 device .toml file") from None
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BadDevice(f"{s}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise BadDevice(f"{s}: not valid TOML (nested too deep)") from None
     stem = os.path.splitext(os.path.basename(s))[0]
-    return hardware_from_dict(doc, source=s, default_name=stem)
+    return replace(hardware_from_dict(doc, source=s, default_name=stem), source=s)
 
 
 def hardware_from_dict(
@@ -495,8 +522,9 @@ def _from_dict(doc: dict[str, Any], default_name: str) -> Hardware:
         )
     base = PRESETS[base_name] if base_name is not None else None
     name = doc.get("name", default_name)
-    if not isinstance(name, str) or not name:
-        raise BadDevice(f"device: name = {name!r} is out of range; expected a non-empty string")
+    if not isinstance(name, str) or not name or not name.isprintable() or len(name) > 200:
+        raise BadDevice(f"device: name = {name!r} is out of range; expected a non-empty "
+                        "printable one-line string of at most 200 characters")
     top: dict[str, Any] = {}
     for k in ("tile_rows", "tile_cols"):
         if k in doc:

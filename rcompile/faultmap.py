@@ -10,7 +10,8 @@ SA0         1      stuck at ``g_min`` (high-resistance state, "stuck-off"); leve
 SA1         2      stuck at ``g_max`` (low-resistance state, "stuck-on"); level ``levels - 1``
 ==========  =====  ===========================================================================
 
-**File format** (``chip.npz``, a numpy ``.npz`` zip archive, read with ``allow_pickle=False``):
+**File format** (``chip.npz``, a numpy ``.npz`` zip archive, read by
+:func:`rcompile.npzio.read_npz`: no pickles, each key once, sizes bounded):
 
 ===========  ==================  ==============================================================
 key          type                meaning
@@ -29,8 +30,10 @@ key          type                meaning
 ``levels``   integer scalar      optional; programmable levels per cell (2..256).
 ===========  ==================  ==============================================================
 
-Anything else (a missing ``faults``, an unknown key, a wrong dtype or shape, a code outside
-{0, 1, 2}, an inconsistent ``stuck_g``, a malformed scalar) is rejected with
+Anything else (a missing ``faults``, an unknown or repeated key, a wrong dtype or shape, a code
+outside {0, 1, 2}, an inconsistent ``stuck_g``, a malformed scalar, more than
+:data:`MAX_CELLS` cells, an ``.npy`` header that disagrees with its zip member) is rejected,
+before the arrays are allocated where the header tells (:func:`rcompile.npzio.read_npz`), with
 :class:`~rcompile.errors.BadFaultMap` whose one-line message reads ``"<file>: <key>: <what is
 wrong>; expected <what the contract says>"``.
 
@@ -64,8 +67,9 @@ from typing import Any, Literal
 import numpy as np
 
 from rcompile.device import Device, Geometry
-from rcompile.errors import BadFaultMap
+from rcompile.errors import BadDevice, BadFaultMap
 from rcompile.fileio import atomic_write
+from rcompile.npzio import read_npz
 
 STATE_HEALTHY, STATE_SA0, STATE_SA1 = 0, 1, 2
 """State codes of :attr:`FaultMap.faults`."""
@@ -80,6 +84,10 @@ ALLOWED_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
 
 MAX_LEVELS = 256
 """Largest ``levels`` a fault map may declare (same bound as :class:`~rcompile.device.Device`)."""
+
+MAX_CELLS = 1 << 26
+"""Most cells (tiles x rows x cols) one chip may have: 67,108,864, e.g. 4,096 tiles of 128 x 128.
+Every reader and generator of fault maps refuses more before allocating them."""
 
 SynthKind = Literal["uniform", "clustered", "lines"]
 SYNTH_KINDS: tuple[str, ...] = ("uniform", "clustered", "lines")
@@ -181,8 +189,20 @@ class FaultMap:
         return out
 
     def device(self, base: Device | None = None) -> Device:
-        """``base`` (default :class:`~rcompile.device.Device()`) with this map's overrides."""
-        return replace(base if base is not None else Device(), **self.device_overrides())
+        """``base`` (default :class:`~rcompile.device.Device()`) with this map's overrides.
+
+        A combination the cell cannot have (the map's ``g_max`` at or below the device's
+        ``g_min``, say) raises :class:`~rcompile.errors.BadFaultMap` naming the map.
+        """
+        over = self.device_overrides()
+        try:
+            return replace(base if base is not None else Device(), **over)
+        except BadDevice as e:
+            given = ", ".join(f"{k}={v:g}" for k, v in over.items())
+            raise BadFaultMap(
+                f"{self.source}: {given}: does not fit the device "
+                f"({str(e).removeprefix('device: ')})"
+            ) from None
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -377,41 +397,22 @@ def load(path: str | os.PathLike[str]) -> FaultMap:
         raise BadFaultMap(
             f"{src}: not an .npz (zip) archive; expected a fault-map .npz with key 'faults'"
         )
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(p, allow_pickle=False) as npz:
-            keys = list(npz.files)
-            unknown = sorted(k for k in keys if k not in ALLOWED_KEYS)
-            if unknown:
-                raise BadFaultMap(
-                    f"{src}: unknown key(s) {', '.join(repr(k) for k in unknown)}; expected only "
-                    f"{', '.join(ALLOWED_KEYS)}"
-                )
-            if "faults" not in keys:
-                raise BadFaultMap(
-                    f"{src}: faults: key missing (found {', '.join(keys) or 'no keys'}); "
-                    f"{_EXPECT_FAULTS}"
-                )
-            for key in keys:
-                try:
-                    value = npz[key]
-                except BadFaultMap:
-                    raise
-                except Exception as e:  # numpy raises ValueError/OSError/zipfile errors here
-                    raise BadFaultMap(
-                        f"{src}: {key}: cannot read the array ({type(e).__name__}: {e}); "
-                        "expected a plain numpy array (no pickled objects)"
-                    ) from e
-                if not isinstance(value, np.ndarray):
-                    raise BadFaultMap(f"{src}: {key}: not a .npy array; expected a numpy array")
-                arrays[key] = value
-    except BadFaultMap:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    arrays = read_npz(
+        p,
+        name=src,
+        error=BadFaultMap,
+        max_array_bytes=1 << 20,
+        max_total_bytes=6 * MAX_CELLS,
+        key_bytes={"faults": MAX_CELLS, "stuck_g": 4 * MAX_CELLS},
+        allowed=lambda key: key in ALLOWED_KEYS,
+        what="a fault-map .npz",
+        expected=f"only the keys {', '.join(ALLOWED_KEYS)}",
+    )
+    if "faults" not in arrays:
         raise BadFaultMap(
-            f"{src}: cannot open as .npz ({type(e).__name__}: {e}); expected a fault-map .npz"
-        ) from e
-
+            f"{src}: faults: key missing (found {', '.join(arrays) or 'no keys'}); "
+            f"{_EXPECT_FAULTS}"
+        )
     chip_id = _scalar_str(src, "chip_id", arrays.get("chip_id"))
     g_min = _scalar_real(src, "g_min", arrays.get("g_min"))
     g_max = _scalar_real(src, "g_max", arrays.get("g_max"))
@@ -562,14 +563,24 @@ def synth(
     return FaultMap(faults.astype(np.uint8), chip_id=cid, source="synth")
 
 
+def _check_geometry(src: str, tiles: int, rows: int, cols: int) -> None:
+    """A chip geometry a map may have: positive, even columns, at most :data:`MAX_CELLS`."""
+    for name, n in (("tiles", tiles), ("rows", rows), ("cols", cols)):
+        if not isinstance(n, int | np.integer) or n < 1:
+            raise BadFaultMap(f"{src}: {name}={n!r}; expected an integer >= 1")
+    if cols % 2:
+        raise BadFaultMap(f"{src}: cols={cols}; expected an even column count (differential pairs)")
+    if int(tiles) * int(rows) * int(cols) > MAX_CELLS:
+        raise BadFaultMap(
+            f"{src}: {tiles} x {rows} x {cols} = {int(tiles) * int(rows) * int(cols)} cells; "
+            f"expected at most {MAX_CELLS} cells per chip (docs/limits.md)"
+        )
+
+
 def _check_synth_args(
     tiles: int, rows: int, cols: int, rate: float, ratio: tuple[float, float], kind: str
 ) -> None:
-    for name, n in (("tiles", tiles), ("rows", rows), ("cols", cols)):
-        if not isinstance(n, int | np.integer) or n < 1:
-            raise BadFaultMap(f"synth: {name}={n!r}; expected an integer >= 1")
-    if cols % 2:
-        raise BadFaultMap(f"synth: cols={cols}; expected an even column count (differential pairs)")
+    _check_geometry("synth", tiles, rows, cols)
     if not 0.0 <= float(rate) <= 1.0:
         raise BadFaultMap(f"synth: rate={rate}; expected a fault probability in [0, 1]")
     if len(ratio) != 2 or min(ratio) < 0 or not sum(ratio) > 0:
@@ -647,6 +658,9 @@ def _line_faults(
 
 # -- CSV import ---------------------------------------------------------------------------------
 
+MAX_CSV_BYTES = 1 << 30
+"""Largest tester CSV :func:`import_csv` reads (1 GiB, about 60 million listed cells)."""
+
 _CSV_HEADER = ("tile", "row", "col", "state")
 _CSV_STATES: Mapping[str, int] = {
     "0": STATE_HEALTHY,
@@ -662,18 +676,26 @@ def import_csv(
 ) -> FaultMap:
     """Build a fault map from a tester CSV: header ``tile,row,col,state``, one row per cell.
 
-    ``state`` is ``0``/``1``/``2`` or ``SA0``/``SA1`` (any case); cells not listed are healthy.
+    ``state`` is ``0``/``1``/``2`` or ``SA0``/``SA1`` (any case); cells not listed are healthy;
+    ``tile``, ``row`` and ``col`` are plain ASCII decimal integers. The file is UTF-8 text of at
+    most :data:`MAX_CSV_BYTES` bytes, the geometry at most :data:`MAX_CELLS` cells.
     A cell listed twice must carry the same state both times. Blank lines and lines starting
     with ``#`` are skipped. Errors raise :class:`~rcompile.errors.BadFaultMap` as
     ``"<path>:<line>: <column>: ..."``. ``chip_id`` defaults to the file's stem.
     """
     src = str(path)
-    _check_synth_args(tiles, rows, cols, 0.0, (1, 1), "uniform")
+    _check_geometry(src, tiles, rows, cols)
     faults = np.zeros((tiles, rows, cols), dtype=np.uint8)
     seen = np.zeros((tiles, rows, cols), dtype=bool)
     limits = (tiles, rows, cols)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_CSV_BYTES:
+                raise BadFaultMap(
+                    f"{src}: {size} bytes; expected a CSV of at most {MAX_CSV_BYTES} bytes "
+                    "(docs/limits.md)"
+                )
             text = fh.read()
     except OSError as e:
         raise BadFaultMap(
@@ -704,10 +726,7 @@ def import_csv(
                 )
             idx: list[int] = []
             for name, field, limit in zip(_CSV_HEADER[:3], fields[:3], limits, strict=True):
-                try:
-                    v = int(field)
-                except ValueError:
-                    v = -1
+                v = int(field) if field.isascii() and field.isdigit() and len(field) < 19 else -1
                 if not 0 <= v < limit:
                     raise BadFaultMap(
                         f"{src}:{line}: {name}: {field!r}; expected an integer 0..{limit - 1}"

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from rcompile import faultmap as fmap
+from rcompile.fileio import refuse_overwrite
 
 
 class RatioType(click.ParamType):
@@ -142,6 +143,7 @@ def synth_cmd(
 ) -> None:
     """Write a synthetic fault map, sized by --tiles or by a model (--like)."""
     _check_even_cols(cols)
+    refuse_overwrite([("-o", output)], [("--like", model)])
     spare_given = ctx.get_parameter_source("spare") is not click.core.ParameterSource.DEFAULT
     if model is None:
         if tiles is None:
@@ -174,6 +176,7 @@ def import_cmd(
 ) -> None:
     """Convert a tester CSV (header tile,row,col,state; state 0/1/2 or SA0/SA1) to .npz."""
     _check_even_cols(cols)
+    refuse_overwrite([("-o", output)], [("CSV", csv_path)])
     fm = fmap.import_csv(csv_path, tiles, rows, cols, chip_id=chip_id)
     fmap.save(fm, output)
     click.echo(f"wrote {output}: {_one_line(fm)}")
@@ -185,6 +188,7 @@ def import_cmd(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def show_cmd(path: str, png: str | None, as_json: bool) -> None:
     """Validate a fault map and print its totals and per-tile counts."""
+    refuse_overwrite([("--png", png)], [("FILE", path)])
     fm = fmap.load(path)
     if as_json:
         click.echo(json.dumps(summary_json(fm), indent=2))

@@ -44,6 +44,10 @@ Normalisation rules, in order (the digital graph that the image carries is the r
      the (transposed) activation, like every other crossbar op's;
    * **Einsum** of an activation and a constant 2-D weight whose equation is that product
      (``...k,kn->...n``, ``btd,nd->btn``, either operand first) becomes a MatMul first;
+   * **QLinearConv** / **QLinearMatMul** (QOperator int8 models) with constant weight, scale
+     and zero point and a per-tensor activation scale: ``DequantizeLinear`` -> the float op
+     with the weight dequantized once -> ``QuantizeLinear``; the result is within one output
+     code of the integer kernel (ConvInteger and MatMulInteger stay digital);
    * **LinearRegressor** / **LinearClassifier** (ONNX-ML, sklearn's linear models through
      skl2onnx): the scores ``X @ coefficients^T + intercepts`` are a Gemm; a post-transform and
      a classifier's labels stay in the node, which then reads the scores with identity
@@ -56,8 +60,9 @@ Normalisation rules, in order (the digital graph that the image carries is the r
    fold: a ``BatchNormalization`` (inference mode, on the op's output axis), and a ``Mul``,
    ``Add``, ``Sub`` (``y - c`` or ``c - y``) or ``Div`` (``y / c``) by a float constant with
    one value per output channel or one for all (an exporter's split BatchNorm, a separate bias
-   ``Add``, an attention scale) that leaves the result's shape unchanged. After a
-   ConvTranspose ``c`` goes into the overlap-add's bias;
+   ``Add``, an attention scale) that leaves the result's shape unchanged, also across a
+   ``Transpose`` that alone reads the result (ConvNeXt's layer scale after its channels-last
+   Linear layers). After a ConvTranspose ``c`` goes into the overlap-add's bias;
 6. unused initializers and stale shape annotations are dropped (an IR 3 model lists the new
    initializers among its graph inputs, as IR 3 requires); the result must pass the ONNX checker
    with strict shape inference.
@@ -78,6 +83,7 @@ a Conv or ConvTranspose whose input channels (where the shapes fix them), bias o
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -94,6 +100,9 @@ from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
 #: Oldest ``ai.onnx`` opset accepted (onnxruntime's oldest supported; the emulator's nodes).
 MIN_OPSET = 7
+MAX_MODEL_BYTES = 1 << 31
+"""Largest ONNX file (and densified sparse initializer) the frontend reads: 2 GiB, protobuf's
+own limit."""
 #: Domains whose ops the compiler knows.
 _STANDARD = ("", "ai.onnx")
 #: Ops whose output is not a function of their inputs: never folded to constants.
@@ -104,6 +113,7 @@ _NONDETERMINISTIC = frozenset(
 #: Inputs that hold parameters (weights, biases, statistics), by op type.
 _PARAM_INPUTS = {
     "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
+    "Einsum": (0, 1),
     "BatchNormalization": (1, 2, 3, 4),
 }
 #: Elementwise ops whose constant operand may be folded into a crossbar op before them (rule 5):
@@ -121,8 +131,6 @@ _NO_CONSTANT = "no constant operand (a product of two run-time values)"
 _DIGITAL_WEIGHT_OPS = {
     "ConvInteger": "integer (quantised) op; runs digitally",
     "MatMulInteger": "integer (quantised) op; runs digitally",
-    "QLinearConv": "integer (quantised) op; runs digitally",
-    "QLinearMatMul": "integer (quantised) op; runs digitally",
     "Einsum": "Einsum with a constant operand that is not a product X[..., k] @ W[k, n] "
               "(its equation contracts otherwise); runs digitally",
     "LSTM": _RECURRENT.format(op="LSTM"),
@@ -154,8 +162,16 @@ def load_model(path: str) -> Frontend:
     """Load, check and normalise the model at ``path``; raise :class:`BadModel` on any defect."""
     if not os.path.isfile(path):
         raise BadModel(f"{path}: no such model file")
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MODEL_BYTES:
+                raise BadModel(f"{path}: {size} bytes; expected an ONNX file of at most "
+                               f"{MAX_MODEL_BYTES} bytes (the protobuf limit; larger weights "
+                               "belong in external data)")
+            raw = f.read()
+    except OSError as e:
+        raise BadModel(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         model = onnx.load_model_from_string(raw)
     except Exception as exc:  # protobuf raises DecodeError and friends
@@ -165,7 +181,7 @@ def load_model(path: str) -> Frontend:
     digest = hashlib.sha256(raw)
     _load_external_data(model, path, digest)
     for sp in model.graph.sparse_initializer:  # shape inference does not see sparse ones
-        model.graph.initializer.append(_densify(sp))
+        model.graph.initializer.append(_densify(sp, path))
     del model.graph.sparse_initializer[:]
     _check_runtime_opsets(model, path)
     try:
@@ -253,6 +269,7 @@ def _load_external_data(model: onnx.ModelProto, path: str, digest: hashlib._Hash
             continue
         where = next((e.value for e in t.external_data if e.key == "location"), "")
         try:
+            _check_external_size(t, base, where)
             load_external_data_for_tensor(t, base)
         except Exception as exc:
             users = [n.name or n.op_type for n in model.graph.node if t.name in n.input]
@@ -263,6 +280,20 @@ def _load_external_data(model: onnx.ModelProto, path: str, digest: hashlib._Hash
             ) from None
         digest.update(t.name.encode())
         digest.update(t.raw_data)
+
+
+def _check_external_size(t: onnx.TensorProto, base: str, where: str) -> None:
+    """ValueError unless the external file holds the bytes the tensor declares, within
+    :data:`MAX_MODEL_BYTES` (checked before anything is read: no /dev/zero, no huge dims)."""
+    info = {e.key: e.value for e in t.external_data}
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    need = math.prod(int(d) for d in t.dims) * itemsize
+    offset = int(info.get("offset", 0) or 0)
+    length = int(info.get("length", need) or need)
+    have = os.stat(os.path.join(base, where)).st_size - offset
+    if not 0 <= need <= MAX_MODEL_BYTES or length != need or need > have:
+        raise ValueError(f"dims {list(t.dims)} need {need} bytes, the entry says {length} and "
+                         f"the file holds {max(have, 0)} after offset {offset}")
 
 
 def _is_float(dtype: np.dtype) -> bool:
@@ -290,15 +321,29 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _densify(sp: onnx.SparseTensorProto) -> onnx.TensorProto:
-    values = numpy_helper.to_array(sp.values)
-    idx = numpy_helper.to_array(sp.indices).astype(np.int64)
-    dense = np.zeros(tuple(sp.dims), values.dtype)
-    if idx.ndim == 2:  # [nnz, rank] coordinates
-        dense[tuple(idx.T)] = values
-    else:  # [nnz] linear indices
-        dense.reshape(-1)[idx] = values
-    return numpy_helper.from_array(dense, sp.values.name)
+def _densify(sp: onnx.SparseTensorProto, path: str) -> onnx.TensorProto:
+    name = sp.values.name
+    try:
+        values = numpy_helper.to_array(sp.values)
+        idx = numpy_helper.to_array(sp.indices).astype(np.int64)
+    except Exception as exc:  # onnx raises ValueError/TypeError on inconsistent tensors
+        raise BadModel(f"{path}: sparse initializer {name!r} is malformed: {_one_line(exc)}"
+                       ) from None
+    dims = tuple(int(d) for d in sp.dims)
+    size = math.prod(dims) * values.dtype.itemsize if all(d >= 0 for d in dims) else -1
+    if not 0 <= size <= MAX_MODEL_BYTES:
+        raise BadModel(f"{path}: sparse initializer {name!r} declares dims {list(dims)}; "
+                       f"expected a dense size of at most {MAX_MODEL_BYTES} bytes")
+    dense = np.zeros(dims, values.dtype)
+    try:
+        if idx.ndim == 2:  # [nnz, rank] coordinates
+            dense[tuple(idx.T)] = values
+        else:  # [nnz] linear indices
+            dense.reshape(-1)[idx] = values
+    except (IndexError, ValueError) as exc:
+        raise BadModel(f"{path}: sparse initializer {name!r}: indices do not fit dims "
+                       f"{list(dims)} ({_one_line(exc)})") from None
+    return numpy_helper.from_array(dense, name)
 
 
 class _Graph:
@@ -515,7 +560,16 @@ def normalise(model: onnx.ModelProto, path: str, sha256: str) -> Frontend:
     reasons: dict[str, str] = {}
     mapped: list[_Mapped] = []
     for node in list(gr.g.node):  # rule 4
-        found = _map_node(gr, node)
+        name, op_type = node.name, node.op_type
+        try:
+            found = _map_node(gr, node)
+        except BadModel:
+            raise
+        except Exception as exc:  # a form no rule foresaw: name it rather than crash
+            raise BadModel(
+                f"{path}: node {name!r} ({op_type}) cannot be mapped: {_one_line(exc)}; "
+                "expected a node the ONNX specification allows"
+            ) from None
         if isinstance(found, str):
             reasons[node.name] = found
         else:
@@ -594,14 +648,14 @@ def _fold_constant_paths(gr: _Graph) -> None:
             cone_nodes |= {n.name for n in cone}
     if not targets:
         return
-    nodes = [n for n in gr.g.node if n.name in cone_nodes]
-    values = _evaluate(gr, nodes, targets)
-    for name, value in zip(targets, values, strict=True):
-        if name in small:
-            cone = _cone(name, producers, gr.consts)
-            n_read = sum(gr.consts[i].size for n in cone for i in n.input if i in gr.consts)
-            if np.asarray(value).size > n_read:
-                continue  # an expanded constant stays computed
+    found: list[tuple[str, np.ndarray]] = []
+    weights = [t for t in targets if t not in small]
+    if weights:  # must evaluate: the error names the weight op
+        cone_w = {n.name for t in weights for n in _cone(t, producers, gr.consts)}
+        nodes = [n for n in gr.g.node if n.name in cone_w]
+        found += zip(weights, _evaluate(gr, nodes, weights), strict=True)
+    found += _evaluate_optional(gr, [t for t in targets if t in small], producers)
+    for name, value in found:
         # a new name: the producer may have other outputs that stay in use
         folded = gr.fresh(f"{name}.rc_folded")
         gr.set_const(folded, np.asarray(value))
@@ -618,6 +672,33 @@ def _fold_constant_paths(gr: _Graph) -> None:
             if n.name in cone_nodes and not any(o in read for o in n.output if o):
                 gr.g.node.remove(n)
                 changed = True
+
+
+def _evaluate_optional(gr: _Graph, targets: list[str], producers: dict[str, onnx.NodeProto]
+                       ) -> list[tuple[str, np.ndarray]]:
+    """Values of ``targets`` that onnxruntime can compute and that are no larger than the
+    constants they read (an expanded constant stays computed); the rest are left out."""
+    cones = {t: _cone(t, producers, gr.consts) for t in targets}
+
+    def run(names: list[str]) -> list[np.ndarray]:
+        inside = {n.name for t in names for n in cones[t]}
+        return _evaluate(gr, [n for n in gr.g.node if n.name in inside], names)
+
+    try:
+        values = run(targets) if targets else []
+    except BadModel:  # find the ones that fail
+        values = []
+        for t in targets:
+            try:
+                values += run([t])
+            except BadModel:
+                values.append(np.zeros(0))  # left out below: an empty constant is not read
+    out = []
+    for t, v in zip(targets, values, strict=True):
+        n_read = sum(gr.consts[i].size for n in cones[t] for i in n.input if i in gr.consts)
+        if 0 < v.size <= n_read:
+            out.append((t, v))
+    return out
 
 
 def _cone(name: str, producers: dict[str, onnx.NodeProto], consts: dict[str, np.ndarray]
@@ -683,12 +764,82 @@ def _map_node(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
         return _map_gemm(gr, node)
     if node.op_type == "MatMul":
         return _map_matmul(gr, node)
+    if node.op_type in ("QLinearConv", "QLinearMatMul"):
+        why = _dequantize_qlinear(gr, node)
+        if why is not None:
+            return why
+        return (_map_conv if node.op_type == "Conv" else _map_matmul)(gr, node, _QLINEAR[
+            node.op_type])
     if node.op_type == "Einsum":
         if not any(i in gr.consts for i in node.input):
             return _NO_CONSTANT
         if _einsum_as_matmul(gr, node):
             return _map_matmul(gr, node, "Einsum")
     return _DIGITAL_WEIGHT_OPS.get(node.op_type, "not a weight op")
+
+
+#: The integer op each float op was rewritten from (for the crossbar listing).
+_QLINEAR = {"Conv": "QLinearConv", "MatMul": "QLinearMatMul"}
+#: Inputs of QLinearConv / QLinearMatMul: activation, its scale and zero point, weight, ...
+_Q_X, _Q_XS, _Q_XZ, _Q_W, _Q_WS, _Q_WZ, _Q_YS, _Q_YZ, _Q_B = range(9)
+
+
+def _dequantize_qlinear(gr: _Graph, node: onnx.NodeProto) -> str | None:
+    """Rewrite a QLinearConv / QLinearMatMul (QOperator int8 models) in place as
+    ``DequantizeLinear -> Conv/MatMul -> QuantizeLinear`` with the weight dequantized once (and
+    a QLinearConv's int32 bias scaled by ``x_scale * w_scale``): the crossbar computes the real
+    product the integer kernel approximates; requantizing the result rounds as the kernel does.
+    Return why it stays integer instead."""
+    ins = list(node.input) + [""] * (9 - len(node.input))
+    conv = node.op_type == "QLinearConv"
+    wi, xi = _Q_W, _Q_X
+    if not conv and ins[_Q_W] not in gr.consts and ins[_Q_X] in gr.consts:
+        wi, xi = _Q_X, _Q_W  # the weight is input a: W @ X
+    params = [ins[wi], ins[wi + 1], ins[wi + 2]]
+    if not all(p in gr.consts for p in params) or (ins[_Q_B] and ins[_Q_B] not in gr.consts):
+        return "integer (quantised) op whose weight, scale or zero point is computed at run time"
+    x_scale = gr.consts.get(ins[xi + 1])
+    if x_scale is None or x_scale.size != 1 or gr.consts.get(ins[_Q_YS], np.ones(1)).size != 1:
+        return "integer (quantised) op with a per-row or run-time activation scale"
+    w, ws, wz = (gr.consts[p] for p in params)
+    axis = 0 if conv or wi == _Q_X else 1  # per output channel, column (b) or row (a)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    wf = (w.astype(np.float64) - wz.astype(np.float64).reshape(shape)) * ws.astype(
+        np.float64).reshape(shape)
+    nodes = []
+    xf = gr.fresh(f"{node.name}.rc_x")
+    rank = gr.rank(ins[xi])
+    if rank is not None:  # the float op's input keeps its rank (a left MatMul needs it)
+        gr.g.value_info.append(helper.make_tensor_value_info(xf, TensorProto.FLOAT,
+                                                             [None] * rank))
+    nodes.append(helper.make_node("DequantizeLinear", [ins[xi], ins[xi + 1], ins[xi + 2]],
+                                  [xf], name=gr.fresh_node(f"{node.name}.rc_dequantize")))
+    w_name = gr.fresh(f"{node.name}.rc_float_weight")
+    gr.set_const(w_name, wf.astype(np.float32))
+    yf = gr.fresh(f"{node.name}.rc_y")
+    if conv:
+        inputs = [xf, w_name]
+        if ins[_Q_B]:
+            b_name = gr.fresh(f"{node.name}.rc_float_bias")
+            scale = float(x_scale.reshape(-1)[0]) * ws.astype(np.float64).reshape(-1)
+            gr.set_const(b_name, (gr.consts[ins[_Q_B]].astype(np.float64) * scale
+                                  ).astype(np.float32))
+            inputs.append(b_name)
+        core = helper.make_node("Conv", inputs, [yf], name=node.name)
+        core.attribute.extend(node.attribute)
+    else:
+        core = helper.make_node("MatMul", [xf, w_name] if wi == _Q_W else [w_name, xf], [yf],
+                                name=node.name)
+    nodes.append(core)
+    nodes.append(helper.make_node("QuantizeLinear", [yf, ins[_Q_YS], ins[_Q_YZ]],
+                                  [node.output[0]], name=gr.fresh_node(f"{node.name}.rc_quantize")))
+    idx = list(gr.g.node).index(node)
+    gr.g.node.remove(node)
+    for k, n in enumerate(nodes):
+        gr.g.node.insert(idx + k, n)
+    node.CopyFrom(core)
+    return None
 
 
 def _einsum_as_matmul(gr: _Graph, node: onnx.NodeProto) -> bool:
@@ -803,7 +954,7 @@ def _weight_reason(w: np.ndarray) -> str | None:
     return None
 
 
-def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
+def _map_conv(gr: _Graph, node: onnx.NodeProto, op_type: str = "Conv") -> str | _Mapped:
     w = gr.const(node, 1, "weight")
     if w is None:
         return _not_constant(gr, node, 1, "weight")
@@ -814,6 +965,8 @@ def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
             f"{gr.path}: node {node.name!r}: Conv weight has rank {w.ndim}; expected >= 3"
         )
     groups = int(_attrs(node).get("group", 1))  # type: ignore[call-overload]
+    if groups < 1:
+        raise BadModel(f"{gr.path}: node {node.name!r}: Conv group={groups}; expected >= 1")
     if w.shape[0] % groups:
         raise BadModel(
             f"{gr.path}: node {node.name!r}: {w.shape[0]} output channels not divisible by "
@@ -824,7 +977,7 @@ def _map_conv(gr: _Graph, node: onnx.NodeProto) -> str | _Mapped:
     if len(node.input) > 2 and node.input[2] and b is None:
         return f"bias {node.input[2]!r} is not a constant"
     bias = np.zeros(w.shape[0]) if b is None else b.reshape(-1).astype(np.float64)
-    op = _weight_op(gr, node, "Conv", w.shape, LAYOUT_CONV, groups)
+    op = _weight_op(gr, node, op_type, w.shape, LAYOUT_CONV, groups)
     attrs = list(node.attribute)
     seq = _Seq(gr, node, _elem(w))
     x = seq.to_float32(node.input[0])
@@ -954,8 +1107,9 @@ def _map_matmul(gr: _Graph, node: onnx.NodeProto, op_type: str = "MatMul") -> st
     if w.ndim > 2 and all(d == 1 for d in w.shape[:-2]) and rank is not None and rank >= w.ndim:
         w = w.reshape(w.shape[-2:])  # leading ones broadcast away: the same 2-D product
     if w.ndim != 2:
-        return (f"constant {side} operand has rank {w.ndim} (a batch of matrices); only 2-D "
-                "weights map to crossbars")
+        what = "a vector" if w.ndim == 1 else "a batch of matrices"
+        return (f"constant {side} operand has rank {w.ndim} ({what}); only 2-D weights map to "
+                "crossbars")
     if (why := _weight_reason(w)) is not None:
         return why
     if right is None and rank is None:
@@ -1079,13 +1233,28 @@ def _fold_into_crossbar(gr: _Graph, mapped: list[_Mapped], reasons: dict[str, st
                     continue
                 k, c = _bn_affine(gr, nxt)
             elif nxt.op_type in _AFFINE:
-                kc = _elementwise_affine(gr, nxt, m)
+                if m.channel_axis is None or m.rank is None:
+                    continue
+                kc = _elementwise_affine(gr, nxt, m.out, m.rank, m.channel_axis, m.channels)
                 if kc is None:
                     continue
                 k, c = kc
+            elif nxt.op_type == "Transpose":  # channels-last blocks: Linear, Permute, scale
+                aff = _affine_after_transpose(gr, nxt, m, outputs)
+                if aff is not None:
+                    _scale_op(gr, m, aff[0], aff[1], aff[2])
+                    nxt.output[0] = aff[0].output[0]
+                    gr.g.node.remove(aff[0])
+                    folded.add(aff[0].name)
+                    changed = True
+                continue
             else:
                 continue
-            _apply_affine(gr, m, nxt, k, c)
+            _scale_op(gr, m, nxt, k, c)
+            last = next(n for n in gr.g.node if m.out in n.output)
+            last.output[0] = nxt.output[0]
+            m.out = nxt.output[0]
+            gr.g.node.remove(nxt)
             folded.add(nxt.name)
             changed = True
     for bn in [n for n in gr.g.node if n.op_type == "BatchNormalization"]:
@@ -1112,17 +1281,34 @@ def _bn_affine(gr: _Graph, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
     return k, shift - mean * k
 
 
-def _elementwise_affine(gr: _Graph, node: onnx.NodeProto, m: _Mapped
-                        ) -> tuple[np.ndarray, np.ndarray] | None:
-    """``node(y) = k * y + c`` per channel of ``m``'s result ``y``, or None if it is not that
-    (the other operand is not a constant with one value per channel, or one for all)."""
-    if len(node.input) != 2 or m.channel_axis is None or m.rank is None:
+def _affine_after_transpose(gr: _Graph, tr: onnx.NodeProto, m: _Mapped, outputs: set[str]
+                            ) -> tuple[onnx.NodeProto, np.ndarray, np.ndarray] | None:
+    """The affine node (and its ``k``, ``c``) that alone reads the Transpose ``tr`` of ``m``'s
+    result, per channel on the axis the channels moved to, or None."""
+    if m.channel_axis is None or m.rank is None:
         return None
-    first = node.input[1] == m.out  # the constant is the first operand
+    perm = [int(p) for p in _attrs(tr).get("perm", range(m.rank - 1, -1, -1))]  # type: ignore[attr-defined]
+    users = gr.consumers(tr.output[0])
+    if (sorted(perm) != list(range(m.rank)) or len(users) != 1 or tr.output[0] in outputs
+            or users[0].op_type not in _AFFINE or users[0].domain not in _STANDARD):
+        return None
+    kc = _elementwise_affine(gr, users[0], tr.output[0], m.rank, perm.index(m.channel_axis),
+                             m.channels)
+    return None if kc is None else (users[0], kc[0], kc[1])
+
+
+def _elementwise_affine(gr: _Graph, node: onnx.NodeProto, y: str, rank: int, axis: int,
+                        channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``node(y) = k * y + c`` per channel (axis ``axis`` of the rank-``rank`` ``y``), or None
+    if it is not that (the other operand is not a constant with one value per channel, or one
+    for all)."""
+    if len(node.input) != 2:
+        return None
+    first = node.input[1] == y  # the constant is the first operand
     other = node.input[0] if first else node.input[1]
-    if other == m.out or other not in gr.consts:
+    if other == y or other not in gr.consts:
         return None
-    vec = _per_channel(gr.consts[other], m.rank, m.channel_axis, m.channels)
+    vec = _per_channel(gr.consts[other], rank, axis, channels)
     if vec is None:
         return None
     ones, zeros = np.ones_like(vec), np.zeros_like(vec)
@@ -1148,9 +1334,9 @@ def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.n
     return np.broadcast_to(value.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
-def _apply_affine(gr: _Graph, m: _Mapped, node: onnx.NodeProto, k: np.ndarray, c: np.ndarray
-                  ) -> None:
-    """Make ``m`` compute ``k * y + c`` per channel itself, in place of ``node``."""
+def _scale_op(gr: _Graph, m: _Mapped, node: onnx.NodeProto, k: np.ndarray, c: np.ndarray
+              ) -> None:
+    """Make ``m`` compute ``k * y + c`` per channel itself (``node`` is what did it)."""
     kf = np.repeat(k, m.fan)  # per crossbar output
     w = m.weight.astype(np.float64)
     if m.op.layout == LAYOUT_CONV:
@@ -1166,10 +1352,6 @@ def _apply_affine(gr: _Graph, m: _Mapped, node: onnx.NodeProto, k: np.ndarray, c
     m.weight, m.bias = _finite(gr, node, w, b)
     gr.set_const(m.op.weight, m.weight)
     gr.set_const(m.op.bias, m.bias)
-    last = next(n for n in gr.g.node if m.out in n.output)
-    last.output[0] = node.output[0]
-    m.out = node.output[0]
-    gr.g.node.remove(node)
 
 
 def _bn_blocker(gr: _Graph, bn: onnx.NodeProto, m: _Mapped | None, outputs: set[str]

@@ -29,17 +29,23 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rcompile import jsonbound
 from rcompile.errors import BadImage
 from rcompile.fileio import atomic_write
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
 MAGIC = b"RCIMG\x00\r\n"
 VERSION = 1
+
+MAX_IMAGE_BYTES = 1 << 31
+"""Largest image file :func:`read` accepts (2 GiB, the protobuf limit of the graph it carries)."""
+MAX_JSON_BYTES = 16 << 20
+"""Largest JSON document (record header or END.) inside an image; nesting depth and number
+rules are :mod:`rcompile.jsonbound`'s."""
 
 
 @dataclass(frozen=True)
@@ -159,10 +165,6 @@ def _canonical_json(obj: Any) -> bytes:
     ).encode("ascii")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} is not allowed")
-
-
 # --------------------------------------------------------------------------------------------
 # Encoding
 # --------------------------------------------------------------------------------------------
@@ -220,6 +222,8 @@ def _encode_record(meta: dict[str, Any], arrays: list[tuple[str, np.ndarray]]) -
         blobs.append(blob + bytes(_align(len(blob)) - len(blob)))
         offset += _align(len(blob))
     head = _canonical_json({"meta": meta, "arrays": table})
+    if len(head) > MAX_JSON_BYTES or jsonbound.depth(head) > jsonbound.MAX_DEPTH:
+        raise ValueError("record header exceeds the JSON limits of docs/limits.md")
     start = _align(4 + len(head))
     return struct.pack("<I", len(head)) + head + bytes(start - 4 - len(head)) + b"".join(blobs)
 
@@ -378,13 +382,9 @@ def _sections(buf: memoryview, fail: Callable[[str], BadImage]) -> Iterator[_Sec
 
 def _json(raw: bytes | memoryview, where: str, fail: Callable[[str], BadImage]) -> Any:
     try:
-        return json.loads(bytes(raw).decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError as e:
-        raise fail(f"{where}: JSON is not UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise fail(f"{where}: JSON not parseable ({e.msg} at char {e.pos})") from None
+        return jsonbound.loads(raw, max_bytes=MAX_JSON_BYTES)
     except ValueError as e:
-        raise fail(f"{where}: JSON not parseable ({e})") from None
+        raise fail(f"{where}: {e}; expected canonical JSON within docs/limits.md") from None
 
 
 def _is_int(x: Any) -> bool:
@@ -405,6 +405,7 @@ def _decode_record(
     head = _json(p[4 : 4 + j], where, fail)
     if not (
         isinstance(head, dict)
+        and set(head) == {"meta", "arrays"}
         and isinstance(head.get("meta"), dict)
         and isinstance(head.get("arrays"), list)
     ):
@@ -490,6 +491,9 @@ def _decode_tile(sec: _Section, fail: Callable[[str], BadImage]) -> TileRecord:
     if not (_is_int(tile) and ok):
         raise fail(f'{where}: meta must be {{"tile": int, "slices": [{{"layer", "group"}}, ...]}}')
     assert isinstance(slices, list) and isinstance(tile, int)
+    if len(slices) > len(arrays):  # cheap bound before the array names are listed
+        raise fail(f"{where}: {len(slices)} slices need {1 + len(_SLICE_ARRAYS) * len(slices)} "
+                   f"arrays, the record holds {len(arrays)}")
     names = ["levels"] + [f"s{k}.{n}" for k in range(len(slices)) for n, _ in _SLICE_ARRAYS]
     got = _take(arrays, names, where, fail)
     recs = []
@@ -594,6 +598,13 @@ def _in_range(a: np.ndarray, hi: int, what: str, fail: Callable[[str], BadImage]
         raise fail(f"{what}[{bad}] = {int(a[bad])} is out of range 0..{hi - 1}")
 
 
+def _finite(a: np.ndarray, what: str, fail: Callable[[str], BadImage]) -> None:
+    bad = ~np.isfinite(a)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise fail(f"{what}{list(at)} is {a[at]}; expected finite numbers")
+
+
 def _check_image(image: Image, source: str) -> None:
     """Every invariant a reader relies on; raises :class:`BadImage` naming ``source``."""
 
@@ -612,6 +623,8 @@ def _check_image(image: Image, source: str) -> None:
         _expect(rec.q, np.dtype(np.int8), (op.groups, op.rows, op.outs), f"{where} q", fail)
         _expect(rec.scale, np.dtype(np.float32), (op.groups, op.outs), f"{where} scale", fail)
         _expect(rec.bias, np.dtype(np.float32), (op.n_out,), f"{where} bias", fail)
+        _finite(rec.scale, f"{where} scale", fail)
+        _finite(rec.bias, f"{where} bias", fail)
     prev = -1
     for t in image.tiles:
         where = f"tile {t.tile}"
@@ -651,6 +664,8 @@ def _check_image(image: Image, source: str) -> None:
                     raise fail(
                         f"{sw} {name} has {len(getattr(s, name))} entries; {like} has {length}"
                     )
+            _finite(s.scale, f"{sw} scale", fail)
+            _finite(s.offset, f"{sw} offset", fail)
             _in_range(s.rows, op.rows, f"{sw} rows", fail)
             _in_range(s.outs, op.outs, f"{sw} outs", fail)
             _in_range(s.phys_rows, n_rows, f"{sw} phys_rows", fail)
@@ -673,7 +688,12 @@ def write(image: Image, path: str | os.PathLike[str]) -> None:
 def read(path: str | os.PathLike[str]) -> Image:
     """Read and check an image file; any defect raises :class:`BadImage` naming ``path``."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_IMAGE_BYTES:
+                raise BadImage(f"{path}: {size} bytes; expected an image of at most "
+                               f"{MAX_IMAGE_BYTES} bytes (docs/limits.md)")
+            data = f.read()
     except OSError as e:
         raise BadImage(f"{path}: cannot read image ({e.strerror or e})") from e
     return decode(data, source=str(path))

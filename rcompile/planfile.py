@@ -2,9 +2,10 @@
 
 ``rcompile plan MODEL -o model.rplan`` writes it; ``rcompile build --plan`` and ``rcompile
 provision --plan`` read it instead of loading, quantising and tiling the model again. The spec
-is ``docs/provisioning.md``; in short, a ``.rplan`` is a numpy ``.npz`` (zip) archive read with
-``allow_pickle=False``, every member a plain ``.npy`` array, stored uncompressed with fixed
-timestamps so one plan always gives the same bytes:
+is ``docs/provisioning.md``; in short, a ``.rplan`` is a numpy ``.npz`` (zip) archive read by
+:func:`rcompile.npzio.read_npz` (no pickles, each member once, sizes bounded, see
+``docs/limits.md``), every member a plain ``.npy`` array of the dtype below, stored
+uncompressed with fixed timestamps so one plan always gives the same bytes:
 
 =====================  =============================================================
 member                 content
@@ -36,6 +37,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +46,16 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 
 import rcompile
+from rcompile import jsonbound
 from rcompile.device import Device
 from rcompile.errors import BadPlan, RcompileError
 from rcompile.faultmap import FaultMap
 from rcompile.fileio import atomic_write
 from rcompile.ir import Block, Layer, Plan, WeightOp
+from rcompile.npzio import read_npz
 
 FORMAT = "rcompile-plan"
 VERSION = 2
@@ -57,6 +63,23 @@ SUFFIX = ".rplan"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 Calib = tuple[tuple[np.ndarray, np.ndarray], ...]
+
+MAX_PLAN_BYTES = 1 << 31
+"""Largest plan file, and most bytes its arrays may hold together (2 GiB)."""
+MAX_META_BYTES = 64 << 20
+"""Largest ``meta`` JSON document of a plan."""
+
+_MEMBER = re.compile(r"meta|model|L\d{1,6}\.(?:float|fbias|bias|q|scale|power|mean)"
+                     r"|blocks\.(?:head|rows|outs|row_ix|out_ix|bin)")
+"""Every member name a plan may hold."""
+_DTYPES: dict[str, type] = {
+    "meta": np.uint8, "model": np.uint8, "float": np.float32, "fbias": np.float32,
+    "bias": np.float32, "q": np.int8, "scale": np.float32, "power": np.float32,
+    "mean": np.float32, "blocks.head": np.int32, "blocks.rows": np.int64,
+    "blocks.outs": np.int64, "blocks.row_ix": np.int32, "blocks.out_ix": np.int32,
+    "blocks.bin": np.int32,
+}
+"""The dtype of each member (``L<i>.*`` by suffix)."""
 
 
 @dataclass(frozen=True)
@@ -138,28 +161,38 @@ def read(path: str | Path) -> SavedPlan:
     """Read and check a plan file; any defect is one :class:`BadPlan` line naming ``path``."""
     src = str(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_PLAN_BYTES:
+                raise BadPlan(f"{src}: {size} bytes; expected a plan of at most "
+                              f"{MAX_PLAN_BYTES} bytes (docs/limits.md)")
+            data = f.read()
     except OSError as e:
         raise BadPlan(f"{src}: cannot read plan ({e.strerror or e})") from e
     return decode(data, src)
 
 
 def decode(data: bytes, src: str = "<bytes>") -> SavedPlan:
+    """Check and rebuild a plan from the bytes of a ``.rplan``; any defect is one
+    :class:`BadPlan` line naming ``src`` (limits: :data:`MAX_PLAN_BYTES`, ``docs/limits.md``)."""
+    hint = "make one with 'rcompile plan MODEL -o FILE.rplan'"
+    arrays = read_npz(data, name=src, error=BadPlan, max_array_bytes=MAX_PLAN_BYTES,
+                      max_total_bytes=MAX_PLAN_BYTES,
+                      allowed=lambda k: _MEMBER.fullmatch(k) is not None,
+                      what=f"an rcompile plan ({hint})",
+                      expected="only the members of docs/provisioning.md")
+    if "meta" not in arrays:
+        raise BadPlan(f"{src}: not an rcompile plan (no 'meta' member); {hint}")
+    for key, a in arrays.items():
+        want = _DTYPES[key.rpartition(".")[2] if key.startswith("L") else key]
+        if a.dtype != want:
+            raise BadPlan(f"{src}: {key}: dtype {a.dtype}; expected {np.dtype(want)}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise BadPlan(f"{src}: {key}: holds NaN or Inf; expected finite numbers")
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            if "meta" not in npz.files:
-                raise BadPlan(f"{src}: not an rcompile plan (no 'meta' member); "
-                              "make one with 'rcompile plan MODEL -o FILE.rplan'")
-            arrays = {k: npz[k] for k in npz.files}
-    except BadPlan:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise BadPlan(f"{src}: not a readable plan file ({type(e).__name__}: {e}); "
-                      "make one with 'rcompile plan MODEL -o FILE.rplan'") from None
-    try:
-        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadPlan(f"{src}: meta: not JSON ({e})") from None
+        meta = jsonbound.loads(arrays["meta"].tobytes(), max_bytes=MAX_META_BYTES)
+    except ValueError as e:
+        raise BadPlan(f"{src}: meta: {e}; expected the plan's JSON metadata") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BadPlan(f"{src}: not an rcompile plan (format {meta.get('format')!r})"
                       if isinstance(meta, dict) else f"{src}: meta: expected a JSON object")
@@ -173,7 +206,10 @@ def decode(data: bytes, src: str = "<bytes>") -> SavedPlan:
         return SavedPlan(*_rebuild(meta, arrays), source=src)
     except BadPlan:
         raise
-    except (KeyError, TypeError, ValueError, IndexError) as e:
+    except RcompileError as e:  # a Device field out of range
+        raise BadPlan(f"{src}: meta: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+            DecodeError) as e:
         raise BadPlan(f"{src}: damaged plan ({type(e).__name__}: {e})") from None
 
 
@@ -187,10 +223,16 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
               bias=a[f"L{i}.bias"])
         for i in range(n)
     )
-    for i, layer in enumerate(layers):
-        if layer.q.shape != (ops[i].groups, ops[i].rows, ops[i].outs):
-            raise ValueError(f"layer {i}: q has shape {layer.q.shape}, op {ops[i].node!r} "
-                             f"needs {(ops[i].groups, ops[i].rows, ops[i].outs)}")
+    for i, op in enumerate(ops):
+        want = {"q": (op.groups, op.rows, op.outs), "float": (op.groups, op.rows, op.outs),
+                "scale": (op.groups, op.outs), "bias": (op.n_out,), "fbias": (op.n_out,)}
+        if meta["calibrated"]:
+            want |= {"power": (op.groups, op.rows), "mean": (op.groups, op.rows)}
+        for name, shape in want.items():
+            got = a[f"L{i}.{name}"].shape
+            if got != shape:
+                raise ValueError(f"layer {i}: {name} has shape {got}, op {op.node!r} needs "
+                                 f"{shape}")
     head, ro, oo = a["blocks.head"], a["blocks.rows"], a["blocks.outs"]
     rix, oix = a["blocks.row_ix"], a["blocks.out_ix"]
     blocks = tuple(
@@ -210,6 +252,7 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
             raise ValueError(f"block {b} lies outside layer {blk.layer}")
     model = onnx.ModelProto()
     model.ParseFromString(a["model"].tobytes())
+    _check_graph(model, ops)
     plan = Plan(
         model=model,
         model_sha256=str(meta["model_sha256"]),
@@ -228,6 +271,24 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
     calib = (tuple((a[f"L{i}.power"], a[f"L{i}.mean"]) for i in range(n))
              if meta["calibrated"] else None)
     return plan, calib
+
+
+def _check_graph(model: onnx.ModelProto, ops: tuple[WeightOp, ...]) -> None:
+    """ValueError unless ``model`` is the graph of ``ops``: every op is a node of its type that
+    reads its weight and bias, and the weight initializer has the op's shape."""
+    nodes = {n.name: n for n in model.graph.node}
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    if not nodes:
+        raise ValueError("the model member holds no graph")
+    for op in ops:
+        node = nodes.get(op.node)
+        if node is None or node.op_type != op.op_type or not {op.weight, op.bias} <= set(
+            node.input
+        ):
+            raise ValueError(f"op {op.node!r} ({op.op_type}) is not in the saved graph")
+        if inits.get(op.weight) != tuple(op.shape):
+            raise ValueError(f"op {op.node!r}: weight {op.weight!r} is not a {list(op.shape)} "
+                             "initializer of the saved graph")
 
 
 def check_chip(saved: SavedPlan, fm: FaultMap) -> None:

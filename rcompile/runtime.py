@@ -238,7 +238,7 @@ def image_hardware(
             raise BadImage(str(e)) from e
     if hardware.cell.levels != cell.levels:
         raise BadDevice(
-            f"device {hardware.name} has {hardware.cell.levels} levels per cell but image "
+            f"{hardware.label} has {hardware.cell.levels} levels per cell but image "
             f"{name} was compiled for {cell.levels}; expected the same number of levels"
         )
     over = {k: v for k, v in (faultmap.device_overrides() if faultmap else {}).items()

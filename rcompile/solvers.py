@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 from ortools.graph.python import linear_sum_assignment
 
+from rcompile import interrupts
 from rcompile.errors import SolverError
 
 T = TypeVar("T")
@@ -159,11 +160,17 @@ def fork_map(fn: Callable[[Any, list[int]], list[T]], shared: Any, items: list[i
     size = max(1, -(-len(items) // (n * 8)))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     _SHARED["work"] = (fn, shared)
+    pool = ProcessPoolExecutor(max_workers=min(n, len(chunks)), mp_context=mp.get_context("fork"),
+                               initializer=interrupts.worker_started, initargs=(os.getpid(),))
     try:
-        ctx = mp.get_context("fork")
-        with ProcessPoolExecutor(max_workers=min(n, len(chunks)), mp_context=ctx) as pool:
-            parts = list(pool.map(_run_shared, chunks))
+        with interrupts.deferred():  # the workers are forked here
+            results = pool.map(_run_shared, chunks)
+        parts = list(results)
+    except BaseException:  # interrupted: no block goes on solving in the background
+        interrupts.kill_pool(pool)
+        raise
     finally:
+        pool.shutdown()
         _SHARED.clear()
     return [r for part in parts for r in part]
 

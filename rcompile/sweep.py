@@ -17,11 +17,10 @@ from __future__ import annotations
 import io
 import math
 import os
-import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-import click
 import numpy as np
 import onnx
 
@@ -31,7 +30,6 @@ from rcompile.data import input_specs, load_data
 from rcompile.device import Hardware
 from rcompile.errors import BadData
 from rcompile.fileio import atomic_write
-from rcompile.programming import compiler_device
 
 
 def run_sweep(
@@ -46,24 +44,23 @@ def run_sweep(
     rows: int = 128,
     cols: int = 128,
     calib_path: str | None = None,
-    plan_pipeline: str = api.PLAN_PIPELINE,
-    progress: bool = False,
+    prune: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
     hardware: Hardware | None = None,
     mode: str = "auto",
 ) -> dict[str, Any]:
     """``hardware`` (a device model) is what the compiler quantises for and what every chip is
     verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
-    cell, as before device models existed."""
-    device = compiler_device(hardware)
-    plan, plan_log = api.make_plan(
-        model_path, tile_rows=rows, tile_cols=cols, pipeline=plan_pipeline, device=device
-    )
+    cell, as before device models existed. ``progress(done, total)`` is called after every
+    point (a fault map compiled for every strategy and verified)."""
+    family = fmap.FaultMap(np.zeros((1, rows, cols), np.uint8), chip_id="family",
+                           source="sweep chip family")
+    lot = api.plan_lot(model_path, family, hardware=hardware, calib_path=calib_path,
+                       prune=prune)
+    plan, plan_log = lot.plan, list(lot.log)
     data = load_data(data_path, input_specs(plan.model))
     if data.labels is None:
         raise BadData(f"{data_path}: sweep needs 'labels' to measure accuracy")
-    stats = None
-    if calib_path is not None:
-        stats = api.load_calib_stats(plan, calib_path)
     float_out = runtime.run(onnx.load(model_path), data)[0]
     float_acc = float(np.mean(np.argmax(float_out.reshape(len(float_out), -1), 1) == data.labels))
     tiles = api.spare_tiles(plan.tiles_needed(), spare)
@@ -71,36 +68,36 @@ def run_sweep(
     raw: dict[tuple[str, float, str], list[tuple[float, float, float, float]]] = {}
     fault_free: list[float] = []
     device_fault_free: list[float] = []
-    sink = sys.stderr if progress else io.StringIO()
     if hardware is not None:  # the device's own noise floor: a fault-free chip per noise seed
         healthy = fmap.synth(tiles, rows, cols, 0.0, (1.0, 1.0), 0)
-        image = api.build(plan, healthy, strategy="two-column", calib=stats).image
+        image = api.compile_chip(model_path, healthy, lot=lot, strategy="two-column").image
         for seed in range(seeds):
             rep = runtime.verify(image, healthy, data, hardware=hardware, mode=mode,
                                  noise_seed=seed)
             assert rep.accuracy is not None
             device_fault_free.append(rep.accuracy)
-    with click.progressbar(points, label="sweep", file=sink) as bar:
-        for rate, ratio, seed in bar:
-            fm = fmap.synth(tiles, rows, cols, rate, ratio, seed)
-            for strategy in strategies:
-                t0 = time.perf_counter()
-                res = api.build(plan, fm, strategy=strategy, calib=stats)
-                seconds = time.perf_counter() - t0
-                rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
-                                     noise_seed=seed)
-                assert rep.accuracy is not None
-                ideal = rep.accuracy
-                if hardware is not None:
-                    ideal_rep = runtime.verify(res.image, fm, data, mode="ideal")
-                    assert ideal_rep.accuracy is not None
-                    ideal = ideal_rep.accuracy
-                key = (strategy, rate, f"{ratio[0]:g}:{ratio[1]:g}")
-                raw.setdefault(key, []).append(
-                    (rep.accuracy, seconds, rep.energy_per_inference_j or 0.0, ideal)
-                )
-                if rep.fault_free_accuracy is not None:
-                    fault_free.append(rep.fault_free_accuracy)
+    for done, (rate, ratio, seed) in enumerate(points, 1):
+        fm = fmap.synth(tiles, rows, cols, rate, ratio, seed)
+        for strategy in strategies:
+            t0 = time.perf_counter()
+            res = api.compile_chip(model_path, fm, lot=lot, strategy=strategy)
+            seconds = time.perf_counter() - t0
+            rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
+                                 noise_seed=seed)
+            assert rep.accuracy is not None
+            ideal = rep.accuracy
+            if hardware is not None:
+                ideal_rep = runtime.verify(res.image, fm, data, mode="ideal")
+                assert ideal_rep.accuracy is not None
+                ideal = ideal_rep.accuracy
+            key = (strategy, rate, f"{ratio[0]:g}:{ratio[1]:g}")
+            raw.setdefault(key, []).append(
+                (rep.accuracy, seconds, rep.energy_per_inference_j or 0.0, ideal)
+            )
+            if rep.fault_free_accuracy is not None:
+                fault_free.append(rep.fault_free_accuracy)
+        if progress is not None:
+            progress(done, len(points))
     rowsout = []
     for (strategy, rate, ratio_text), vals in raw.items():
         accs = np.array([v[0] for v in vals])
@@ -125,7 +122,7 @@ def run_sweep(
         "data": os.path.basename(data_path),
         "n_samples": data.n,
         "tiles": tiles,
-        "plan_pipeline": plan_pipeline,
+        "plan_pipeline": api.plan_pipeline(prune),
         "plan": plan_log,
         "device": hardware.name if hardware is not None else "ideal",
         "mode": mode,

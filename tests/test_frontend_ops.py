@@ -23,6 +23,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile import api, runtime
@@ -51,13 +53,15 @@ def _seeded() -> None:
     RNG.bit_generator.state = np.random.default_rng(7).bit_generator.state
 
 
-def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+              level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+              ) -> list[np.ndarray]:
     """What ``model`` computes, by onnxruntime without its fusions (they replace a
     DequantizeLinear + MatMul by an integer kernel, which is not the model's float result)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.graph_optimization_level = level
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     return [np.asarray(o) for o in sess.run(None, feeds)]
@@ -173,7 +177,35 @@ def test_conv_transpose_is_a_crossbar_op(tmp_path: object, form: str) -> None:
     assert [d[0] for d in fe.digital] == ["relu"]
 
 
-@pytest.mark.parametrize("opset", [11, 13, 17])
+@st.composite
+def conv_transpose_forms(draw: st.DrawFn) -> tuple[int, int, tuple[int, int], int,
+                                                    dict[str, Any]]:
+    group = draw(st.sampled_from([1, 2, 3]))
+    cin, cout = group * draw(st.integers(1, 3)), group * draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    strides = [draw(st.integers(1, 3)) for _ in range(2)]
+    dilations = [draw(st.integers(1, 2)) for _ in range(2)]
+    reach = [(k - 1) * d for k, d in zip(kernel, dilations, strict=True)]
+    pads = [draw(st.integers(0, r)) for r in reach] + [draw(st.integers(0, r)) for r in reach]
+    output_padding = [draw(st.integers(0, s - 1)) for s in strides]  # onnxruntime's bound
+    for i, size in enumerate((4, 3)):  # at least one output pixel
+        assume(strides[i] * (size - 1) + output_padding[i] + reach[i] + 1 > pads[i] + pads[i + 2])
+    return cin, cout, kernel, group, {"strides": strides, "dilations": dilations,
+                                      "pads": pads, "output_padding": output_padding}
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(form=conv_transpose_forms())
+def test_conv_transpose_rewrite_is_exact(tmp_path: object, form: tuple[Any, ...]) -> None:
+    """Any stride, padding, output padding, dilation and group: the 1x1 crossbar Conv and the
+    0/1 overlap-add compute what the ConvTranspose computes."""
+    cin, cout, kernel, group, attrs = form
+    check(tmp_path, conv_transpose(cin, cout, kernel, group, spatial=(4, 3), **attrs),
+          {"x": arr(2, cin, 4, 3)}, n_ops=1)
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 13, 17])
 def test_conv_transpose_1d_and_3d_and_no_bias(tmp_path: object, opset: int) -> None:
     m1 = conv_transpose(4, 3, (4,), spatial=(7,), opset=opset, strides=[2], pads=[1, 1])
     check(tmp_path, m1, {"x": arr(2, 4, 7)}, n_ops=1)
@@ -197,10 +229,10 @@ def test_conv_transpose_then_batchnorm_is_folded(tmp_path: object) -> None:
     assert [d[0] for d in fe.digital] == ["relu"]
 
 
-@pytest.mark.parametrize("form", ["stride2-outpad1", "odd-everything"])
-def test_conv_transpose_on_a_chip(tmp_path: object, form: str) -> None:
+@pytest.mark.parametrize(("form", "opset"), [("stride2-outpad1", 11), ("odd-everything", 17)])
+def test_conv_transpose_on_a_chip(tmp_path: object, form: str, opset: int) -> None:
     cin, cout, kernel, group, attrs = CT_FORMS[form]
-    model = conv_transpose(cin, cout, kernel, group, opset=13, **attrs)
+    model = conv_transpose(cin, cout, kernel, group, opset=opset, **attrs)
     assert_exact_on_chip(tmp_path, model, {"x": arr(32, cin, 5, 5)})
 
 
@@ -323,8 +355,9 @@ def test_transformer_projections_are_crossbar_ops(tmp_path: object, opset: int) 
     assert "residual1" in digital and "softmax" in digital
 
 
-def test_transformer_on_a_chip(tmp_path: object) -> None:
-    assert_exact_on_chip(tmp_path, transformer_block(13), {"x": arr(32, 6, 16)})
+@pytest.mark.parametrize("opset", [11, 17])
+def test_transformer_on_a_chip(tmp_path: object, opset: int) -> None:
+    assert_exact_on_chip(tmp_path, transformer_block(opset), {"x": arr(32, 6, 16)})
 
 
 # --------------------------------------------------------------------------- Conv1d and split BN
@@ -378,7 +411,58 @@ def test_conv1d_with_split_batchnorm_is_folded(tmp_path: object, opset: int,
 
 
 def test_conv1d_on_a_chip(tmp_path: object) -> None:
-    assert_exact_on_chip(tmp_path, conv1d_net(13), {"x": arr(32, 4, 12)})
+    assert_exact_on_chip(tmp_path, conv1d_net(11), {"x": arr(32, 4, 12)})
+
+
+AFFINE_BASES = {  # op: (nodes from x to "c", x shape, channels, result rank, channel axis)
+    "Conv": (lambda: [helper.make_node("Conv", ["x", "w"], ["c"], name="op")], [2, 3, 5, 5],
+             4, 4, 1, (4, 3, 3, 3)),
+    "ConvTranspose": (lambda: [helper.make_node("ConvTranspose", ["x", "w"], ["c"],
+                                                strides=[2, 2], name="op")],
+                      [2, 3, 4, 4], 4, 4, 1, (3, 4, 3, 3)),
+    "Gemm": (lambda: [helper.make_node("Gemm", ["x", "w"], ["c"], name="op")], [2, 6], 4, 2, 1,
+             (6, 4)),
+    "MatMul": (lambda: [helper.make_node("MatMul", ["x", "w"], ["c"], name="op")], [2, 3, 6],
+               4, 3, 2, (6, 4)),
+}
+
+
+@st.composite
+def affine_chains(draw: st.DrawFn) -> tuple[str, list[tuple[str, bool, tuple[int, ...]]]]:
+    base = draw(st.sampled_from(sorted(AFFINE_BASES)))
+    _, _, ch, rank, axis, _ = AFFINE_BASES[base]
+    steps = []
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["Mul", "Add", "Sub", "Div"]))
+        first = op != "Div" and draw(st.booleans())
+        per_channel = [1] * (rank - axis - 1)
+        shape = draw(st.sampled_from([(), (1,), (ch, *per_channel), (1, ch, *per_channel)[
+            -(rank - axis + 1):]]))
+        steps.append((op, first, tuple(shape)))
+    return base, steps
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chain=affine_chains())
+def test_per_channel_affine_chains_fold_exactly(tmp_path: object,
+                                                chain: tuple[str, list[Any]]) -> None:
+    """Mul/Add/Sub/Div by a scalar or a per-output constant, either operand first (Div: the
+    result first), one after another: all fold into the crossbar op, which computes the same."""
+    base, steps = chain
+    make_nodes, x_shape, _, _, _, w_shape = AFFINE_BASES[base]
+    nodes, inits, y = make_nodes(), [init("w", arr(*w_shape))], "c"
+    for i, (op, first, shape) in enumerate(steps):
+        k = RNG.uniform(0.5, 1.5, shape).astype(np.float32)
+        ins = [f"k{i}", y] if first else [y, f"k{i}"]
+        nodes.append(helper.make_node(op, ins, [f"a{i}"], name=f"aff{i}"))
+        inits.append(init(f"k{i}", k))
+        y = f"a{i}"
+    model = make(nodes, [vi("x", x_shape)], [vi(y, ["d0", "d1", "d2", "d3"][:len(
+        AFFINE_BASES[base][1])])], inits)
+    model = onnx.shape_inference.infer_shapes(model)
+    fe = check(tmp_path, model, {"x": arr(*x_shape)}, n_ops=1)
+    assert fe.digital == ()
 
 
 def _after_conv(extra: list[onnx.NodeProto], inits: list[onnx.TensorProto],
@@ -469,6 +553,10 @@ BAD_OPS = {
         lambda: _one(helper.make_node("Conv", ["x", "w"], ["y"], name="conv"), ["N", 3, 5, 5],
                      arr(4, 2, 3, 3)),
         r"node 'conv' \(Conv\): input 'x' has 3 channels but the weight .* expects 2$"),
+    "conv-group-0": (
+        lambda: _one(helper.make_node("Conv", ["x", "w"], ["y"], group=0, name="conv"),
+                     ["N", 4, 5, 5], arr(4, 4, 3, 3)),
+        r"node 'conv': Conv group=0; expected >= 1$"),
     "conv-transpose-channels": (
         lambda: _one(helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up"),
                      ["N", 3, 4, 4], arr(5, 2, 3, 3)),
@@ -540,9 +628,13 @@ def test_segmentation_net_builds_and_verifies_in_tile_mode(tmp_path: object) -> 
     np.savez(os.path.join(d, "data.npz"), x=arr(16, 3, 8, 8))
     fmap.save(fmap.synth(4, 128, 128, 0.1, (5, 1), 1), os.path.join(d, "chip.npz"))
     run = CliRunner()
-    res = run.invoke(cli, ["build", model, "--faultmap", os.path.join(d, "chip.npz"),
-                           "--device", "neurosim", "-o", os.path.join(d, "chip.rimg")])
-    assert res.exit_code == 0, res.output
+    for out in ("again.rimg", "chip.rimg"):
+        res = run.invoke(cli, ["build", model, "--faultmap", os.path.join(d, "chip.npz"),
+                               "--device", "neurosim", "-o", os.path.join(d, out)])
+        assert res.exit_code == 0, res.output
+    with open(os.path.join(d, "again.rimg"), "rb") as a, open(os.path.join(d, "chip.rimg"),
+                                                               "rb") as b:
+        assert a.read() == b.read()  # same inputs, same bytes
     res = run.invoke(cli, ["verify", os.path.join(d, "chip.rimg"), "--faultmap",
                            os.path.join(d, "chip.npz"), "--data", os.path.join(d, "data.npz"),
                            "--json"])
@@ -681,3 +773,199 @@ def test_all_zero_weights_stay_digital(tmp_path: object) -> None:
     fe = check(tmp_path, model, {"x": arr(2, 4)}, n_ops=0)
     assert fe.digital == (("head", "Gemm", "every weight is zero: nothing to program; runs "
                                            "digitally (its output is its bias)"),)
+
+
+# --------------------------------------------------------------------------- weight chains
+
+
+def _chain(kind: str, w: np.ndarray, out: str) -> tuple[list[onnx.NodeProto],
+                                                          list[onnx.TensorProto]]:
+    """Nodes that compute weight ``w`` into ``out`` the way exporters leave it."""
+    if kind == "transpose":  # stored transposed, as without constant folding
+        return ([helper.make_node("Transpose", ["w_src"], [out],
+                                  perm=list(range(w.ndim))[::-1])],
+                [init("w_src", np.ascontiguousarray(w.transpose(list(range(w.ndim))[::-1])))])
+    if kind == "reshape-cast":  # a flat float16 blob, cast and reshaped
+        return ([helper.make_node("Cast", ["w_flat"], ["w32"], to=F32),
+                 helper.make_node("Reshape", ["w32", "w_shape"], [out])],
+                [init("w_flat", w.reshape(-1).astype(np.float16)),
+                 init("w_shape", np.array(w.shape, np.int64))])
+    if kind == "dequantize-transpose":  # QDQ: an int8 weight, dequantized, then transposed
+        t = np.ascontiguousarray(w.transpose(list(range(w.ndim))[::-1]))
+        scale = np.float32(np.abs(t).max() / 127)
+        return ([helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w_dq"]),
+                 helper.make_node("Transpose", ["w_dq"], [out],
+                                  perm=list(range(w.ndim))[::-1])],
+                [init("w_q", np.round(t / scale).astype(np.int8)),
+                 init("w_s", np.array(scale, np.float32)), init("w_z", np.array(0, np.int8))])
+    assert kind == "unsqueeze-squeeze"  # Unsqueeze then Squeeze back, constant axes inputs
+    return ([helper.make_node("Unsqueeze", ["w_src", "ax"], ["w_u"]),
+             helper.make_node("Squeeze", ["w_u", "ax"], [out])],
+            [init("w_src", w), init("ax", np.array([0], np.int64))])
+
+
+CHAIN_OPS = {  # op: (node over input x and weight "w", x shape, weight shape, y shape)
+    "Conv": (lambda: helper.make_node("Conv", ["x", "w"], ["y"], name="op"), [2, 3, 5, 5],
+             (4, 3, 3, 3), [2, 4, 3, 3]),
+    "ConvTranspose": (lambda: helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2],
+                                               name="op"), [2, 3, 4, 4], (3, 4, 3, 3),
+                      [2, 4, 9, 9]),
+    "Gemm": (lambda: helper.make_node("Gemm", ["x", "w"], ["y"], transB=1, name="op"), [2, 6],
+             (4, 6), [2, 4]),
+    "MatMul": (lambda: helper.make_node("MatMul", ["x", "w"], ["y"], name="op"), [2, 3, 6],
+               (6, 4), [2, 3, 4]),
+    "Einsum": (lambda: helper.make_node("Einsum", ["x", "w"], ["y"], equation="btd,nd->btn",
+                                        name="op"), [2, 3, 6], (4, 6), [2, 3, 4]),
+}
+
+
+@pytest.mark.parametrize("kind", ["transpose", "reshape-cast", "dequantize-transpose",
+                                  "unsqueeze-squeeze"])
+@pytest.mark.parametrize("op_type", sorted(CHAIN_OPS))
+def test_weights_behind_exporter_chains_are_folded(tmp_path: object, op_type: str,
+                                                   kind: str) -> None:
+    make_node, x_shape, w_shape, y_shape = CHAIN_OPS[op_type]
+    nodes, inits = _chain(kind, arr(*w_shape), "w")
+    model = make([*nodes, make_node()], [vi("x", x_shape)], [vi("y", y_shape)], inits, opset=13)
+    fe = check(tmp_path, model, {"x": arr(*x_shape)}, n_ops=1)
+    assert fe.digital == ()  # the chain is gone: evaluated into the weight
+
+
+def test_an_expanded_constant_operand_stays_computed(tmp_path: object) -> None:
+    """A ConstantOfShape feeding an Add is not written out as a larger initializer."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("ConstantOfShape", ["shape"], ["big"], name="fill",
+                              value=init("one", np.array([0.5], np.float32))),
+             helper.make_node("Add", ["c", "big"], ["y"], name="add")]
+    model = make(nodes, [vi("x", [2, 3, 5, 5])], [vi("y", [2, 4, 3, 3])],
+                 [init("w", arr(4, 3, 3, 3)), init("shape", np.array([2, 4, 3, 3], np.int64))])
+    fe = check(tmp_path, model, {"x": arr(2, 3, 5, 5)}, n_ops=1)
+    assert [d[0] for d in fe.digital] == ["fill", "add"]
+    assert [2, 4, 3, 3] not in [list(t.dims) for t in fe.model.graph.initializer]
+
+
+def test_float16_conv_transpose_computes_in_float32(tmp_path: object) -> None:
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 2],
+                              pads=[1, 1, 1, 1], output_padding=[1, 1], name="up")]
+    f16 = TensorProto.FLOAT16
+    model = make(nodes, [vi("x", ["N", 3, 4, 4], f16)], [vi("y", ["N", 2, 8, 8], f16)],
+                 [init("w", arr(3, 2, 3, 3).astype(np.float16)),
+                  init("b", arr(2).astype(np.float16))])
+    fe = check(tmp_path, model, {"x": arr(2, 3, 4, 4).astype(np.float16)}, n_ops=1, tol=1e-2)
+    assert [n.op_type for n in fe.model.graph.node] == ["Cast", "Conv", "ConvTranspose", "Cast"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_layer_scale_after_a_permute_is_folded(tmp_path: object, shared: bool) -> None:
+    """ConvNeXt's block: channels-last Linear layers, Permute back, then ``gamma[C, 1, 1] * y``
+    folds into the second Linear (not when the permuted result also feeds another node)."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xl"], perm=[0, 2, 3, 1], name="to_last"),
+        helper.make_node("MatMul", ["xl", "w1"], ["h0"], name="pw1"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="pw1_bias"),
+        helper.make_node("Relu", ["h1"], ["h2"], name="act"),
+        helper.make_node("MatMul", ["h2", "w2"], ["h3"], name="pw2"),
+        helper.make_node("Add", ["h3", "b2"], ["h4"], name="pw2_bias"),
+        helper.make_node("Transpose", ["h4"], ["h5"], perm=[0, 3, 1, 2], name="to_first"),
+        helper.make_node("Mul", ["gamma", "h5"], ["h6"], name="layer_scale"),
+        helper.make_node("Add", ["x", "h6"], ["y"], name="residual"),
+    ]
+    inits = [init("w1", arr(4, 8)), init("b1", arr(8)), init("w2", arr(8, 4)),
+             init("b2", arr(4)), init("gamma", arr(4, 1, 1))]
+    outputs = [vi("y", ["N", 4, 5, 5])]
+    if shared:
+        outputs.append(vi("h5", ["N", 4, 5, 5]))
+    model = make(nodes, [vi("x", ["N", 4, 5, 5])], outputs, inits)
+    fe = check(tmp_path, model, {"x": arr(2, 4, 5, 5)}, n_ops=2)
+    digital = [d[0] for d in fe.digital]
+    assert ("layer_scale" in digital) == shared
+    assert digital[:3] == ["to_last", "act", "to_first"]
+
+
+# --------------------------------------------------------------------------- QOperator int8
+
+
+def _q(value: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 quantisation: per tensor, or per slice along ``axis``."""
+    if axis is None:
+        scale = np.array(np.abs(value).max() / 127, np.float32)
+        return np.round(value / scale).astype(np.int8), scale
+    other = tuple(a for a in range(value.ndim) if a != axis)
+    scale = (np.abs(value).max(axis=other) / 127).astype(np.float32)
+    shape = [1] * value.ndim
+    shape[axis] = -1
+    return np.round(value / scale.reshape(shape)).astype(np.int8), scale
+
+
+def qoperator_net(opset: int = 13) -> onnx.ModelProto:
+    """An onnxruntime ``quantize_static(QuantFormat.QOperator)`` int8 model: QuantizeLinear ->
+    QLinearConv (per-channel weight scale, int32 bias) -> Reshape -> QLinearMatMul (per-tensor)
+    -> DequantizeLinear."""
+    wq, ws = _q(arr(4, 3, 3, 3), axis=0)
+    mq, ms = _q(arr(36, 5))
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q_in"),
+        helper.make_node("QLinearConv", ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz", "bq"],
+                         ["cq"], name="qconv"),
+        helper.make_node("Reshape", ["cq", "flat"], ["fq"], name="flatten"),
+        helper.make_node("QLinearMatMul", ["fq", "ys", "yz", "mq", "ms", "mz", "zs", "zz"],
+                         ["zq"], name="qmm"),
+        helper.make_node("DequantizeLinear", ["zq", "zs", "zz"], ["y"], name="dq_out"),
+    ]
+    inits = [init("xs", np.array(0.02, np.float32)), init("xz", np.array(128, np.uint8)),
+             init("wq", wq), init("ws", ws), init("wz", np.zeros(4, np.int8)),
+             init("ys", np.array(0.05, np.float32)), init("yz", np.array(128, np.uint8)),
+             init("bq", np.round(arr(4) / (0.02 * ws)).astype(np.int32)),  # scale xs * ws
+             init("flat", np.array([-1, 36], np.int64)),
+             init("mq", mq), init("ms", ms), init("mz", np.array(0, np.int8)),
+             init("zs", np.array(0.5, np.float32)), init("zz", np.array(128, np.uint8))]
+    return make(nodes, [vi("x", ["N", 3, 5, 5])], [vi("y", ["N", 5])], inits, opset=opset)
+
+
+def _codes_apart(tmp_path: object, model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                 step: float, n_ops: int) -> Frontend:
+    """Normalise ``model``: its outputs differ from the integer kernels' by at most one
+    output code (the float product rounds where the integer accumulator did not). Without
+    onnxruntime's graph optimisations, which would turn DequantizeLinear -> Conv ->
+    QuantizeLinear back into an integer kernel of their own."""
+    fe = load_model(save(model, os.path.join(str(tmp_path), "q.onnx")))
+    assert len(fe.ops) == n_ops, fe.digital
+    plain = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got, want = reference(fe.model, feeds, plain)[0], reference(model, feeds, plain)[0]
+    assert np.abs(got.astype(np.float64) - want).max() <= step * 1.001
+    return fe
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_qoperator_int8_ops_are_crossbar_ops(tmp_path: object, opset: int) -> None:
+    model = qoperator_net(opset)
+    x = {"x": arr(4, 3, 5, 5)}
+    conv_only = onnx.ModelProto()
+    conv_only.CopyFrom(model)
+    del conv_only.graph.node[2:]  # up to the QLinearConv, then its codes dequantized
+    conv_only.graph.node.append(helper.make_node("DequantizeLinear", ["cq", "ys", "yz"], ["c"]))
+    del conv_only.graph.output[:]
+    conv_only.graph.output.append(vi("c", ["N", 4, 3, 3]))
+    _codes_apart(tmp_path, conv_only, x, 0.05, n_ops=1)
+    fe = load_model(save(model, os.path.join(str(tmp_path), "net.onnx")))
+    assert [(op.node, op.op_type) for op in fe.ops] == [("qconv", "QLinearConv"),
+                                                        ("qmm", "QLinearMatMul")]
+    assert [d[0] for d in fe.digital] == ["q_in", "flatten", "dq_out"]
+
+
+def test_qoperator_left_weight_matmul(tmp_path: object) -> None:
+    aq, a_s = _q(arr(4, 5))
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q_in"),
+             helper.make_node("QLinearMatMul", ["aq", "as", "az", "xq", "xs", "xz", "ys",
+                                                "yz"], ["yq"], name="qmm"),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dq")]
+    inits = [init("aq", aq), init("as", a_s), init("az", np.array(0, np.int8)),
+             init("xs", np.array(0.02, np.float32)), init("xz", np.array(0, np.int8)),
+             init("ys", np.array(0.1, np.float32)), init("yz", np.array(0, np.int8))]
+    model = make(nodes, [vi("x", [5, 7])], [vi("y", [4, 7])], inits, opset=13)
+    fe = _codes_apart(tmp_path, model, {"x": arr(5, 7)}, 0.1, n_ops=1)
+    assert fe.ops[0].shape == (5, 4)  # stored [K, M]
+
+
+def test_qoperator_net_on_a_chip(tmp_path: object) -> None:
+    assert_exact_on_chip(tmp_path, qoperator_net(13), {"x": arr(32, 3, 5, 5)})

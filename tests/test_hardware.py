@@ -385,7 +385,7 @@ def test_build_with_a_device_records_it_and_verify_uses_it(tmp_path: Path) -> No
     other = str(tmp_path / "other.rimg")
     r = rcompile("build", MODEL, "--faultmap", chip, "--device", str(dev), "-o", other)
     assert r.returncode != 0 and not os.path.exists(other) and "Traceback" not in r.stderr
-    assert r.stderr.strip() == (f"rcompile: error: device small-tiles has 64x64 tiles but fault "
+    assert r.stderr.strip() == (f"rcompile: error: device file {dev} has 64x64 tiles but fault "
                                 f"map {chip} has 128x128; expected the same tiles")
 
 

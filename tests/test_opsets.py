@@ -246,3 +246,24 @@ def test_a_model_onnxruntime_cannot_run_is_refused_at_build(tmp_path: Path, doma
     assert res.stderr.startswith(f"rcompile: error: {m}: ") and res.stderr.count("\n") == 1
     assert says in res.stderr, res.stderr
     assert not os.path.exists(img)
+
+
+@pytest.mark.parametrize(("net", "opset", "batch"), [("mlp", 7, -1), ("cnn", 9, "fixed")])
+def test_sweep_and_provision_run_old_opsets(tmp_path: Path, net: str, opset: int,
+                                            batch: object) -> None:
+    m, d, lot = str(tmp_path / "m.onnx"), str(tmp_path / "d.npz"), tmp_path / "lot"
+    onnx.save(NETS[net][0](opset, batch), m)
+    np.savez(d, x=_data(net), labels=np.arange(SAMPLES) % 5)
+    rep = json.loads(_cli("sweep", m, "--data", d, "--rates", "0.05", "--seeds", "1",
+                          "--ratios", "5:1", "--strategies", "full", "--device", "neurosim",
+                          "--json"))
+    assert rep["n_samples"] == SAMPLES and len(rep["points"]) == 1
+    lot.mkdir()
+    for seed in (1, 2):
+        _cli("faultmap", "synth", "--like", m, "--rate", "0.05", "--seed", str(seed),
+             "--chip-id", f"c{seed}", "-o", str(lot / f"c{seed}.npz"))
+    out = tmp_path / "images"
+    _cli("provision", m, "--faultmaps", str(lot), "-o", str(out), "--verify-data", d,
+         "--device", "neurosim")
+    lines = [json.loads(x) for x in (out / "report.jsonl").read_text().splitlines()]
+    assert [(x["status"], x["mode"]) for x in lines] == [("ok", "tile")] * 2, lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -23,6 +24,7 @@ from rcompile import image as rimg
 from rcompile import provision as prov
 from rcompile.device import load_hardware
 from rcompile.errors import RcompileError
+from rcompile.pipeline import SolverOptions
 from tests.conftest import MODEL, ROOT, TEST_DATA, conv_bn_gemm, save
 from tests.conftest import rcompile as run_cli
 
@@ -292,3 +294,107 @@ def test_cli_runs_a_lot_on_a_dask_scheduler(tmp_path: Path) -> None:
     with pytest.raises(RcompileError, match="dask scheduler tcp://127.0.0.1:9: cannot connect"):
         prov.provision(MODEL, str(lot), str(out), executor="dask",
                        scheduler="tcp://127.0.0.1:9", connect_timeout_s=1.0)
+
+
+def test_rerun_rebuilds_exactly_when_an_option_that_changes_the_image_changes(
+        tmp_path: Path) -> None:
+    """The skip key covers every option that can change an image's bytes (docs/provisioning.md)
+    and nothing else: each change rebuilds, the same command again skips."""
+    model = save(conv_bn_gemm(), str(tmp_path / "m.onnx"))
+    lot, out = tmp_path / "lot", tmp_path / "out"
+    lot.mkdir()
+    fmap.save(fmap.synth(4, 128, 128, 0.05, (5, 1), 2, chip_id="k"), lot / "k.npz")
+    calib = tmp_path / "calib.npz"
+    rng = np.random.default_rng(0)
+    np.savez(calib, x=rng.normal(size=(8, 4, 6, 6)).astype(np.float32))
+    plan = tmp_path / "pruned.rplan"
+    assert run_cli("plan", model, "-o", str(plan), "--prune", "magnitude:0.5").returncode == 0
+
+    def lot_run(**kw: object) -> tuple[int, int]:
+        s = prov.provision(model, str(lot), str(out), jobs=1, **kw)  # type: ignore[arg-type]
+        assert s.errors == 0, s.lines
+        return s.ok, s.skipped
+
+    opts: dict[str, object] = {"calib_path": str(calib)}
+    assert lot_run(**opts) == (1, 0)
+    assert lot_run(**opts) == (0, 1)
+    changes: list[tuple[str, dict[str, object]]] = [
+        ("--time-limit", {"solver": SolverOptions(time_limit_s=5.0)}),
+        ("--seed", {"solver": SolverOptions(time_limit_s=5.0, seed=7)}),
+        ("--calib content, same file name", {}),
+        ("--strategy", {"strategy": "mt"}),
+        ("--device", {"hardware": load_hardware("neurosim")}),
+        ("--plan", {"plan_path": str(plan), "calib_path": None}),
+    ]
+    for what, change in changes:
+        if what.startswith("--calib"):
+            np.savez(calib, x=rng.normal(size=(8, 4, 6, 6)).astype(np.float32) * 3)
+        opts = {**opts, **change}
+        assert lot_run(**opts) == (1, 0), what
+        assert lot_run(**opts) == (0, 1), what
+    line = report_lines(out)[0]
+    assert line["image_sha256"] == hashlib.sha256((out / "k.rimg").read_bytes()).hexdigest()
+
+
+def test_rerun_with_other_verify_data_verifies_again_without_rebuilding(tmp_path: Path) -> None:
+    model = save(conv_bn_gemm(), str(tmp_path / "m.onnx"))
+    lot, out = tmp_path / "lot", tmp_path / "out"
+    lot.mkdir()
+    fmap.save(fmap.synth(4, 128, 128, 0.05, (5, 1), 2, chip_id="v"), lot / "v.npz")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 4, 6, 6)).astype(np.float32)
+    first, second = tmp_path / "d1.npz", tmp_path / "d2.npz"
+    np.savez(first, x=x, labels=rng.integers(0, 5, 32))
+    np.savez(second, x=x[:20], labels=rng.integers(0, 5, 20))
+    s = prov.provision(model, str(lot), str(out), jobs=1, verify_data=str(first))
+    assert s.ok == 1
+    before = report_lines(out)[0]["accuracy"]
+    image = (out / "v.rimg").read_bytes()
+    s = prov.provision(model, str(lot), str(out), jobs=1, verify_data=str(second))
+    assert (s.ok, s.skipped) == (0, 1)
+    assert (out / "v.rimg").read_bytes() == image  # not rebuilt
+    from rcompile import runtime
+    from rcompile.data import load_data
+
+    img = rimg.read(out / "v.rimg")
+    expect = runtime.verify(img, fmap.load(lot / "v.npz"),
+                            load_data(second, runtime.image_input_specs(img))).accuracy
+    assert report_lines(out)[0]["accuracy"] == expect != before
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_worker_killed_mid_lot_costs_no_chip(tmp_path: Path) -> None:
+    """A dead worker (here: SIGKILL from outside, as the OOM killer would) breaks its pool;
+    the chips it left are compiled by new workers and the lot ends with every chip ok."""
+    model = save(conv_bn_gemm(), str(tmp_path / "m.onnx"))
+    lot, out = tmp_path / "lot", tmp_path / "out"
+    lot.mkdir()
+    for i in range(60):
+        fmap.save(fmap.synth(4, 128, 128, 0.1, (5, 1), i, chip_id=f"w{i}"), lot / f"w{i:02d}.npz")
+    proc = subprocess.Popen([sys.executable, "-m", "rcompile", "provision", model, "--faultmaps",
+                             str(lot), "-o", str(out), "-j", "2", "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 60
+    report = out / prov.REPORT
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        # a chip is done, so the children are the lot's workers (not plan-stage helpers)
+        if report.exists() and report.stat().st_size:
+            kids = [int(p) for p in os.listdir("/proc")
+                    if p.isdigit() and _ppid(int(p)) == proc.pid]
+            if kids:
+                os.kill(kids[0], signal.SIGKILL)
+                killed = kids[0]
+        time.sleep(0.01)
+    stdout, err = proc.communicate(timeout=120)
+    assert killed is not None, "the lot ended before a worker could be killed"
+    assert proc.returncode == 0, err
+    assert json.loads(stdout)["ok"] == 60
+    assert [x["status"] for x in report_lines(out)] == ["ok"] * 60
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
