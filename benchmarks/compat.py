@@ -566,6 +566,8 @@ def main() -> None:
     ap.add_argument("--doc", default=os.path.join("docs", "compatibility.md"))
     ap.add_argument("--only", default="", help="Comma-separated substrings of graph names.")
     ap.add_argument("--export-only", action="store_true")
+    ap.add_argument("--doc-only", action="store_true",
+                    help="With --resume: write the doc from the stored results, run nothing.")
     ap.add_argument("--resume", action="store_true",
                     help="Keep the results in the JSON file that this same rcompile commit made.")
     ap.add_argument("--json", help="Write the results as JSON here [default: OUT/results.json].")
@@ -596,7 +598,7 @@ def main() -> None:
     cmd = ("/work/exportenv/bin/python benchmarks/compat.py --out /work/compat-models "
            "--rcompile .venv/bin/rcompile --doc docs/compatibility.md")
     # small graphs first: a run cut short still covers most of the matrix
-    todo = sorted((g for g in graphs if g.name not in done),
+    todo = [] if args.doc_only else sorted((g for g in graphs if g.name not in done),
                   key=lambda g: os.path.getsize(g.path) if os.path.exists(g.path) else 0)
     with open(os.path.join(args.out, "compat.log"), "a") as log:
         for g in todo:
@@ -613,9 +615,9 @@ def main() -> None:
             if not only:
                 write_doc(args.doc, [done[x.name] for x in graphs if x.name in done],
                           versions, cmd, [x for x in graphs if x.name not in done])
-    results = [done[g.name] for g in graphs]
-    if not only:
-        write_doc(args.doc, results, versions, cmd, [])
+    results = [done[g.name] for g in graphs if g.name in done]
+    if not only and not todo:
+        write_doc(args.doc, results, versions, cmd, [g for g in graphs if g.name not in done])
     n_ok = sum(not r.failure for r in results)
     print(f"{n_ok}/{len(results)} graphs build and verify", flush=True)
     sys.exit(0)
