@@ -27,6 +27,7 @@ stops after exporting. The exported graphs and their data stay in ``--out``.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -74,6 +75,8 @@ class Result:
     failure: str = ""
     wall_s: float = 0.0
     """Seconds this graph took in the matrix run (export excluded)."""
+    commit: str = ""
+    """The compiler's commit that produced this result."""
 
 
 # ---------------------------------------------------------------- models (PyTorch side)
@@ -498,7 +501,10 @@ def write_doc(path: str, results: list[Result], versions: dict[str, str], cmd: s
         "",
         f"Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}; "
         f"run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{sum(r.wall_s for r in results) / 60:.0f} min on a shared 2-core machine.",
+        f"{sum(r.wall_s for r in results) / 60:.0f} min on a shared 2-core machine."
+        + ("" if all(r.commit == versions["rcompile"] for r in results) else
+           f" Rows whose *rcompile* column is not {versions['rcompile']} were not re-run on "
+           "that commit in time and show the result of the earlier compiler commit named."),
         "",
         *([f"**Incomplete: {len(results)} of {len(results) + len(pending)} graphs run so far "
            f"(not run yet: {', '.join(g.name for g in pending)}).**", ""] if pending else []),
@@ -506,8 +512,8 @@ def write_doc(path: str, results: list[Result], versions: dict[str, str], cmd: s
         f"{len(good)} reach a fault-free cosine ≥ 0.99 against the float model.",
         "",
         "| graph | exporter | opset | batch | crossbar ops (weights) | digital (why) | cos clean "
-        "| cos 10 % | verify cos | build s | failure |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cos 10 % | verify cos | build s | rcompile | failure |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         g = r.graph
@@ -519,7 +525,7 @@ def write_doc(path: str, results: list[Result], versions: dict[str, str], cmd: s
         lines.append(
             f"| {g.model} | {g.exporter} | {g.opset} | {g.batch} | {xb} | "
             f"{_digital_text(r).replace('|', '/')} | {_f(r.cos_clean)} | {_f(r.cos_faulty)} | "
-            f"{_f(r.verify_cos)} | {_f(r.build_s, 1)} | {fail or ''} |"
+            f"{_f(r.verify_cos)} | {_f(r.build_s, 1)} | {r.commit} | {fail or ''} |"
         )
     reasons: dict[str, set[str]] = {}
     for r in results:
@@ -589,12 +595,20 @@ def main() -> None:
     versions = _versions(rc)
     store = args.json or os.path.join(args.out, "results.json")
     done: dict[str, Result] = {}
-    if args.resume and os.path.exists(store):  # graphs already run by this same compiler
-        with open(store) as f:
-            for d in json.load(f):
-                if d.pop("rcompile") == versions["rcompile"]:
+    stale: dict[str, Result] = {}  # made by another compiler commit: only for --doc-only
+    if args.resume:
+        stores = [store, *sorted(glob.glob(os.path.join(args.out, "results-*.json")))]
+        for path in dict.fromkeys(stores):
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                for d in json.load(f):
+                    if "rcompile" in d:  # the key's older name
+                        d["commit"] = d.pop("rcompile")
                     gfields = {k: d.pop(k) for k in Graph.__dataclass_fields__}
-                    done[gfields["name"]] = Result(Graph(**gfields), **d)
+                    r = Result(Graph(**gfields), **d)
+                    (done if r.commit == versions["rcompile"] else stale).setdefault(
+                        r.graph.name, r)
     cmd = ("/work/exportenv/bin/python benchmarks/compat.py --out /work/compat-models "
            "--rcompile .venv/bin/rcompile --doc docs/compatibility.md")
     # small graphs first: a run cut short still covers most of the matrix
@@ -605,16 +619,19 @@ def main() -> None:
             t0 = time.perf_counter()
             r = run_graph(g, rc, helper, work, log)
             r.wall_s = time.perf_counter() - t0
+            r.commit = versions["rcompile"]
             done[g.name] = r
             print(f"{g.name}: {r.failure or 'ok'} cos {_f(r.cos_clean)} / {_f(r.cos_faulty)} "
                   f"({r.wall_s:.0f} s)", flush=True)
             with open(store, "w") as f:
-                json.dump([{**r.graph.__dict__, "rcompile": versions["rcompile"],
+                json.dump([{**r.graph.__dict__,
                             **{k: v for k, v in r.__dict__.items() if k != "graph"}}
                            for r in done.values()], f, indent=1)
             if not only:
                 write_doc(args.doc, [done[x.name] for x in graphs if x.name in done],
                           versions, cmd, [x for x in graphs if x.name not in done])
+    if args.doc_only:
+        done.update({k: v for k, v in stale.items() if k not in done})
     results = [done[g.name] for g in graphs if g.name in done]
     if not only and not todo:
         write_doc(args.doc, results, versions, cmd, [g for g in graphs if g.name not in done])
