@@ -316,7 +316,7 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
                                           ("--device", _device_file(device_spec))])
     hw = _load_device(device_spec)
     total = len(rates) * len(ratios) * seeds
-    sink = sys.stderr if not as_json else io.StringIO()
+    sink = sys.stderr if not as_json and sys.stderr.isatty() else io.StringIO()  # quiet in scripts
     with click.progressbar(length=total, label="sweep", file=sink) as bar:
         result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
                            seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
