@@ -23,7 +23,7 @@ from rcompile.errors import BadData, BadFaultMap
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
-from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, to_matrices
+from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, chip_view, to_matrices
 
 #: Strategies by name: the per-chip pipeline each runs.
 STRATEGIES: dict[str, str] = {
@@ -164,7 +164,7 @@ def build(
     }
     if hardware is not None:
         header["hardware"] = hardware
-    return BuildResult(to_image(plan, mapping, header), mapping, log, _warnings(mapping, log, ctx))
+    return BuildResult(to_image(chip_view(plan, mapping), mapping, header), mapping, log, _warnings(mapping, log, ctx))
 
 
 def _warnings(mapping: ChipMapping, log: list[dict[str, Any]], ctx: pl.ChipContext) -> list[str]:

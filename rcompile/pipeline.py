@@ -22,7 +22,7 @@ import numpy as np
 
 from rcompile.device import Device, Geometry
 from rcompile.errors import RcompileError
-from rcompile.ir import ChipMapping, Plan
+from rcompile.ir import ChipMapping, Plan, chip_view
 
 PLAN = "chip-independent"
 CHIP = "per-chip"
@@ -173,13 +173,17 @@ def run_plan(passes: list[Any], plan: Plan, ctx: PlanContext) -> tuple[Plan, lis
 def run_chip(
     passes: list[Any], plan: Plan, mapping: ChipMapping, ctx: ChipContext
 ) -> tuple[ChipMapping, list[dict[str, Any]]]:
-    """Run per-chip passes, checking the mapping invariants after each."""
+    """Run per-chip passes, checking the mapping invariants after each. Each pass sees the plan
+    with the mapping's own blocks once a pass has re-cut them (:func:`rcompile.ir.chip_view`)."""
     log: list[dict[str, Any]] = []
     for p in passes:
         t0 = time.perf_counter()
         try:
-            mapping, stats = p.run(plan, mapping, ctx)
-            check_mapping(plan, mapping, ctx.geometry)
+            mapping, stats = p.run(chip_view(plan, mapping), mapping, ctx)
+            view = chip_view(plan, mapping)
+            if mapping.blocks:
+                check_plan(view)
+            check_mapping(view, mapping, ctx.geometry)
         except RcompileError:
             raise
         except Exception as exc:
