@@ -50,10 +50,16 @@ def run_sweep(
     progress: bool = False,
     hardware: Hardware | None = None,
     mode: str = "auto",
+    pattern: str = "uniform",
+    pipelines: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``hardware`` (a device model) is what the compiler quantises for and what every chip is
     verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
-    cell, as before device models existed."""
+    cell, as before device models existed. ``pattern`` is the fault-map kind of
+    :func:`rcompile.faultmap.synth` (uniform, clustered, lines). ``pipelines`` names custom
+    per-chip pipelines (name -> pipeline string); a strategy of that name runs its pipeline on
+    the same chips as the named strategies."""
+    pipelines = pipelines or {}
     device = compiler_device(hardware)
     plan, plan_log = api.make_plan(
         model_path, tile_rows=rows, tile_cols=cols, pipeline=plan_pipeline, device=device
@@ -82,10 +88,11 @@ def run_sweep(
             device_fault_free.append(rep.accuracy)
     with click.progressbar(points, label="sweep", file=sink) as bar:
         for rate, ratio, seed in bar:
-            fm = fmap.synth(tiles, rows, cols, rate, ratio, seed)
+            fm = fmap.synth(tiles, rows, cols, rate, ratio, seed, kind=pattern)
             for strategy in strategies:
                 t0 = time.perf_counter()
-                res = api.build(plan, fm, strategy=strategy, calib=stats)
+                res = api.build(plan, fm, strategy=strategy, calib=stats,
+                                pipeline=pipelines.get(strategy))
                 seconds = time.perf_counter() - t0
                 rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
                                      noise_seed=seed)
@@ -129,6 +136,8 @@ def run_sweep(
         "plan": plan_log,
         "device": hardware.name if hardware is not None else "ideal",
         "mode": mode,
+        "pattern": pattern,
+        "pipelines": pipelines,
         "float_accuracy": float_acc,
         "quantised_accuracy": float(np.mean(fault_free)) if fault_free else None,
         "points": rowsout,
@@ -193,7 +202,8 @@ def table(result: dict[str, Any]) -> str:
         )
     lines = [
         f"{head}, {result['n_samples']} samples, {result['tiles']} tiles, device {device} "
-        f"({result.get('mode', 'auto')} mode)",
+        f"({result.get('mode', 'auto')} mode)"
+        + ("" if result.get("pattern", "uniform") == "uniform" else f", {result['pattern']} faults"),
         "",
     ]
     if on_device:

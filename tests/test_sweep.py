@@ -94,3 +94,25 @@ def test_tolerated_rate_is_measured_against_the_device_floor() -> None:
     assert ideal[0]["tolerated_rate"] == 0.1
     assert "fault-free chip on" not in table({**ideal_only, "float_accuracy": 0.985,
                                               "n_samples": 1, "tiles": 1})
+
+
+def test_sweep_pattern_and_custom_pipeline(tmp_path: str) -> None:
+    from click.testing import CliRunner
+
+    from rcompile.cli import cli
+
+    data = os.path.join(str(tmp_path), "few.npz")
+    with np.load(TEST_DATA) as f:
+        np.savez(data, input=f["input"][::10], labels=f["labels"][::10])
+    args = ["sweep", MODEL, "--data", data, "--rates", "0.1", "--ratios", "1:5",
+            "--seeds", "1", "--strategies", "two-column", "--pattern", "lines", "--json"]
+    r = CliRunner().invoke(
+        cli, [*args, "--pipeline", "strip=place{order=assign},permute,strip,program"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["pattern"] == "lines"
+    acc = {p["strategy"]: p["accuracy_mean"] for p in d["points"]}
+    assert set(acc) == {"two-column", "strip"} and acc["strip"] > acc["two-column"]
+    r = CliRunner().invoke(cli, [*args, "--pipeline", "bad=place,nosuchpass"])
+    assert r.exit_code == 2 and "unknown pass 'nosuchpass'" in r.output
+    assert "Traceback" not in r.output
