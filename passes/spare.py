@@ -3,11 +3,12 @@
 Rules: the chip's unused tiles (cleanest first) go to the blocks alone on their tile with the
 highest residual cost (the objective of ``passes/_objective.py`` under the current mapping),
 one tile each, at most ``tiles`` of them (``-1``: every unused tile). A chosen block is split
-by rows: the half of its logical rows that cost most where they are moves to the spare tile,
-so each half has about as many spare rows as it uses; the halves are then solved by
-``permute``'s row and column moves. The partial sums of the two tiles are added digitally, so
-the image needs nothing new (two slices of one block's outputs). The halves keep the block's
-outputs, so a later ``strip`` pass sees the spare tile as one more tile of that strip.
+by rows (``axis=rows``: the half of its logical rows that cost most where they are moves to
+the spare tile, so each half has about as many spare rows as it uses) or by outputs
+(``axis=outs``: likewise, each half then has twice the columns it needs); the halves are then
+solved by ``permute``'s row and column moves. The partial sums of the two tiles are added digitally, so
+the image needs nothing new (two slices of one block). Halves by rows keep the block's outputs, so
+a later ``strip`` pass sees the spare tile as one more tile of that strip.
 A split is kept only if it lowers the block's cost.
 Requires: placements (after ``permute``). Guarantees: every non-zero weight lies in exactly one
 block; the objective never increases.
@@ -38,6 +39,9 @@ class Spare:
     """Spare tiles to use at most; -1: every unused tile."""
     rounds: int = 6
     """Row and column rounds of ``permute`` on each half."""
+    axis: str = "rows"
+    """rows: split the block's logical rows; outs: split its outputs (each half then has
+    twice the columns it needs)."""
 
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
@@ -78,20 +82,32 @@ class Spare:
         pos, neg = bp.local(pl.pos), bp.local(pl.neg)
         old = bp.cost(pl.phys_rows, pos, neg)
         sub = bp.codes[pl.phys_rows]
-        row_cost = np.sum(bp.w * _err(bp, sub[:, pos], sub[:, neg]), axis=1)
-        order = np.argsort(-row_cost, kind="stable")
+        err = bp.w * _err(bp, sub[:, pos], sub[:, neg])  # [n, m]
+        by_rows = self.axis == "rows"
+        if self.axis not in ("rows", "outs"):
+            raise ValueError(f"unknown axis {self.axis!r}; expected rows or outs")
+        order = np.argsort(-np.sum(err, axis=1 if by_rows else 0), kind="stable")
+        if not by_rows and len(order) < 2:
+            return None
         move = np.sort(order[: len(order) // 2])
         stay = np.sort(order[len(order) // 2:])
         halves = []
         total = 0.0
         for part, t in ((stay, pl.tile), (move, tile)):
-            b2 = Block(layer=blk.layer, group=blk.group, rows=blk.rows[part], outs=blk.outs)
+            rows = blk.rows[part] if by_rows else blk.rows
+            outs = blk.outs if by_rows else blk.outs[part]
+            b2 = Block(layer=blk.layer, group=blk.group, rows=rows, outs=outs)
             view = replace(plan, blocks=(b2,), bin_of=())
-            if t == pl.tile:
+            scale = pl.scale if by_rows else pl.scale[part]
+            offset = pl.offset if by_rows else pl.offset[part]
+            if t == pl.tile and by_rows:
                 p2 = replace(pl, block=0, phys_rows=pl.phys_rows[part])
+            elif t == pl.tile:
+                p2 = replace(pl, block=0, pos=pl.pos[part], neg=pl.neg[part], scale=scale,
+                             offset=offset)
             else:
                 p2 = replace(initial_placement(view, 0, t, np.arange(ctx.geometry.cols)),
-                             scale=pl.scale, offset=pl.offset)
+                             scale=scale, offset=offset)
             bp2 = problem(view, ctx, p2)
             rows, lp, ln, _, cost, _ = solve_block(
                 bp2, p2.phys_rows, bp2.local(p2.pos), bp2.local(p2.neg), self.rounds, True,

@@ -96,21 +96,24 @@ def test_tolerated_rate_is_measured_against_the_device_floor() -> None:
                                               "n_samples": 1, "tiles": 1})
 
 
-def test_sweep_pattern_and_custom_pipeline(tmp_path: str) -> None:
+def test_sweep_pattern_and_custom_pipeline(tiny_model: str, tmp_path: str) -> None:
+    import onnxruntime as ort
     from click.testing import CliRunner
 
     from rcompile.cli import cli
 
-    data = os.path.join(str(tmp_path), "few.npz")
-    with np.load(TEST_DATA) as f:
-        np.savez(data, input=f["input"][::10], labels=f["labels"][::10])
-    args = ["sweep", MODEL, "--data", data, "--rates", "0.1", "--ratios", "1:5",
-            "--seeds", "1", "--strategies", "two-column", "--pattern", "lines", "--json"]
+    x = np.random.default_rng(0).normal(size=(64, 4, 6, 6)).astype(np.float32)
+    sess = ort.InferenceSession(tiny_model, providers=["CPUExecutionProvider"])
+    data = os.path.join(str(tmp_path), "data.npz")
+    np.savez(data, x=x, labels=sess.run(None, {"x": x})[0].argmax(1))
+    args = ["sweep", tiny_model, "--data", data, "--rows", "16", "--cols", "6", "--rates",
+            "0.2", "--ratios", "1:5", "--seeds", "1", "--strategies", "two-column",
+            "--pattern", "lines", "--json"]
     r = CliRunner().invoke(
         cli, [*args, "--pipeline", "strip=place{order=assign},permute,strip,program"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
-    assert d["pattern"] == "lines"
+    assert d["pattern"] == "lines" and d["float_accuracy"] == 1.0
     acc = {p["strategy"]: p["accuracy_mean"] for p in d["points"]}
     assert set(acc) == {"two-column", "strip"} and acc["strip"] > acc["two-column"]
     r = CliRunner().invoke(cli, [*args, "--pipeline", "bad=place,nosuchpass"])

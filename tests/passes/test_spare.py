@@ -25,15 +25,15 @@ def test_fault_free_chip_uses_no_spare_tile(tmp_path: object) -> None:
 
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), rate=st.sampled_from([0.2, 0.5]), spare=st.integers(1, 2),
-       then_strip=st.booleans())
+       then_strip=st.booleans(), axis=st.sampled_from(["rows", "outs"]))
 def test_spare_never_worsens_what_the_runtime_rebuilds(
     tmp_path_factory: pytest.TempPathFactory, seed: int, rate: float, spare: int,
-    then_strip: bool
+    then_strip: bool, axis: str
 ) -> None:
     path = matmul_mlp(str(tmp_path_factory.mktemp("m") / "m.onnx"), seed % 3)
     plan, _ = api.make_plan(path, tile_rows=16, tile_cols=6)
     fm = fmap.synth(plan.tiles_needed() + spare, 16, 6, rate, (5, 1), seed)
-    pipe = "place{order=assign},permute,spare{tiles=1}" + (",strip" if then_strip else "")
+    pipe = f"place{{order=assign}},permute,spare{{tiles=1,axis={axis}}}" + (",strip" if then_strip else "")
     res = api.build(plan, fm, pipeline=pipe + ",program")
     log = {e["pass"]: e for e in res.log}["spare"]
     assert log["blocks_split"] <= 1
