@@ -6,9 +6,9 @@ one tile each, at most ``tiles`` of them (``-1``: every unused tile). A chosen b
 by rows (``axis=rows``: the half of its logical rows that cost most where they are moves to
 the spare tile, so each half has about as many spare rows as it uses) or by outputs
 (``axis=outs``: likewise, each half then has twice the columns it needs); the halves are then
-solved by ``permute``'s row and column moves. The partial sums of the two tiles are added digitally, so
-the image needs nothing new (two slices of one block). Halves by rows keep the block's outputs, so
-a later ``strip`` pass sees the spare tile as one more tile of that strip.
+solved by ``permute``'s row and column moves. The partial sums of the two tiles are added
+digitally, so the image needs nothing new (two slices of one block). Halves by rows keep the
+block's outputs, so a later ``strip`` pass sees the spare tile as one more tile of that strip.
 A split is kept only if it lowers the block's cost.
 Requires: placements (after ``permute``). Guarantees: every non-zero weight lies in exactly one
 block; the objective never increases.

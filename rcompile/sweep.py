@@ -200,10 +200,11 @@ def table(result: dict[str, Any]) -> str:
             f", fault-free chip on {device} {100 * result['device_fault_free_accuracy']:.2f} ± "
             f"{100 * result['device_fault_free_accuracy_std']:.2f} %"
         )
+    pattern = result.get("pattern", "uniform")
     lines = [
         f"{head}, {result['n_samples']} samples, {result['tiles']} tiles, device {device} "
         f"({result.get('mode', 'auto')} mode)"
-        + ("" if result.get("pattern", "uniform") == "uniform" else f", {result['pattern']} faults"),
+        + ("" if pattern == "uniform" else f", {pattern} faults"),
         "",
     ]
     if on_device:

@@ -33,7 +33,8 @@ def test_spare_never_worsens_what_the_runtime_rebuilds(
     path = matmul_mlp(str(tmp_path_factory.mktemp("m") / "m.onnx"), seed % 3)
     plan, _ = api.make_plan(path, tile_rows=16, tile_cols=6)
     fm = fmap.synth(plan.tiles_needed() + spare, 16, 6, rate, (5, 1), seed)
-    pipe = f"place{{order=assign}},permute,spare{{tiles=1,axis={axis}}}" + (",strip" if then_strip else "")
+    pipe = f"place{{order=assign}},permute,spare{{tiles=1,axis={axis}}}"
+    pipe += ",strip" if then_strip else ""
     res = api.build(plan, fm, pipeline=pipe + ",program")
     log = {e["pass"]: e for e in res.log}["spare"]
     assert log["blocks_split"] <= 1
