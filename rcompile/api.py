@@ -29,7 +29,7 @@ from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
-from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, to_matrices
+from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, chip_view, to_matrices
 
 #: Strategies by name: the per-chip pipeline each runs.
 STRATEGIES: dict[str, str] = {
@@ -37,6 +37,9 @@ STRATEGIES: dict[str, str] = {
     "differential": "place,program{scheme=differential}",
     "mt": "place{order=assign},transform,program{scheme=transform}",
     "full": "place{order=assign},permute,program,calibrate",
+    # full plus spare tiles on the worst blocks and a row assignment over each column strip:
+    # for dense layers that leave the permutation no room (docs/dense.md)
+    "full-spare-strip": "place{order=assign},permute,spare,strip,program,calibrate",
 }
 DEFAULT_STRATEGY = "full"
 PLAN_PIPELINE = "quantize,tile,pack"
@@ -313,7 +316,8 @@ def build(
     }
     if hardware is not None:
         header["hardware"] = hardware
-    return BuildResult(to_image(plan, mapping, header), mapping, log, _warnings(mapping, log, ctx))
+    image = to_image(chip_view(plan, mapping), mapping, header)
+    return BuildResult(image, mapping, log, _warnings(mapping, log, ctx))
 
 
 def _warnings(mapping: ChipMapping, log: list[dict[str, Any]], ctx: pl.ChipContext) -> list[str]:

@@ -27,6 +27,7 @@ from rcompile.errors import RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
 from rcompile.fileio import refuse_overwrite
 from rcompile.pipeline import SolverOptions
+from rcompile.pipeline import parse as parse_pipeline
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -295,6 +296,11 @@ def _csv(kind: type) -> Any:
 @click.option("--rows", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--cols", type=click.IntRange(min=2), default=128, show_default=True)
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data for 'full'.")
+@click.option("--pattern", type=click.Choice(fmap.SYNTH_KINDS), default="uniform",
+              show_default=True, help="Fault pattern of the synthetic chips (faultmap synth).")
+@click.option("--pipeline", "pipelines", multiple=True, metavar="NAME=PIPELINE",
+              help="A custom per-chip pipeline swept as strategy NAME (repeatable), e.g. "
+                   "'strip=place{order=assign},permute,strip,program,calibrate'.")
 @_prune_option
 @_device_option
 @click.option("--mode", type=click.Choice(runtime.MODES), default="auto", show_default=True,
@@ -303,13 +309,24 @@ def _csv(kind: type) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[float, float]],
           strategies: list[str], seeds: int, spare: float, rows: int, cols: int,
-          calib: str | None, prune: str | None, device_spec: str | None, mode: str,
-          plot: str | None, as_json: bool) -> None:
+          calib: str | None, pattern: str, pipelines: tuple[str, ...], prune: str | None,
+          device_spec: str | None, mode: str, plot: str | None, as_json: bool) -> None:
     """Accuracy against fault rate for several strategies on synthetic chips."""
     from rcompile.sweep import render_plot, run_sweep, table
 
+    custom: dict[str, str] = {}
+    for item in pipelines:
+        name, eq, spec = item.partition("=")
+        if not eq or not name.strip() or not spec.strip():
+            raise click.BadParameter(f"{item!r}: expected NAME=PIPELINE", param_hint="--pipeline")
+        try:
+            parse_pipeline(spec)
+        except RcompileError as e:
+            raise click.BadParameter(f"{item!r}: {e}", param_hint="--pipeline") from None
+        custom[name.strip()] = spec.strip()
+    strategies = strategies + [n for n in custom if n not in strategies]
     for s in strategies:
-        if s not in api.STRATEGIES:
+        if s not in api.STRATEGIES and s not in custom:
             raise click.BadParameter(f"unknown strategy {s!r}; known: {sorted(api.STRATEGIES)}")
     refuse_overwrite([("--plot", plot)], [("MODEL", model), ("--data", data_path),
                                           ("--calib", calib),
@@ -321,7 +338,7 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
         result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
                            seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
                            prune=prune, progress=lambda done, n: bar.update(1), hardware=hw,
-                           mode=mode)
+                           mode=mode, pattern=pattern, pipelines=custom)
     if plot:
         render_plot(result, plot)
     if as_json:

@@ -28,7 +28,7 @@ import numpy as np
 
 from rcompile.device import Device, Geometry
 from rcompile.errors import RcompileError
-from rcompile.ir import ChipMapping, Plan
+from rcompile.ir import ChipMapping, Plan, chip_view
 
 PLAN = "chip-independent"
 CHIP = "per-chip"
@@ -303,9 +303,14 @@ def run(
             else:
                 assert isinstance(ctx, ChipContext) and mapping is not None, (
                     f"pass {p.name!r} needs a ChipContext and a mapping")
-                mapping, stats = typing.cast(ChipPass, p).run(plan, mapping, ctx)
-                check_mapping(plan, mapping, ctx.geometry)
-            broken = sorted(f for f in p.ensures if not _holds(f, plan, mapping))
+                mapping, stats = typing.cast(ChipPass, p).run(chip_view(plan, mapping), mapping,
+                                                              ctx)
+                view = chip_view(plan, mapping)  # a pass may re-cut the blocks of this chip
+                if mapping.blocks:
+                    check_plan(view)
+                check_mapping(view, mapping, ctx.geometry)
+            broken = sorted(f for f in p.ensures if not _holds(
+                f, plan if mapping is None else chip_view(plan, mapping), mapping))
             if broken:
                 raise AssertionError(f"it does not ensure {', '.join(broken)}")
         except RcompileError:

@@ -48,11 +48,17 @@ def run_sweep(
     progress: Callable[[int, int], None] | None = None,
     hardware: Hardware | None = None,
     mode: str = "auto",
+    pattern: str = "uniform",
+    pipelines: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``hardware`` (a device model) is what the compiler quantises for and what every chip is
     verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
     cell, as before device models existed. ``progress(done, total)`` is called after every
-    point (a fault map compiled for every strategy and verified)."""
+    point (a fault map compiled for every strategy and verified). ``pattern`` is the fault-map
+    kind of :func:`rcompile.faultmap.synth` (uniform, clustered, lines). ``pipelines`` names
+    custom per-chip pipelines (name -> pipeline string); a strategy of that name runs its
+    pipeline on the same chips as the named strategies."""
+    pipelines = pipelines or {}
     family = fmap.FaultMap(np.zeros((1, rows, cols), np.uint8), chip_id="family",
                            source="sweep chip family")
     lot = api.plan_lot(model_path, family, hardware=hardware, calib_path=calib_path,
@@ -77,10 +83,11 @@ def run_sweep(
             assert rep.accuracy is not None
             device_fault_free.append(rep.accuracy)
     for done, (rate, ratio, seed) in enumerate(points, 1):
-        fm = fmap.synth(tiles, rows, cols, rate, ratio, seed)
+        fm = fmap.synth(tiles, rows, cols, rate, ratio, seed, kind=pattern)
         for strategy in strategies:
             t0 = time.perf_counter()
-            res = api.compile_chip(model_path, fm, lot=lot, strategy=strategy)
+            res = api.compile_chip(model_path, fm, lot=lot, strategy=strategy,
+                                   pipeline=pipelines.get(strategy))
             seconds = time.perf_counter() - t0
             rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
                                  noise_seed=seed)
@@ -126,6 +133,8 @@ def run_sweep(
         "plan": plan_log,
         "device": hardware.name if hardware is not None else "ideal",
         "mode": mode,
+        "pattern": pattern,
+        "pipelines": pipelines,
         "float_accuracy": float_acc,
         "quantised_accuracy": float(np.mean(fault_free)) if fault_free else None,
         "points": rowsout,
@@ -188,9 +197,11 @@ def table(result: dict[str, Any]) -> str:
             f", fault-free chip on {device} {100 * result['device_fault_free_accuracy']:.2f} ± "
             f"{100 * result['device_fault_free_accuracy_std']:.2f} %"
         )
+    pattern = result.get("pattern", "uniform")
     lines = [
         f"{head}, {result['n_samples']} samples, {result['tiles']} tiles, device {device} "
-        f"({result.get('mode', 'auto')} mode)",
+        f"({result.get('mode', 'auto')} mode)"
+        + ("" if pattern == "uniform" else f", {pattern} faults"),
         "",
     ]
     if on_device:
