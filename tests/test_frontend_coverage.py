@@ -1,4 +1,4 @@
-"""Real-world graph forms and bad input (issue 5), each built in code with ``onnx.helper``.
+"""Real-world graph forms and bad input, each built in code with ``onnx.helper``.
 
 Every accepted form is checked numerically: the normalised model computes what the original
 computes on onnxruntime, and its crossbar weights are the initializers the runtime replaces.

@@ -1,6 +1,7 @@
 """The fault map: what the chip tester measured, and the contract every other part relies on.
 
-A fault map (DESIGN §4) records, for every cell of one chip, whether programming can move it:
+A fault map (docs/design.md §4) records, for every cell of one chip, whether programming can
+move it:
 
 ==========  =====  ===========================================================================
 state       code   meaning

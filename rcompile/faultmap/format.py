@@ -46,7 +46,7 @@ _EXPECT_FAULTS = "expected uint8 [tiles, rows, cols] with 0=healthy, 1=SA0, 2=SA
 
 @dataclass(frozen=True, eq=False)
 class FaultMap:
-    """One chip's measured stuck-at faults (DESIGN §4); validated on construction.
+    """One chip's measured stuck-at faults (docs/design.md §4); validated on construction.
 
     Construct it through :func:`load`, :func:`synth` or :func:`import_csv`; building one directly
     runs the same checks and raises :class:`~rcompile.errors.BadFaultMap` naming ``source``.

@@ -36,7 +36,8 @@ def synth(
     arguments. Each faulty cell is SA1 with probability ``a / (a + b)`` for ``ratio = (a, b)``;
     the expected fraction of faulty cells over the whole map is ``rate`` for every kind:
 
-    - ``"uniform"``: each cell is faulty independently with probability ``rate`` (DESIGN §1).
+    - ``"uniform"``: each cell is faulty independently with probability ``rate``
+      (docs/design.md §1).
     - ``"clustered"``: faults concentrate in Gaussian blobs (forming defects, particles): each
       tile gets ``1 + Poisson(3)`` blobs of random centre and width over a weak uniform
       background; the per-cell probability is that intensity scaled (and capped at 1) so that
