@@ -189,8 +189,6 @@ class _Section:
     tag: bytes
     label: str
     """``HEAD``, ``GRPH``, ``LAYR[i]``, ``TILE[i]`` or ``END.`` (i counts sections of that tag)."""
-    offset: int
-    """File offset of the section's tag."""
     payload: memoryview
 
 
@@ -254,7 +252,7 @@ def _sections(buf: memoryview, fail: Callable[[str], BadImage]) -> Iterator[_Sec
         digest = bytes(buf[body + n : body + need])
         if hashlib.sha256(payload).digest() != digest:
             raise fail(f"checksum mismatch in section {label} (section at offset {pos})")
-        yield _Section(tag, label, pos, payload)
+        yield _Section(tag, label, payload)
         pos = body + need
         prev = tag
         if tag == TAG_END:
