@@ -78,6 +78,11 @@ rejects, a weight that is a graph input (the exporter left the weights out), a c
 on a weight path, an empty weight, NaN or Inf in a weight, bias or folded BatchNormalization,
 a Conv or ConvTranspose whose input channels (where the shapes fix them), bias or
 ``kernel_shape`` disagree with its weight.
+
+The package, in processing order: :mod:`~rcompile.frontend.load` (loading),
+:mod:`~rcompile.frontend.normalise` (the rules in order, and rule 3),
+:mod:`~rcompile.frontend.ops` (rule 4), :mod:`~rcompile.frontend.fold` (rule 5), and
+:mod:`~rcompile.frontend.graph`, the graph view the rules share (rules 1 and 2).
 """
 
 from rcompile.frontend.load import MAX_MODEL_BYTES, MIN_OPSET, load_model
