@@ -22,7 +22,6 @@ from rcompile import image as rimg
 from rcompile.errors import BadImage
 from rcompile.image import MAGIC, VERSION, Image, LayerRecord, SliceRecord, TileRecord
 from rcompile.image.container import _encode_record
-from rcompile.image.summary import _used_mask
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -518,7 +517,7 @@ def test_describe_and_summary(img: Image) -> None:
     d = rimg.summary_dict(img)
     json.dumps(d)  # JSON-ready
     assert d["totals"]["tiles_used"] == len(img.tiles)
-    used = sum(int(_used_mask(t).sum()) for t in img.tiles)
+    used = sum(int(rimg.used_mask(t).sum()) for t in img.tiles)
     assert d["totals"]["cells_programmed"] == used
     assert f"{used} cells programmed" in text
     for t, s in zip(img.tiles, d["tiles"], strict=True):

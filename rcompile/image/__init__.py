@@ -41,11 +41,11 @@ from rcompile.image.records import (
     SliceRecord,
     TileRecord,
 )
-from rcompile.image.summary import describe, summary_dict
+from rcompile.image.summary import describe, summary_dict, used_mask
 
 __all__ = [
     "ALIGN", "DIGEST_BYTES", "MAGIC", "MAX_IMAGE_BYTES", "MAX_JSON_BYTES", "PREAMBLE",
     "SECTION_HEAD", "TAGS", "TAG_END", "TAG_GRPH", "TAG_HEAD", "TAG_LAYR", "TAG_TILE", "VERSION",
     "Image", "LayerRecord", "SliceRecord", "TileRecord", "decode", "describe", "encode", "read",
-    "summary_dict", "write",
+    "summary_dict", "used_mask", "write",
 ]

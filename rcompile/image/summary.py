@@ -14,7 +14,7 @@ from rcompile.image.records import (
 )
 
 
-def _used_mask(t: TileRecord) -> np.ndarray:
+def used_mask(t: TileRecord) -> np.ndarray:
     """bool ``[R, C]``: cells some slice of the tile reads (its rows x its pos/neg columns)."""
     mask = np.zeros(t.levels.shape, dtype=bool)
     for s in t.slices:
@@ -39,7 +39,7 @@ def summary_dict(image: Image) -> dict[str, Any]:
     tiles = []
     used_total = nonzero_total = 0
     for t in image.tiles:
-        mask = _used_mask(t)
+        mask = used_mask(t)
         used = t.levels[mask]
         hist = np.bincount(used, minlength=n_levels)
         used_total += int(used.size)
