@@ -1,7 +1,7 @@
 """``make bench``: per-chip speed, scaling, memory, emulation cost and lot throughput, side by side.
 
 Every number is measured in this run, on this machine; ratios compare two things measured in
-the same run on the same inputs. Sections (DESIGN §7, issue 4):
+the same run on the same inputs. Sections (docs/design.md §7):
 
 1. per-chip stage of ``full`` and ``two-column`` on one chip per model (MNIST, VGG-8,
    ResNet-18), median of several runs, and their ratio;

@@ -46,8 +46,9 @@ class Calibrate:
             lv = np.where(np.isnan(st), lv, st)[pl.phys_rows]
             d = lv[:, pl.pos] - lv[:, pl.neg]  # [n, m]
             if ctx.calib is not None:
+                row = ctx.calib[blk.layer]
                 power, mean = (
-                    a[blk.group][blk.rows].astype(np.float64) for a in ctx.calib[blk.layer]
+                    a[blk.group][blk.rows].astype(np.float64) for a in (row.power, row.mean)
                 )
             else:
                 power, mean = np.ones(len(blk.rows)), None

@@ -34,7 +34,7 @@ def block_weights(plan: Plan, ctx: ChipContext, b: int) -> np.ndarray:
     layer = plan.layers[blk.layer]
     s = layer.scale[blk.group][blk.outs].astype(np.float64)
     if ctx.calib is not None:
-        r = ctx.calib[blk.layer][0][blk.group][blk.rows].astype(np.float64)
+        r = ctx.calib[blk.layer].power[blk.group][blk.rows].astype(np.float64)
     else:
         r = np.ones(len(blk.rows))
     return r[:, None] * (s**2)[None, :]

@@ -149,7 +149,7 @@ class Strip:
         first = plan.blocks[pls[0].block]
         layer = plan.layers[first.layer]
         rows = np.concatenate([plan.blocks[pl.block].rows for pl in pls])
-        rr = (ctx.calib[first.layer][0][first.group][rows].astype(np.float64)
+        rr = (ctx.calib[first.layer].power[first.group][rows].astype(np.float64)
               if ctx.calib is not None else np.ones(len(rows)))
         sp = StripProblem(
             q=layer.q[first.group][np.ix_(rows, first.outs)],

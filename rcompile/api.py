@@ -29,7 +29,7 @@ from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
-from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, chip_view, to_matrices
+from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, RowStats, chip_view, to_matrices
 
 #: Strategies by name: the per-chip pipeline each runs.
 STRATEGIES: dict[str, str] = {
@@ -86,7 +86,7 @@ class LotPlan:
     seconds: float = 0.0
 
 
-Calib = tuple[tuple[np.ndarray, np.ndarray], ...]
+Calib = tuple[RowStats, ...]
 
 
 def plan_lot(
@@ -262,7 +262,7 @@ def build(
     strategy: str = DEFAULT_STRATEGY,
     pipeline: str | None = None,
     solver: pl.SolverOptions | None = None,
-    calib: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None,
+    calib: Calib | None = None,
     hardware: dict[str, Any] | None = None,
     passes: list[pl.ChipPass] | None = None,
 ) -> BuildResult:
@@ -371,7 +371,7 @@ def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:
     return Image(header=header, layers=layers, tiles=tiles, graph=stripped.SerializeToString())
 
 
-def load_calib_stats(plan: Plan, path: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+def load_calib_stats(plan: Plan, path: str) -> Calib:
     """:func:`calib_stats` of the calibration data file ``path`` for ``plan``'s model."""
     from rcompile.data import input_specs, load_calib
 
@@ -381,8 +381,9 @@ def load_calib_stats(plan: Plan, path: str) -> tuple[tuple[np.ndarray, np.ndarra
 
 def calib_stats(
     model: onnx.ModelProto, ops: tuple[Any, ...], data: dict[str, np.ndarray], source: str
-) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Per crossbar op ``(E[x^2], E[x])`` of each matrix row ``[groups, rows]`` on ``data``.
+) -> Calib:
+    """Per crossbar op, the :class:`~rcompile.ir.RowStats` ``E[x^2]``, ``E[x]`` of each matrix
+    row ``[groups, rows]`` on ``data``.
 
     A Conv row ``(c, ky, kx)`` takes the statistics of its input channel ``c`` over all
     positions (padding ignored); a Gemm/MatMul row those of its input feature.
@@ -444,7 +445,7 @@ def calib_stats(
             mean = np.repeat(mean.reshape(op.groups, -1), k, axis=1)
         else:
             power, mean = power.reshape(1, -1), mean.reshape(1, -1)
-        result.append((power.astype(np.float32), mean.astype(np.float32)))
+        result.append(RowStats(power.astype(np.float32), mean.astype(np.float32)))
     return tuple(result)
 
 

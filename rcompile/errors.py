@@ -21,7 +21,7 @@ class BadModel(RcompileError):
 
 
 class BadFaultMap(RcompileError):
-    """The fault map file is missing or breaks the contract of DESIGN §4."""
+    """The fault map file is missing or breaks the contract of docs/design.md §4."""
 
     exit_code = 3
 

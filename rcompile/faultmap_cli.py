@@ -82,7 +82,7 @@ def _check_even_cols(cols: int) -> None:
 
 @click.group("faultmap")
 def faultmap() -> None:
-    """Synthesise, import and inspect chip fault maps (.npz, DESIGN §4)."""
+    """Synthesise, import and inspect chip fault maps (.npz, docs/design.md §4)."""
 
 
 @faultmap.command("synth")

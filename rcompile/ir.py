@@ -174,6 +174,20 @@ class Plan:
         return max(self.bin_of) + 1 if self.bin_of else len(self.blocks)
 
 
+@dataclass(frozen=True, eq=False)
+class RowStats:
+    """Calibration statistics of one crossbar layer's matrix rows, on the calibration data.
+
+    A Conv row ``(c, ky, kx)`` carries the statistics of its input channel ``c`` over all
+    positions; a Gemm/MatMul row those of its input feature.
+    """
+
+    power: np.ndarray
+    """float32 ``[groups, rows]``: ``E[x^2]`` of the input each row reads."""
+    mean: np.ndarray
+    """float32 ``[groups, rows]``: ``E[x]`` of the input each row reads."""
+
+
 @dataclass(frozen=True)
 class Placement:
     """One block on one physical tile."""

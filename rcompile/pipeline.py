@@ -28,7 +28,7 @@ import numpy as np
 
 from rcompile.device import Device, Geometry
 from rcompile.errors import RcompileError
-from rcompile.ir import ChipMapping, Plan, chip_view
+from rcompile.ir import ChipMapping, Plan, RowStats, chip_view
 
 PLAN = "chip-independent"
 CHIP = "per-chip"
@@ -65,7 +65,7 @@ class ChipContext:
     """float32 ``[T, R, C]``: level each stuck cell is frozen at; NaN for healthy cells."""
     chip_id: str
     solver: SolverOptions = field(default_factory=SolverOptions)
-    calib: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
+    calib: tuple[RowStats, ...] | None = None
 
 
 class PlanPass(Protocol):

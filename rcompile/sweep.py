@@ -158,7 +158,7 @@ def tolerated(
 ) -> list[dict[str, Any]]:
     """Per (strategy, ratio): the highest swept p whose mean accuracy (``key``) stays within
     ``within`` of the fault-free chip's accuracy, with every lower swept p also within
-    (DESIGN §7). The fault-free chip is the one on the sweep's device when there is one
+    (docs/design.md §7). The fault-free chip is the one on the sweep's device when there is one
     (``device_fault_free_accuracy``), else the quantised model; ``reference`` overrides."""
     ref = reference
     if ref is None:
