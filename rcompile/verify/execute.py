@@ -42,9 +42,8 @@ __all__ = [
 
 ENERGY_SAMPLES = 64
 """Inferences (spread evenly over the data) whose activity the energy and latency estimate uses:
-probing every inference would keep onnxruntime from fusing the ``ideal`` graph. (MNIST test
-set, three chips: 64 spread inferences land within 0.7 % of all 1000, 32 within 9 %; the
-*first* 64 were 28 % off, the data is not shuffled.)"""
+probing every inference would keep onnxruntime from fusing the ``ideal`` graph (how close the
+estimate lands: ``docs/device.md``, energy)."""
 
 CALIBRATION_SAMPLES = 128
 """Samples (the first of the data, at most one batch, or whole batches of a model that fixes its
@@ -53,9 +52,8 @@ batch size) a ``calibrated`` converter is set on."""
 MODES = ("auto", "ideal", "tile")
 """Emulation modes of :func:`verify`: ``ideal`` inserts the effective weights into the digital
 graph (realised conductances, stuck cells; no converters, no read noise); ``tile`` runs every
-tile slice through its DAC, crossbar, read noise and ADC (:mod:`rcompile.tilemode`); ``auto``
+tile slice through its DAC, crossbar, read noise and ADC (:mod:`rcompile.verify.tilemode`); ``auto``
 is ``tile`` when the device's periphery is not ideal, else ``ideal``."""
-
 
 
 def emulation_mode(mode: str, hw: Hardware | None = None) -> str:
@@ -119,7 +117,6 @@ def image_input_specs(image: Image) -> list[InputSpec]:
     model = image_graph(image)
     crossbar = {n for rec in image.layers for n in (rec.op.weight, rec.op.bias)}
     return [s for s in input_specs(model) if s.name not in crossbar]
-
 
 
 @dataclass
@@ -250,7 +247,6 @@ def _fixed_batch(model: onnx.ModelProto, source: str = "model") -> int | None:
 
 def _batch_step(model: onnx.ModelProto, batch_size: int) -> int:
     return _fixed_batch(model) or max(1, int(batch_size))
-
 
 
 # --------------------------------------------------------------------------- sessions

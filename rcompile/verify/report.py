@@ -155,7 +155,6 @@ def _rel(diff_sq: float, ref_sq: float) -> float | None:
     return float(np.sqrt(diff_sq / ref_sq))
 
 
-
 class Stopwatch:
     """Wall-clock seconds of named stages: ``with clock("weights_s"): ...``."""
 

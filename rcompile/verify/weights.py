@@ -175,9 +175,9 @@ def image_hardware(
     """The device technology to emulate the image's chip with.
 
     ``hardware`` (e.g. ``--device``) if given, else the image's ``header["hardware"]`` (written
-    by ``build --device``), else the ideal device with the image's own cell — exactly the
-    behaviour before device models existed. The number of levels must be the image's; the
-    fault map's measured ``g_min``/``g_max`` (when it has them) replace the device's.
+    by ``build --device``), else the ideal device with the image's own cell. The number of
+    levels must be the image's; the fault map's measured ``g_min``/``g_max`` (when it has them)
+    replace the device's.
     """
     name = image_name(image, image_source)
     cell = image_device(image, image_source)

@@ -54,6 +54,8 @@ from rcompile.verify.tilemode.circuit import (
     TILE_BATCH_FLOATS,
     Built,
     Calibration,
+    CircuitSettings,
+    TileLayer,
     build,
 )
 from rcompile.verify.tilemode.layout import COMBINE_DENSE_RATIO, LayerLayout
@@ -68,9 +70,11 @@ __all__ = [
     "TILE_BATCH_FLOATS",
     "Built",
     "Calibration",
+    "CircuitSettings",
     "GraphWriter",
     "LayerLayout",
     "Probes",
+    "TileLayer",
     "add_probes",
     "build",
     "has_kernel",

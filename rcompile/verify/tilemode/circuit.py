@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rcompile.device import IDEAL_BITS, Hardware
 from rcompile.errors import BadImage
 from rcompile.image import Image, SliceRecord
-from rcompile.ir import LAYOUT_CONV
+from rcompile.ir import LAYOUT_CONV, WeightOp
 from rcompile.verify.tilemode.layout import LayerLayout
 from rcompile.verify.tilemode.onnxgraph import MS_DOMAIN, GraphWriter, node_attr
 from rcompile.verify.tilemode.probes import Probes, conv_info, dynamic_scale, sum_squares
@@ -89,6 +89,96 @@ def _layer_slices(image: Image) -> list[list[tuple[int, int, SliceRecord]]]:
     return out
 
 
+@dataclass(frozen=True)
+class CircuitSettings:
+    """What every layer of one tile-mode graph shares: the converters and the read noise."""
+
+    calibrate: bool
+    """The calibration variant: ideal converters, no noise, range outputs."""
+    noise_rel: float
+    """Relative read noise of every cell read (0 when calibrating)."""
+    dac_bits: float
+    adc_bits: float
+    """Converter resolutions (:data:`~rcompile.device.IDEAL_BITS` when calibrating)."""
+    dac_calibrated: bool
+    adc_calibrated: bool
+    """The converter's range is a calibration batch's (else each inference's own)."""
+    headroom: float
+    """Margin over the calibrated ranges."""
+    seed: int
+    bank: int
+    """At most this many stored read-noise patterns per layer."""
+    rng: np.random.Generator
+    """Draws the read-noise patterns, layer after layer."""
+
+    @classmethod
+    def of(cls, hw: Hardware, calibrate: bool, calibration: Calibration | None, seed: int,
+           bank: int) -> CircuitSettings:
+        cv = hw.converters
+        adc_bits = IDEAL_BITS if calibrate else cv.adc_bits
+        dac_bits = IDEAL_BITS if calibrate else cv.dac_bits
+        dac_calibrated = cv.dac_range == "calibrated"
+        adc_calibrated = cv.adc_range == "calibrated"
+        if not calibrate and calibration is None and (
+            (dac_calibrated and dac_bits < IDEAL_BITS)
+            or (adc_calibrated and adc_bits < IDEAL_BITS)
+        ):
+            raise ValueError("a calibrated converter range needs a Calibration")
+        return cls(calibrate=calibrate, noise_rel=0.0 if calibrate else hw.read.noise_rel,
+                   dac_bits=dac_bits, adc_bits=adc_bits, dac_calibrated=dac_calibrated,
+                   adc_calibrated=adc_calibrated, headroom=cv.headroom, seed=int(seed),
+                   bank=bank, rng=np.random.default_rng([int(seed), 0xBA4C]))
+
+
+@dataclass
+class TileLayer:
+    """One crossbar layer as every stage of :func:`build` reads it."""
+
+    index: int
+    """Position of the layer in the image (keys its read-noise draws)."""
+    op: WeightOp
+    node: onnx.NodeProto
+    """The crossbar node of the digital graph its circuit replaces."""
+    x: str
+    """The layer input (a Gemm's ``transA`` undone)."""
+    slices: list[tuple[int, int, SliceRecord]]
+    """``(tile, slice index, slice)`` of every slice of the layer."""
+    layout: LayerLayout
+    settings: CircuitSettings
+    dac_codes: float
+    """``Q``, the DAC's magnitude codes per sign (1: an ideal DAC, which passes ``x``)."""
+    dac_range: float | None
+    """A calibrated DAC's full scale, ``max |x| * headroom`` of the calibration batch (None:
+    each inference's own)."""
+    dac_full_scale: float
+    """The constant full scale the DAC codes are in: ``dac_range`` of a calibrated DAC that is
+    not ideal, else 1 (the per-inference full scale is a tensor, see :func:`_dac`)."""
+    adc_max_code: float
+    """The ADC's top code, ``2^adc_bits - 1``."""
+    adc_in_steps: bool
+    """A calibrated ADC: its steps are folded into the product's weights, so currents come out
+    in ADC steps, and its offsets into :attr:`adc_bias`."""
+    adc_bias: np.ndarray | None
+    """Per column of the product, the bias that puts a calibrated range starting below zero
+    current at code 0 (None: no such range)."""
+    input_shape: tuple[int, ...] | None
+    output_shape: tuple[int, ...] | None
+    """Static shapes of the layer's input and output (None: unknown)."""
+
+    @property
+    def conv(self) -> bool:
+        return self.op.layout == LAYOUT_CONV
+
+    def floats_per_sample(self) -> int:
+        """Per-sample float32 values of the column currents plus the gathered input (0:
+        unknown shapes)."""
+        if self.input_shape is None or self.output_shape is None:
+            return 0
+        conv, shape_in, shape_out = self.conv, self.input_shape, self.output_shape
+        pos_in = int(np.prod(shape_in[2:] if conv else shape_in[1:-1], dtype=np.int64))
+        pos_out = int(np.prod(shape_out[2:] if conv else shape_out[1:-1], dtype=np.int64))
+        return 2 * self.layout.columns * pos_out + self.layout.index.size * pos_in
+
 
 def build(
     image: Image,
@@ -116,116 +206,28 @@ def build(
     model = onnx.ModelProto()
     model.CopyFrom(graph)
     g = GraphWriter(model)
-    cell, cv = hw.cell, hw.converters
-    noise = 0.0 if calibrate else hw.read.noise_rel
-    adc_bits = IDEAL_BITS if calibrate else cv.adc_bits
-    dac_bits = IDEAL_BITS if calibrate else cv.dac_bits
-    dac_fixed = cv.dac_range == "calibrated"
-    adc_fixed = cv.adc_range == "calibrated"
-    if not calibrate and calibration is None and (
-        (dac_fixed and dac_bits < IDEAL_BITS) or (adc_fixed and adc_bits < IDEAL_BITS)
-    ):
-        raise ValueError("a calibrated converter range needs a Calibration")
-    rng = np.random.default_rng([int(seed), 0xBA4C])
+    settings = CircuitSettings.of(hw, calibrate, calibration, seed, bank)
     nodes = {n.name: n for n in model.graph.node}
     per_layer = _layer_slices(image)
-    probes: list[Probes] = []
+    built = Built(model=model, n_outputs=len(model.graph.output), probes=[])
+    current_outputs: list[str] = []  # calibration: per slice its current extremes
     replaced: dict[str, list[onnx.NodeProto]] = {}
-    built = Built(model=model, n_outputs=len(model.graph.output), probes=probes)
-    cal_slices: list[str] = []
     for li, rec in enumerate(image.layers):
-        op = rec.op
-        node = nodes.get(op.node)
-        if node is None:
-            raise BadImage(f"image: the digital graph has no node '{op.node}'")
         start = len(g.nodes)
-        conv = op.layout == LAYOUT_CONV
-        x = node.input[0]
-        if node.op_type == "Gemm" and node_attr(node, "transA", 0):
-            x = g.op("Transpose", [x], "xt", perm=[1, 0])
-        rank = len(op.shape)
-        axes = list(range(1, rank)) if conv else [-1]
-        spatial = [0, *range(2, rank)]
-        # 1. DAC: v in units of 1/q of the full scale (a per-inference tensor or a constant)
-        a: str | None = None  # per-inference full scale
-        full = 1.0  # constant full scale
-        q = 1.0
-        if calibrate:
-            built.calibration.append(g.row(g.reduce("ReduceMax", g.op("Abs", [x]), None, 0)))
-            if not dac_fixed:
-                a = dynamic_scale(g, x, axes)
-            v = x if a is None else g.op("Div", [x, a], "v")
-            v2 = sum_squares(g, v, conv, spatial, op.shape[0])
-        elif dac_bits >= IDEAL_BITS:  # an ideal DAC: x drives the rows as it is
-            v = x
-            if dac_fixed and calibration is not None:
-                inv_full = 1.0 / max(calibration.dac_max[li] * cv.headroom, 1e-30)
-                v2 = sum_squares(g, x, conv, spatial, op.shape[0], scale=inv_full)
-            else:  # energy counts v relative to each inference's own full scale
-                v2 = sum_squares(g, g.op("Div", [x, dynamic_scale(g, x, axes)]), conv, spatial,
-                             op.shape[0])
-        else:
-            q = float(2**dac_bits - 1)
-            if dac_fixed:
-                assert calibration is not None
-                full = max(calibration.dac_max[li] * cv.headroom, 1e-30)
-                v = g.op("Mul", [x, g.const("q", q / full)], "v")
-            else:
-                a = dynamic_scale(g, x, axes)
-                v = g.op("Mul", [x, g.op("Div", [g.const("q", q), a])], "v")
-            v = g.clip_round(v, -q, q, "v")
-            v2 = sum_squares(g, v, conv, spatial, op.shape[0], scale=1.0 / q)
-        probe = Probes(v2=v2, in_shape=g.row(g.op("Shape", [x]), TensorProto.FLOAT),
-                       conv=conv_info(node, op) if conv else None)
-        # 2.-5. every slice of the layer at once: crossbar, read noise, ADC, digital sum
-        slices = per_layer[li]
-        if not slices:
-            raise BadImage(f"image: layer {op.node} has no slice on any tile")
-        unit = cell.read_v * cell.step_us * q / full  # output per unit of (I+ - I-)
-        lay = LayerLayout.of(op, slices, levels, hw, unit)
-        built.slices += [(t, k) for t, k, _ in slices]
-        built.slots.append((lay.groups * lay.per, lay.slot))
-        top = float(2**adc_bits - 1)
-        fixed = adc_bits < IDEAL_BITS and adc_fixed
-        bias_c = None
-        if fixed:  # fold each slice's ADC step into its weights, its offset into a bias
-            assert calibration is not None
-            f = (q / full if dac_fixed else q) * cv.headroom
-            bias_c = lay.fold_adc([calibration.currents[(t, k)] for t, k, _ in slices], f, top)
-        src = v
-        if not conv:  # rows of the layer input
-            src = g.op("Reshape", [v, g.const("k2", [-1, op.shape[0]], np.int64)], "v2d")
-        layer_in, layer_out = (shapes or {}).get(x), (shapes or {}).get(node.output[0])
-        if layer_in is not None and layer_out is not None:
-            pos_in = int(np.prod(layer_in[2:] if conv else layer_in[1:-1], dtype=np.int64))
-            pos_out = int(np.prod(layer_out[2:] if conv else layer_out[1:-1], dtype=np.int64))
-            size = 2 * lay.columns * pos_out + lay.index.size * pos_in
-            built.floats_per_sample = max(built.floats_per_sample, size)
-        code, zp = _crossbar(g, lay, src, conv, node, noise=noise, per_in=layer_in, bank=bank,
-                             rng=rng, seed=seed, key=li, bias_c=bias_c, adc_bits=adc_bits,
-                             fixed=fixed, calibrate=calibrate, cal_slices=cal_slices)
-        # rows back to a MatMul's leading axes, undo the DAC scale, add the chip's bias
-        tail: list[tuple[str, list[str]]] = []
-        if node.op_type == "MatMul":
-            tail.append(("Reshape", [g.op("Concat", [
-                g.dims(x, 0, -1), g.const("n", [op.n_out], np.int64)], "oshape", axis=0)]))
-        # (a MatMul's bias is added by the frontend's own Add node next)
-        bias = None if node.op_type == "MatMul" else np.asarray(biases[li], np.float32)
-        if a is not None:
-            tail.append(("Mul", [a]))
-            if bias is not None:
-                tail.append(("Add", [g.const("bias", bias.reshape(-1, *([1] * (rank - 2))))]))
-                bias = None
-        out = node.output[0]
-        y = lay.combine(g, code, conv, out=None if tail else out, bias=bias, zp=zp)
-        for i, (op_type, extra) in enumerate(tail):
-            y = g.op(op_type, [y, *extra], "y", out=out if i == len(tail) - 1 else None)
-        probes.append(probe)
-        replaced[node.name] = g.nodes[start:]
+        layer = _tile_layer(g, li, rec.op, nodes, per_layer[li], levels, hw, settings,
+                            calibration, shapes or {})
+        v, dac_scale, probe = _dac(g, layer, built.calibration)  # 1.
+        code, zero_point = _crossbar(g, layer, v, current_outputs)  # 2.-4.
+        _digital(g, layer, code, zero_point, dac_scale, biases[li])  # 5.
+        built.probes.append(probe)
+        built.slices += [(t, k) for t, k, _ in layer.slices]
+        built.slots.append((layer.layout.groups * layer.layout.per, layer.layout.slot))
+        built.floats_per_sample = max(built.floats_per_sample, layer.floats_per_sample())
+        replaced[layer.node.name] = g.nodes[start:]
         del g.nodes[start:]
-    built.calibration += cal_slices
+    built.calibration += current_outputs
     _splice(model, g, image, nodes, replaced, biases)
-    for p in probes:
+    for p in built.probes:
         g.output(p.v2)
         g.output(p.in_shape)
     for name in built.calibration:
@@ -234,6 +236,108 @@ def build(
     if g.uses_ms_domain and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return built
+
+
+def _tile_layer(
+    g: GraphWriter, li: int, op: WeightOp, nodes: dict[str, onnx.NodeProto],
+    slices: list[tuple[int, int, SliceRecord]], levels: dict[int, np.ndarray], hw: Hardware,
+    settings: CircuitSettings, calibration: Calibration | None,
+    shapes: dict[str, tuple[int, ...]],
+) -> TileLayer:
+    """The record of layer ``li``: its converters' constants and its slices laid out as one
+    product (a calibrated ADC's steps folded in). Adds the Transpose that undoes a Gemm's
+    ``transA``."""
+    node = nodes.get(op.node)
+    if node is None:
+        raise BadImage(f"image: the digital graph has no node '{op.node}'")
+    if not slices:
+        raise BadImage(f"image: layer {op.node} has no slice on any tile")
+    x = node.input[0]
+    if node.op_type == "Gemm" and node_attr(node, "transA", 0):
+        x = g.op("Transpose", [x], "xt", perm=[1, 0])
+    s = settings
+    dac_range = None
+    if s.dac_calibrated and calibration is not None:
+        dac_range = max(calibration.dac_max[li] * s.headroom, 1e-30)
+    real_dac = not s.calibrate and s.dac_bits < IDEAL_BITS
+    dac_codes = float(2**s.dac_bits - 1) if real_dac else 1.0
+    full_scale = dac_range if real_dac and s.dac_calibrated and dac_range is not None else 1.0
+    unit = hw.cell.read_v * hw.cell.step_us * dac_codes / full_scale  # output per (I+ - I-)
+    layout = LayerLayout.of(op, slices, levels, hw, unit)
+    adc_max_code = float(2**s.adc_bits - 1)
+    adc_in_steps = s.adc_bits < IDEAL_BITS and s.adc_calibrated
+    adc_bias = None
+    if adc_in_steps:  # fold each slice's ADC step into its weights, its offset into a bias
+        assert calibration is not None
+        per_unit = (dac_codes / full_scale if s.dac_calibrated else dac_codes) * s.headroom
+        adc_bias = layout.fold_adc([calibration.currents[(t, k)] for t, k, _ in slices],
+                                   per_unit, adc_max_code)
+    return TileLayer(index=li, op=op, node=node, x=x, slices=slices, layout=layout,
+                     settings=settings, dac_codes=dac_codes, dac_range=dac_range,
+                     dac_full_scale=full_scale, adc_max_code=adc_max_code,
+                     adc_in_steps=adc_in_steps, adc_bias=adc_bias,
+                     input_shape=shapes.get(x), output_shape=shapes.get(node.output[0]))
+
+
+def _dac(g: GraphWriter, layer: TileLayer, dac_max_outputs: list[str]
+         ) -> tuple[str, str | None, Probes]:
+    """Step 1: the rows' drive ``v`` in units of ``1 / dac_codes`` of the full scale, the
+    per-inference full scale (None: a constant one), and the layer's energy probe. A
+    calibration graph's max-|x| output goes to ``dac_max_outputs``."""
+    s, x, conv, k = layer.settings, layer.x, layer.conv, layer.op.shape[0]
+    rank = len(layer.op.shape)
+    axes = list(range(1, rank)) if conv else [-1]
+    spatial = [0, *range(2, rank)]
+    dac_scale: str | None = None
+    if s.calibrate:
+        dac_max_outputs.append(g.row(g.reduce("ReduceMax", g.op("Abs", [x]), None, 0)))
+        if not s.dac_calibrated:
+            dac_scale = dynamic_scale(g, x, axes)
+        v = x if dac_scale is None else g.op("Div", [x, dac_scale], "v")
+        v2 = sum_squares(g, v, conv, spatial, k)
+    elif s.dac_bits >= IDEAL_BITS:  # an ideal DAC: x drives the rows as it is
+        v = x
+        if layer.dac_range is not None:
+            v2 = sum_squares(g, x, conv, spatial, k, scale=1.0 / layer.dac_range)
+        else:  # energy counts v relative to each inference's own full scale
+            v2 = sum_squares(g, g.op("Div", [x, dynamic_scale(g, x, axes)]), conv, spatial, k)
+    else:
+        codes = layer.dac_codes
+        if s.dac_calibrated:
+            v = g.op("Mul", [x, g.const("q", codes / layer.dac_full_scale)], "v")
+        else:
+            dac_scale = dynamic_scale(g, x, axes)
+            v = g.op("Mul", [x, g.op("Div", [g.const("q", codes), dac_scale])], "v")
+        v = g.clip_round(v, -codes, codes, "v")
+        v2 = sum_squares(g, v, conv, spatial, k, scale=1.0 / codes)
+    probe = Probes(v2=v2, in_shape=g.row(g.op("Shape", [x]), TensorProto.FLOAT),
+                   conv=conv_info(layer.node, layer.op) if conv else None)
+    return v, dac_scale, probe
+
+
+def _digital(g: GraphWriter, layer: TileLayer, code: str, zero_point: int | None,
+             dac_scale: str | None, bias: np.ndarray) -> str:
+    """Step 5: the codes summed into the layer's outputs, rows back to a MatMul's leading axes,
+    the DAC's per-inference full scale undone and the chip's bias added, under the crossbar
+    node's own output name."""
+    node, op = layer.node, layer.op
+    tail: list[tuple[str, list[str]]] = []
+    if node.op_type == "MatMul":
+        tail.append(("Reshape", [g.op("Concat", [
+            g.dims(layer.x, 0, -1), g.const("n", [op.n_out], np.int64)], "oshape", axis=0)]))
+    # (a MatMul's bias is added by the frontend's own Add node next)
+    b: np.ndarray | None = None if node.op_type == "MatMul" else np.asarray(bias, np.float32)
+    if dac_scale is not None:
+        tail.append(("Mul", [dac_scale]))
+        if b is not None:
+            tail.append(("Add", [g.const("bias", b.reshape(-1, *([1] * (len(op.shape) - 2))))]))
+            b = None
+    out = node.output[0]
+    y = layer.layout.combine(g, code, layer.conv, out=None if tail else out, bias=b,
+                             zp=zero_point)
+    for i, (op_type, extra) in enumerate(tail):
+        y = g.op(op_type, [y, *extra], "y", out=out if i == len(tail) - 1 else None)
+    return y
 
 
 def _splice(
@@ -263,87 +367,81 @@ def _splice(
     del model.graph.value_info[:]
 
 
-
-def _crossbar(
-    g: GraphWriter, lay: LayerLayout, src: str, conv: bool, node: onnx.NodeProto, *, noise: float,
-    per_in: tuple[int, ...] | None, bank: int, rng: np.random.Generator, seed: int, key: int,
-    bias_c: np.ndarray | None, adc_bits: float, fixed: bool, calibrate: bool,
-    cal_slices: list[str],
-) -> tuple[str, int | None]:
-    """Steps 2.-4. of :func:`build` for every slice of layer ``lay`` on the DAC's output
-    ``src``: gathered rows, read noise, the product and the ADC. Returns the codes and their
-    zero point (see :func:`_adc_codes`); a calibration graph's per-slice current extremes go to
-    ``cal_slices``."""
+def _crossbar(g: GraphWriter, layer: TileLayer, v: str, current_outputs: list[str]
+              ) -> tuple[str, int | None]:
+    """Steps 2.-4. for every slice of ``layer`` at once on the DAC's output ``v``: gathered
+    rows, read noise, the product and the ADC. Returns the codes and their zero point (see
+    :func:`_adc_codes`); a calibration graph's per-slice current extremes go to
+    ``current_outputs``."""
+    s, lay, conv = layer.settings, layer.layout, layer.conv
+    src = v
+    if not conv:  # rows of the layer input
+        src = g.op("Reshape", [v, g.const("k2", [-1, layer.op.shape[0]], np.int64)], "v2d")
     rows = lay.index.reshape(-1)
     vin = src
     if not np.array_equal(rows, np.arange(lay.channels)):
         vin = g.op("Gather", [src, g.const("rows", rows, np.int64)], "vin", axis=1)
     groups = lay.groups
-    if noise > 0:  # each group's input twice, for its + and its - columns, each noisy
-        per = None
-        if per_in is not None:
-            per = (lay.groups, 2, lay.width,
-                   *([int(np.prod(per_in[2:], dtype=np.int64))] if conv else []))
-        room = max(8, NOISE_BANK_FLOATS // max(1, int(np.prod(per or (1,)))))
-        vin = _noisy_rows(g, vin, conv, lay.groups, lay.width, noise, per, rng, seed, key,
-                          min(bank, room))
+    if s.noise_rel > 0:  # each group's input twice, for its + and its - columns, each noisy
+        vin = _noisy_rows(g, layer, vin)
         groups = 2 * lay.groups
-    top = float(2**adc_bits - 1)
-    clipped = False  # the ADC's clip to [0, top] steps done by the product itself
+    max_code = layer.adc_max_code
+    clipped = False  # the ADC's clip to [0, max_code] steps done by the product itself
     if conv:
         w_ins = [vin, g.const("w", lay.weights())]
-        if bias_c is not None:
-            w_ins.append(g.const("b", bias_c))
-        if fixed and adc_bits <= 8:  # onnxruntime's Conv with a fused Clip: one pass less
+        if layer.adc_bias is not None:
+            w_ins.append(g.const("b", layer.adc_bias))
+        if layer.adc_in_steps and s.adc_bits <= 8:  # onnxruntime's Conv with a fused Clip
             cur = g.op("FusedConv", w_ins, "cur", domain=MS_DOMAIN, group=groups,
-                       activation="Clip", activation_params=[0.0, top], **_conv_attrs(node))
+                       activation="Clip", activation_params=[0.0, max_code],
+                       **_conv_attrs(layer.node))
             g.uses_ms_domain = True
             clipped = True
         else:
-            cur = g.op("Conv", w_ins, "cur", group=groups, **_conv_attrs(node))
+            cur = g.op("Conv", w_ins, "cur", group=groups, **_conv_attrs(layer.node))
     else:  # block-diagonal: one batched MatMul over the groups
-        cur = _grouped_matmul(g, vin, lay.weights(), groups, bias_c)
+        cur = _grouped_matmul(g, vin, lay.weights(), groups, layer.adc_bias)
     # cur: [N, columns, *spatial] (Conv) or [rows, columns]
     per_slice = ""
-    if calibrate or (adc_bits < IDEAL_BITS and not fixed):
+    if s.calibrate or (s.adc_bits < IDEAL_BITS and not layer.adc_in_steps):
         per_slice = g.op("Reshape", [cur, g.const("s5", lay.slot_shape(), np.int64)], "cur5")
-    if calibrate:
-        cal_slices += [g.row(g.reduce("ReduceMin", per_slice, [0, 2, 4], 0)),
-                       g.row(g.reduce("ReduceMax", per_slice, [0, 2, 4], 0))]
-    if fixed:  # currents are in ADC steps already
-        return _adc_codes(g, cur, int(adc_bits), clipped)
-    if adc_bits < IDEAL_BITS:  # per inference and slice: [min(0, lo), hi]
+    if s.calibrate:
+        current_outputs += [g.row(g.reduce("ReduceMin", per_slice, [0, 2, 4], 0)),
+                            g.row(g.reduce("ReduceMax", per_slice, [0, 2, 4], 0))]
+    if layer.adc_in_steps:  # currents are in ADC steps already
+        return _adc_codes(g, cur, int(s.adc_bits), clipped)
+    if s.adc_bits < IDEAL_BITS:  # per inference and slice: [min(0, lo), hi]
         lo = g.minimum(g.reduce("ReduceMin", per_slice, [2, 4]), 0.0, "lo")
         hi = g.reduce("ReduceMax", per_slice, [2, 4])
-        step_t = g.maximum(g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / top)]),
+        step_t = g.maximum(g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / max_code)]),
                            1e-30, "adc_step")
-        code = g.round(g.op("Div", [g.op("Sub", [per_slice, lo]), step_t]), 0.0, top)
+        code = g.round(g.op("Div", [g.op("Sub", [per_slice, lo]), step_t]), 0.0, max_code)
         return g.op("Reshape", [g.op("Mul", [code, step_t]), g.op("Shape", [cur])], "adc"), None
     return cur, None
 
 
-def _adc_codes(g: GraphWriter, cur: str, bits: int, clipped: bool = False) -> tuple[str, int | None]:
+def _adc_codes(g: GraphWriter, cur: str, bits: int, clipped: bool = False
+               ) -> tuple[str, int | None]:
     """Codes ``clip(round(cur), 0, 2^bits - 1)`` of currents already in ADC steps, and their
     zero point.
 
-    Up to 8 bits: uint8 codes from a QuantizeLinear with zero point ``255 - top`` (its
+    Up to 8 bits: uint8 codes from a QuantizeLinear with zero point ``255 - max_code`` (its
     saturation at 255 is the ADC's top code; currents below zero are clipped first), which the
     digital sum reads back with that zero point (:meth:`LayerLayout.combine`), so the float codes
-    are never written. ``clipped``: ``cur`` is in ``[0, top]`` already (a fused Clip), and the
+    are never written. ``clipped``: ``cur`` is in ``[0, max_code]`` already (a fused Clip), and the
     zero point is 0. Above 8 bits: float codes (zero point None)."""
-    top = float(2**bits - 1)
+    max_code = float(2**bits - 1)
     if clipped and not g.uint8_codes:
-        return g.round(cur, 0.0, top), None
+        return g.round(cur, 0.0, max_code), None
     if clipped:
         return g.op("QuantizeLinear", [cur, g.const("one", 1.0), g.const("zp0", 0, np.uint8)],
                     "adc"), 0
     if bits > 8 or not g.uint8_codes:
-        return g.clip_round(cur, 0.0, top), None
+        return g.clip_round(cur, 0.0, max_code), None
     cur = g.op("Relu", [cur], "cur")
-    zp = 255 - int(top)
+    zp = 255 - int(max_code)
     return g.op("QuantizeLinear", [cur, g.const("one", 1.0), g.const("zp", zp, np.uint8)],
                 "adc"), zp
-
 
 
 def _grouped_matmul(
@@ -364,7 +462,6 @@ def _grouped_matmul(
     return y if bias is None else g.op("Add", [y, g.const("b", bias)], "cur")
 
 
-
 def _conv_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out = {}
     for a in node.attribute:
@@ -373,18 +470,25 @@ def _conv_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
-def _noisy_rows(
-    g: GraphWriter, vin: str, conv: bool, groups: int, width: int, rel: float,
-    per: tuple[int, ...] | None, rng: np.random.Generator, seed: int, k: int, bank: int,
-) -> str:
-    """Every group's gathered input twice (for its ``+`` and its ``-`` columns: ``[N, groups *
-    2 * width, *spatial]``), each element times ``1 + rel * N(0, 1)``: every read of a cell
-    carries relative noise ``rel``, drawn per row and read, independently for the two signs.
+def _noisy_rows(g: GraphWriter, layer: TileLayer, vin: str) -> str:
+    """Every group of ``layer``'s gathered input ``vin`` twice (for its ``+`` and its ``-``
+    columns: ``[N, groups * 2 * width, *spatial]``), each element times ``1 + rel * N(0, 1)``:
+    every read of a cell carries relative noise ``rel``, drawn per row and read, independently
+    for the two signs.
     Per column this is exactly the variance of independent cell noise,
     ``rel^2 sum_i (v_i G_ij)^2``; columns reading the same rows share their draws. Draws come
     from ``bank`` stored per-inference patterns ``per`` picked at random
     (``RandomNormalLike`` when the input shape is unknown). One broadcast Mul writes both
     copies in the order the grouped product reads them."""
+    s, conv, lay = layer.settings, layer.conv, layer.layout
+    groups, width, rel = lay.groups, lay.width, s.noise_rel
+    seed, k = s.seed, layer.index  # the layer's own random stream
+    per = None  # one inference's draws
+    if layer.input_shape is not None:
+        per = (groups, 2, width,
+               *([int(np.prod(layer.input_shape[2:], dtype=np.int64))] if conv else []))
+    room = max(8, NOISE_BANK_FLOATS // max(1, int(np.prod(per or (1,)))))
+    bank = min(s.bank, room)
     split = g.const("gw", [0, groups, 1, width, *([-1] if conv else [])], np.int64)
     v5 = g.op("Reshape", [vin, split], "vg")
     back = g.shape_with(vin, [2 * groups * width])
@@ -393,7 +497,7 @@ def _noisy_rows(
         z = g.normal_like(both, seed * 7919 + k, "z")
         f = g.op("Add", [g.op("Mul", [z, g.const("rel", rel)]), g.const("one", 1.0)], "f")
         return g.op("Reshape", [g.op("Mul", [both, f], "vnoisy"), back], "vnoisy")
-    patterns = 1.0 + rel * rng.standard_normal((bank, *per), dtype=np.float32)
+    patterns = 1.0 + rel * s.rng.standard_normal((bank, *per), dtype=np.float32)
     pat = g.const("bank", patterns)
     u = g.uniform(g.dims(vin, 0, 1), seed * 7919 + k + 1, "u")
     pick = g.op("Floor", [g.op("Mul", [u, g.const("k", float(bank))])], "idx")

@@ -109,17 +109,19 @@ class LayerLayout:
         ``[N, groups, 2, per, -1]``."""
         return [0, self.groups, 2, self.per, -1]
 
-    def fold_adc(self, ranges: list[tuple[float, float]], f: float, top: float
+    def fold_adc(self, ranges: list[tuple[float, float]], per_unit: float, max_code: float
                  ) -> np.ndarray | None:
         """Scale every slice's weights by ``1 / step`` of its calibrated ADC (currents come out
         in ADC steps) and its coefficients by ``step``; the bias that puts a range starting
-        below zero current at code 0 (None when no range does)."""
+        below zero current at code 0 (None when no range does). ``ranges`` are the slices'
+        calibrated current extremes, ``per_unit`` converts them to the product's units, and
+        ``max_code`` is the ADC's top code."""
         bias = np.zeros((self.groups, 2, self.per, self.mmax), np.float64)
         coef = self.coef.reshape(self.groups, 2, self.per, self.mmax)
         for i, (lo_r, hi_r) in enumerate(ranges):
             gi, j = divmod(int(self.slot[i]), self.per)
-            lo_c, hi_c = min(lo_r, 0.0) * f, hi_r * f
-            step = max((hi_c - lo_c) / top, 1e-30)
+            lo_c, hi_c = min(lo_r, 0.0) * per_unit, hi_r * per_unit
+            step = max((hi_c - lo_c) / max_code, 1e-30)
             self.w[gi, :, j] /= step
             coef[gi, :, j] *= step
             bias[gi, :, j] = -lo_c / step
@@ -211,7 +213,6 @@ class LayerLayout:
         return g.op("Gather", [y, g.const("where", where, np.int64)], "y", out=out, axis=1)
 
 
-
 def _dequantize(g: GraphWriter, code: str, zp: int) -> str:
     """``code - zp`` of uint8 codes, as float (one DequantizeLinear)."""
     return g.op("DequantizeLinear", [code, g.const("one", 1.0), g.const("zp", zp, np.uint8)],
@@ -228,7 +229,6 @@ def _per_column(g: GraphWriter, code: str, coef: np.ndarray, zp: int | None, spa
     return g.op("DequantizeLinear", [code, g.const("coef", sc),
                                      g.const("zp", np.full(sc.size, zp), np.uint8)],
                 "terms", axis=1)
-
 
 
 def _conv_block(op: Any, s: SliceRecord, w_i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

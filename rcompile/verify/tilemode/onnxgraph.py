@@ -233,7 +233,6 @@ def has_kernel(op_type: str, opset: int) -> bool:
     return any(lo == since or lo <= since <= hi < top for lo, hi in kernels.get(op_type, []))
 
 
-
 def node_attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:

@@ -50,7 +50,6 @@ class Probes:
         return int(np.prod(spatial, dtype=np.int64)), int(np.prod(out, dtype=np.int64))
 
 
-
 def add_probes(model: onnx.ModelProto, image: Image) -> tuple[onnx.ModelProto, list[Probes]]:
     """``model`` (ideal mode: the digital graph with effective weights) plus the energy probes of
     every crossbar layer, ``v = x / max|x|`` per inference (an ideal, dynamic DAC)."""
