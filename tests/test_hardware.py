@@ -294,6 +294,46 @@ def test_on_off_leak_cancels_in_pairs_but_costs_adc_range_and_energy() -> None:
     assert err[1] > 1.5 * err[0]  # and eats ADC codes
 
 
+# --------------------------------------------------------------------------- the fault-free chip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_fault_free_chip_holds_the_intended_weights_and_no_stuck_cell(case: str) -> None:
+    fm = faulty()
+    image, _ = CASES[case](fm)
+    stuck = fm.faults != 0  # a compiler may write anything to a stuck cell: it stays stuck
+    image = replace(image, tiles=tuple(
+        replace(t, levels=np.where(stuck[t.tile], DEV.max_level, t.levels).astype(np.uint8))
+        for t in image.tiles))
+    free_image, free_map = runtime.fault_free_chip(image, fm)
+    assert not free_map.faults.any() and free_map.chip_id == fm.chip_id
+    assert free_map.faults.shape == fm.faults.shape
+    assert all(not np.any(s.offset) for t in free_image.tiles for s in t.slices)
+    for got, want in zip(runtime.effective_weights(free_image, free_map, hardware=IDEAL),
+                         runtime.intended_weights(image), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for before, after in zip(image.tiles, free_image.tiles, strict=True):
+        for s in before.slices:
+            pr = np.asarray(s.phys_rows)[:, None]
+            clear = ~(stuck[before.tile][pr, s.pos] | stuck[before.tile][pr, s.neg])  # kept
+            for cols in (s.pos, s.neg):
+                np.testing.assert_array_equal(after.levels[pr, cols][clear],
+                                              before.levels[pr, cols][clear])
+
+
+def test_a_chip_with_no_stuck_cell_matches_the_fault_free_chip_on_its_device() -> None:
+    image, graph = CASES["split"](healthy())
+    data = dataset(graph, 64, labels=True)
+    noisy = replace(IDEAL, converters=Converters(adc_bits=3), read=Read(noise_rel=0.05))
+    rep = runtime.verify(image, healthy(), data, hardware=noisy, noise_seed=4)
+    assert rep.device_fault_free_accuracy == rep.accuracy and rep.device_agreement == 1.0
+    assert rep.agreement is not None and rep.agreement < 1.0  # the device alone costs decisions
+    fm = faulty()
+    exact = runtime.verify(CASES["split"](fm)[0], fm, data, hardware=IDEAL)  # the ideal reference
+    assert exact.device_fault_free_accuracy == exact.fault_free_accuracy
+    assert exact.device_agreement == exact.agreement
+
+
 # --------------------------------------------------------------------------- energy and latency
 
 

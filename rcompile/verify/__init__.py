@@ -50,6 +50,7 @@ from rcompile.verify.weights import (
     chip_biases,
     chip_levels,
     effective_weights,
+    fault_free_chip,
     image_device,
     image_hardware,
     image_name,
@@ -73,6 +74,7 @@ __all__ = [
     "chip_levels",
     "effective_weights",
     "emulate",
+    "fault_free_chip",
     "emulated_model",
     "free_dims",
     "image_device",
@@ -92,13 +94,13 @@ def verify(
     batch_size: int = 256, hardware: Hardware | None = None, mode: str = "auto",
     noise_seed: int = 0,
 ) -> Report:
-    """Emulate the faulty chip on ``dataset`` and compare it with the fault-free chip.
+    """Emulate the faulty chip on ``dataset`` and compare it with the fault-free chip, and (a
+    device that is not exact) with the fault-free chip on that device (:func:`fault_free_chip`).
 
-    ``hardware`` is the device to emulate (default: :func:`image_hardware`), ``mode`` one of
-    :data:`MODES`, ``noise_seed`` seeds programming variation and read noise (one seed, one
-    chip: the same seed gives the same report). ``reference_model`` (the original float model,
-    optional) adds its accuracy as ``float_accuracy``. Raises :class:`BadImage` if the fault
-    map is not the image's chip (:func:`check_match`).
+    ``hardware``: the device (default :func:`image_hardware`); ``mode``: one of :data:`MODES`;
+    ``noise_seed`` seeds programming variation and read noise (the same seed, the same report);
+    ``reference_model``, the original float model, adds ``float_accuracy``. Raises
+    :class:`BadImage` if the fault map is not the image's chip (:func:`check_match`).
     """
     emulation_mode(mode)
     remeasured = check_match(image, faultmap, allow_remeasured=allow_remeasured,
@@ -117,14 +119,24 @@ def verify(
                                noise_seed, src)
     with clock("emulated_s"):
         emu, probe_outs, n_energy = run_with_probes(graph, dataset, src)
-    flt, clock.seconds["float_s"] = None, None
-    if reference_model is not None:
-        with clock("float_s"):
-            flt = run(reference_model, dataset, batch_size, source="reference model")
+    flt = _float_outputs(reference_model, dataset, batch_size, clock)
+    on_device = ref if hw.exact else emulate(  # the fault-free chip on the same device
+        *fault_free_chip(image, faultmap, image_source), dataset, hardware=hw, mode=mode,
+        noise_seed=noise_seed, batch_size=batch_size, image_source=image_source)
     costs = energy_costs(image, reference, chip.levels, hw, graph.probes, probe_outs, dataset,
                          n_energy)
-    return report(image, faultmap, dataset, chip, intended, (emu, ref, flt), costs,
+    return report(image, faultmap, dataset, chip, intended, (emu, ref, flt, on_device), costs,
                   remeasured=remeasured, clock=clock, mode=mode, hw=hw, noise_seed=noise_seed)
+
+
+def _float_outputs(model: onnx.ModelProto | None, dataset: Dataset, batch_size: int,
+                   clock: Stopwatch) -> list[np.ndarray] | None:
+    """The float model's outputs on ``dataset`` (None without one), timed as ``float_s``."""
+    clock.seconds["float_s"] = None
+    if model is None:
+        return None
+    with clock("float_s"):
+        return run(model, dataset, batch_size, source="reference model")
 
 
 def emulate(

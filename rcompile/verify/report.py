@@ -93,6 +93,14 @@ class Report:
     energy: list[dict[str, Any]] = field(default_factory=list)
     """Per crossbar layer (then the digital periphery): ``cell_j``, ``adc_j``, ``dac_j``,
     ``digital_j``, ``energy_j``, ``latency_s``, ``mvms``, ``adc_conversions``."""
+    device_fault_free_accuracy: float | None = None
+    """Top-1 accuracy of the fault-free chip on the emulated device, in the same mode with the
+    same seed (:func:`~rcompile.verify.weights.fault_free_chip`): what the device alone costs,
+    apart from the stuck cells. On an exact device (:attr:`~rcompile.device.Hardware.exact`) it
+    is :attr:`fault_free_accuracy`."""
+    device_agreement: float | None = None
+    """Share of top-1 decisions the faulty chip shares with the fault-free chip on the emulated
+    device (None as for :attr:`agreement`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,7 +217,8 @@ def report(
     dataset: Dataset,
     chip: RealisedChip,
     intended: list[np.ndarray],
-    outputs: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None],
+    outputs: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None,
+                   list[np.ndarray]],
     costs: list[energy.LayerCost],
     *,
     remeasured: bool,
@@ -219,8 +228,9 @@ def report(
     noise_seed: int,
 ) -> Report:
     """The :class:`Report` of one emulation; ``outputs`` are the emulated chip's, the fault-free
-    chip's and (None without it) the float model's."""
-    emu, ref, flt = outputs
+    chip's, the float model's (None without it) and the fault-free chip's on the emulated
+    device."""
+    emu, ref, flt, on_device = outputs
     diff_sq = sum(
         float(np.sum((e.astype(np.float64) - r) ** 2)) for e, r in zip(emu, ref, strict=True)
     )
@@ -244,6 +254,8 @@ def report(
         energy_per_inference_j=float(sum(c.energy_j for c in costs)),
         latency_per_inference_s=float(sum(c.latency_s for c in costs)),
         energy=[c.to_dict() for c in costs],
+        device_fault_free_accuracy=_accuracy(on_device[0], dataset.labels, dataset.source),
+        device_agreement=_agreement(emu[0], on_device[0]),
     )
 
 

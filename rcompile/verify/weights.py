@@ -56,6 +56,7 @@ __all__ = [
     "chip_biases",
     "chip_levels",
     "effective_weights",
+    "fault_free_chip",
     "image_device",
     "image_hardware",
     "image_name",
@@ -504,3 +505,72 @@ def chip_biases(image: Image) -> list[np.ndarray]:
             np.add.at(out[s.layer], outs, np.asarray(s.offset, np.float64))
     return [b.astype(np.float32) for b in out]
 
+
+
+# --------------------------------------------------------------------------- the fault-free chip
+
+
+def fault_free_chip(
+    image: Image, faultmap: FaultMap, image_source: str | None = None
+) -> tuple[Image, FaultMap]:
+    """``image`` and ``faultmap`` as this chip would be with no cell stuck and every weight
+    programmed to its quantised value, for emulating the fault-free chip on a device.
+
+    Every cell pair under a cell ``faultmap`` marks stuck is programmed afresh to its share of
+    the intended weight ``q * scale`` (the part the other pairs of that weight do not hold,
+    split evenly over the stuck ones): ``d`` levels apart, ``d`` on the ``+`` cell when
+    positive, ``-d`` on the ``-`` cell when negative, the other cell at level 0, ``d`` rounded
+    to a whole level within the cell's range. Every other pair keeps its target levels, no slice
+    keeps its per-chip ``offset``, and the fault map keeps the chip's geometry, id and measured
+    cell range but no stuck cell.
+    """
+    name = image_name(image, image_source)
+    max_level = image_device(image, image_source).max_level
+    T, R, C = _geometry(image, name)
+    stuck = np.asarray(faultmap.faults) != 0
+    if stuck.shape != (T, R, C):
+        raise BadImage(
+            f"image {name} expects a {T}x{R}x{C} chip but fault map "
+            f"{faultmap.source or '<in-memory fault map>'} is {'x'.join(map(str, stuck.shape))}"
+        )
+    for i, rec in enumerate(image.layers):
+        _check_layer(image, i, rec)
+    # per logical weight: what the pairs clear of stuck cells hold, and how many pairs are not
+    held = [np.zeros((r.op.groups, r.op.rows, r.op.outs), np.float64) for r in image.layers]
+    n_hit = [np.zeros(h.shape, np.int64) for h in held]
+    pairs = []
+    for tile in image.tiles:
+        t = int(tile.tile)
+        if not 0 <= t < T:
+            raise BadImage(f"image {name}: tile {t} is outside the chip; expected a tile index "
+                           f"in 0..{T - 1}")
+        lv = np.asarray(tile.levels).astype(np.float64)
+        for k, s in enumerate(tile.slices):
+            _check_slice(image, f"image {name}: tile {t} slice {k}", s, R, C)
+            pr = np.asarray(s.phys_rows, np.intp)[:, None]
+            pos, neg = np.asarray(s.pos, np.intp), np.asarray(s.neg, np.intp)
+            hit = stuck[t][pr, pos] | stuck[t][pr, neg]
+            idx: Any = (s.group, np.asarray(s.rows, np.intp)[:, None], np.asarray(s.outs, np.intp))
+            contrib = np.asarray(s.scale, np.float64) * (lv[pr, pos] - lv[pr, neg])
+            np.add.at(held[s.layer], idx, np.where(hit, 0.0, contrib))
+            np.add.at(n_hit[s.layer], idx, hit.astype(np.int64))
+            pairs.append((pr, pos, neg, hit, idx))
+    want = [r.q.astype(np.float64) * r.scale.astype(np.float64)[:, None, :] for r in image.layers]
+    tiles, it = [], iter(pairs)
+    for tile in image.tiles:
+        lv = np.array(tile.levels, copy=True)
+        slices = []
+        for s in tile.slices:
+            pr, pos, neg, hit, idx = next(it)
+            if hit.any():
+                share = (want[s.layer] - held[s.layer])[idx] / np.maximum(n_hit[s.layer][idx], 1)
+                scale = np.asarray(s.scale, np.float64)
+                d = np.divide(share, scale, out=np.zeros_like(share), where=scale != 0)
+                d = np.clip(np.rint(d), -max_level, max_level)
+                ii, jj = np.nonzero(hit)
+                lv[pr[ii, 0], pos[jj]] = np.maximum(d[ii, jj], 0)
+                lv[pr[ii, 0], neg[jj]] = np.maximum(-d[ii, jj], 0)
+            slices.append(replace(s, offset=np.zeros(len(s.outs), np.float32)))
+        tiles.append(replace(tile, levels=lv, slices=tuple(slices)))
+    healthy = replace(faultmap, faults=np.zeros_like(faultmap.faults), stuck_g=None)
+    return replace(image, tiles=type(image.tiles)(tiles)), healthy
