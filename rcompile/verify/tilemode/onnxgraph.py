@@ -229,8 +229,8 @@ def has_kernel(op_type: str, opset: int) -> bool:
     kernels = _kernels()
     if kernels is None:
         return True
-    top = np.iinfo(np.int32).max
-    return any(lo == since or lo <= since <= hi < top for lo, hi in kernels.get(op_type, []))
+    open_ended = np.iinfo(np.int32).max  # the upper bound onnxruntime gives an open range
+    return any(lo == since or lo <= since <= hi < open_ended for lo, hi in kernels.get(op_type, []))
 
 
 def node_attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
