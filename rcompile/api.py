@@ -391,7 +391,7 @@ def calib_stats(
     import onnxruntime as ort
 
     from rcompile.data import batches, fixed_batch, input_specs, unpad
-    from rcompile.runtime import free_dims
+    from rcompile.verify.execute import free_dims
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

@@ -19,9 +19,10 @@ from typing import Any
 import click
 import numpy as np
 
-from rcompile import __version__, api, interrupts, runtime
+from rcompile import __version__, api, interrupts
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
+from rcompile import verify as runtime
 from rcompile.data import load_data
 from rcompile.errors import RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap

@@ -167,7 +167,7 @@ def compile_chip(state: LotState, task: ChipTask) -> dict[str, Any]:
 
 def _verify(line: dict[str, Any], image: rimg.Image, fm: fmap.FaultMap, state: LotState,
             task: ChipTask) -> None:
-    from rcompile import runtime
+    from rcompile import verify as runtime
 
     assert state.verify is not None
     rep = runtime.verify(image, fm, state.verify, image_source=task.image)
