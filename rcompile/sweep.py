@@ -26,6 +26,7 @@ import onnx
 
 from rcompile import api, runtime
 from rcompile import faultmap as fmap
+from rcompile import pipeline as pl
 from rcompile.data import input_specs, load_data
 from rcompile.device import Hardware
 from rcompile.errors import BadData
@@ -48,11 +49,13 @@ def run_sweep(
     progress: Callable[[int, int], None] | None = None,
     hardware: Hardware | None = None,
     mode: str = "auto",
+    solver: pl.SolverOptions | None = None,
 ) -> dict[str, Any]:
     """``hardware`` (a device model) is what the compiler quantises for and what every chip is
     verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
     cell, as before device models existed. ``progress(done, total)`` is called after every
-    point (a fault map compiled for every strategy and verified)."""
+    point (a fault map compiled for every strategy and verified). ``solver``: the options of
+    every solver call (time limit, seed)."""
     family = fmap.FaultMap(np.zeros((1, rows, cols), np.uint8), chip_id="family",
                            source="sweep chip family")
     lot = api.plan_lot(model_path, family, hardware=hardware, calib_path=calib_path,
@@ -70,7 +73,8 @@ def run_sweep(
     device_fault_free: list[float] = []
     if hardware is not None:  # the device's own noise floor: a fault-free chip per noise seed
         healthy = fmap.synth(tiles, rows, cols, 0.0, (1.0, 1.0), 0)
-        image = api.compile_chip(model_path, healthy, lot=lot, strategy="two-column").image
+        image = api.compile_chip(model_path, healthy, lot=lot, strategy="two-column",
+                                 solver=solver).image
         for seed in range(seeds):
             rep = runtime.verify(image, healthy, data, hardware=hardware, mode=mode,
                                  noise_seed=seed)
@@ -80,7 +84,7 @@ def run_sweep(
         fm = fmap.synth(tiles, rows, cols, rate, ratio, seed)
         for strategy in strategies:
             t0 = time.perf_counter()
-            res = api.compile_chip(model_path, fm, lot=lot, strategy=strategy)
+            res = api.compile_chip(model_path, fm, lot=lot, strategy=strategy, solver=solver)
             seconds = time.perf_counter() - t0
             rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
                                  noise_seed=seed)
