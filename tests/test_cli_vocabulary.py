@@ -175,3 +175,21 @@ def test_a_saved_plan_on_a_device_gives_one_cell_and_the_image_of_a_fresh_plan(
 def test_the_committed_cli_reference_is_the_generated_one() -> None:
     committed = Path(ROOT, "docs", "cli.md").read_text()
     assert committed == clidoc.render(), "docs/cli.md is stale: run 'make docs'"
+
+
+def test_jobs_never_change_the_image(w: dict[str, str]) -> None:
+    outs = [os.path.join(w["dir"], f"j{j}.rimg") for j in (1, 2)]
+    for j, out in zip((1, 2), outs, strict=True):
+        r = rcompile("build", w["model"], "--faultmap", w["chip"], "-j", str(j), "-o", out)
+        assert r.returncode == 0, r.stderr
+    assert Path(outs[0]).read_bytes() == Path(outs[1]).read_bytes()
+
+
+def test_provision_verification_mode_and_noise_seed_are_in_its_key() -> None:
+    from rcompile.data import Dataset
+    from rcompile.provision import verify_key
+
+    data = Dataset(inputs={"x": np.zeros((2, 3), np.float32)}, labels=None, n=2)
+    keys = {verify_key(data, None), verify_key(data, None, "tile", 0),
+            verify_key(data, None, "auto", 1)}
+    assert len(keys) == 3 and verify_key(data, None) == verify_key(data, None, "auto", 0)
