@@ -314,7 +314,8 @@ def _csv(kind: type) -> Any:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Evaluation data (.npz): one array per model input, 'labels'.")
 @option("--rate", "rates", deprecated=("--rates",), default="0.001,0.01,0.05,0.1,0.2,0.5",
         show_default=True, callback=_csv(float), help="Fault rates p (comma-separated).")
 @option("--ratio", "ratios", deprecated=("--ratios",), default="5:1,1:5", show_default=True,
@@ -327,8 +328,10 @@ def _csv(kind: type) -> Any:
               help="Fault-map seeds per point.")
 @click.option("--spare", type=click.FloatRange(min=0), default=0.10, show_default=True,
               help="Extra tiles on every synthetic chip, as a fraction.")
-@click.option("--rows", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--cols", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--rows", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Rows per tile of the synthetic chips.")
+@click.option("--cols", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Columns per tile of the synthetic chips (even).")
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data for 'full'.")
 @_prune_option
 @_device_option
