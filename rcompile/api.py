@@ -119,7 +119,12 @@ def plan_lot(
             raise BadPlan(f"{plan_path}: plan is quantised for {saved.plan.device.levels} levels "
                           f"but device {hardware.name} has {hardware.cell.levels}: make a plan "
                           f"with --levels {hardware.cell.levels}")
-        return LotPlan(saved.plan, saved.calib, (), saved.source, time.perf_counter() - t0)
+        plan = saved.plan
+        if hardware is not None:  # one cell for the whole image: the device's, as without a plan
+            cell = compiler_device(hardware)
+            assert cell is not None
+            plan = replace(plan, device=cell)
+        return LotPlan(plan, saved.calib, (), saved.source, time.perf_counter() - t0)
     if fm is None:
         raise ValueError("plan_lot: a plan made from the model needs a fault map (its geometry)")
     geo = fm.geometry
@@ -287,13 +292,14 @@ def build(
     passes = chip_pipeline(spec, plan) if passes is None else passes
     device = chip_device(plan, fm)
     solver = solver or pl.SolverOptions()
+    seen = None if calib is None else _ReadTracking(calib)
     ctx = pl.ChipContext(
         geometry=geo,
         device=device,
         stuck=fm.stuck_levels(device),
         chip_id=fm.chip_id,
         solver=solver,
-        calib=calib,
+        calib=seen,
     )
     _, mapping, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
     assert mapping is not None
@@ -309,7 +315,7 @@ def build(
             "solver_time_limit_s": solver.time_limit_s,
             "solver_workers": solver.workers,
             "solver_seed": solver.seed,
-            "calibrated": calib is not None,
+            "calibrated": seen is not None and seen.read,
         },
         "device": device.to_dict(),
         "geometry": {"tiles": geo.tiles, "rows": geo.rows, "cols": geo.cols},
@@ -318,6 +324,17 @@ def build(
         header["hardware"] = hardware
     image = to_image(chip_view(plan, mapping), mapping, header)
     return BuildResult(image, mapping, log, _warnings(mapping, log, ctx))
+
+
+class _ReadTracking(tuple):  # type: ignore[type-arg]
+    """The calibration statistics, noting whether a pass read them (indexed them by layer), so
+    the image header says ``calibrated`` only when the statistics changed what was done."""
+
+    read = False
+
+    def __getitem__(self, i: Any) -> Any:
+        self.read = True
+        return super().__getitem__(i)
 
 
 def _warnings(mapping: ChipMapping, log: list[dict[str, Any]], ctx: pl.ChipContext) -> list[str]:

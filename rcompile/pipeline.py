@@ -100,6 +100,8 @@ class BadPipeline(RcompileError):
     """A pipeline string names an unknown pass or option, a bad option value, a pass of the
     other stage, or passes in an order whose requirements no earlier pass ensures."""
 
+    exit_code = 10
+
 
 #: What each fact means, and the check the pipeline runs after a pass that ensures it.
 FACTS: dict[str, str] = {

@@ -79,6 +79,10 @@ class LotState:
     """What the verification depends on besides the image (data, device); None without."""
     model: str = ""
     """Path of the lot's model."""
+    mode: str = "auto"
+    """Emulation mode of every verification (``verify --mode``)."""
+    noise_seed: int = 0
+    """Seed of programming variation and read noise in every verification."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,8 @@ def _verify(line: dict[str, Any], image: rimg.Image, fm: fmap.FaultMap, state: L
     from rcompile import verify as runtime
 
     assert state.verify is not None
-    rep = runtime.verify(image, fm, state.verify, image_source=task.image)
+    rep = runtime.verify(image, fm, state.verify, image_source=task.image, mode=state.mode,
+                         noise_seed=state.noise_seed)
     line.update(accuracy=rep.accuracy, mode=rep.mode, agreement=rep.agreement,
                 verify_key=state.verify_key)
 
@@ -221,9 +226,10 @@ def chip_key(key: str, fm: fmap.FaultMap) -> str:
     return _digest({"lot": key, "faultmap_sha256": fm.digest()})
 
 
-def verify_key(data: Dataset, hardware: Hardware | None) -> str:
+def verify_key(data: Dataset, hardware: Hardware | None, mode: str = "auto",
+               noise_seed: int = 0) -> str:
     """SHA-256 of what verification depends on besides the image: the data's content, the
-    device emulated, the emulation mode and noise seed (``auto``, 0)."""
+    device emulated, the emulation mode and noise seed."""
     h = hashlib.sha256()
     for name, arr in [*sorted(data.inputs.items()), ("labels", data.labels)]:
         h.update(name.encode() + b"\0")
@@ -231,7 +237,7 @@ def verify_key(data: Dataset, hardware: Hardware | None) -> str:
             a = np.ascontiguousarray(arr)
             h.update(f"{a.dtype.str}{a.shape}".encode())
             h.update(a.tobytes())
-    return _digest({"data": h.hexdigest(), "mode": "auto", "noise_seed": 0,
+    return _digest({"data": h.hexdigest(), "mode": mode, "noise_seed": noise_seed,
                     "hardware": None if hardware is None else hardware.to_dict()})
 
 
@@ -424,8 +430,8 @@ def check_outputs(model: str, maps: list[str], out_dir: str, *, plan_path: str |
     outputs += [("-o", image_path(out_dir, m)) for m in maps]
     inputs: list[tuple[str, str | None]] = [
         ("MODEL", model), ("--plan", plan_path), ("--calib", calib_path),
-        ("--verify-data", verify_data), ("--device", device_file)]
-    inputs += [("--faultmaps", m) for m in maps]
+        ("--data", verify_data), ("--device", device_file)]
+    inputs += [("--faultmap-dir", m) for m in maps]
     refuse_overwrite(outputs, inputs)
 
 
@@ -524,6 +530,8 @@ def provision(
     connect_timeout_s: float = 20.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
     hardware: Hardware | None = None,
+    mode: str = "auto",
+    noise_seed: int = 0,
 ) -> LotSummary:
     """Compile every chip of the lot in ``faultmaps`` into ``out_dir`` (see module docstring).
 
@@ -531,7 +539,8 @@ def provision(
     the ``dask.distributed`` scheduler at ``scheduler`` (or to an existing ``client``), giving
     up after ``connect_timeout_s`` if it does not answer.
     ``progress`` is called with each chip's report line as it arrives. ``hardware`` is the
-    lot's device model (``build --device`` for every chip).
+    lot's device model (``build --device`` for every chip); ``mode`` and ``noise_seed``: how
+    every image is verified (``verify --mode --noise-seed``).
     """
     if strategy not in api.STRATEGIES:
         raise RcompileError(f"unknown strategy {strategy!r}; known: {sorted(api.STRATEGIES)}")
@@ -553,7 +562,8 @@ def provision(
     done = {k: v for k, v in previous.items() if v.get("status") in ("ok", "skipped")}
     state = LotState(saved, strategy, solver, verify, out_dir, hardware, done,
                      lot_key(saved, strategy, solver, hardware),
-                     None if verify is None else verify_key(verify, hardware), model)
+                     None if verify is None else verify_key(verify, hardware, mode, noise_seed),
+                     model, mode, noise_seed)
     tasks = [ChipTask(m, image_path(out_dir, m)) for m in maps]
     lines: dict[str, dict[str, Any]] = {}
     summary = LotSummary(chips=len(tasks), report=report)

@@ -135,13 +135,19 @@ _SHARED: dict[str, Any] = {}
 
 
 @contextlib.contextmanager
-def serial() -> Iterator[None]:
-    """Run per-chip passes on this thread only (for callers that parallelise over chips)."""
-    token = _JOBS.set(1)
+def limited(n: int) -> Iterator[None]:
+    """Run per-chip passes on at most ``n`` worker processes (``n`` = 0: :func:`jobs`'s
+    default, ``RCOMPILE_JOBS`` or every core)."""
+    token = _JOBS.set(n if n >= 1 else None)
     try:
         yield
     finally:
         _JOBS.reset(token)
+
+
+def serial() -> contextlib.AbstractContextManager[None]:
+    """Run per-chip passes on this thread only (for callers that parallelise over chips)."""
+    return limited(1)
 
 
 def fork_map(fn: Callable[[Any, list[int]], list[T]], shared: Any, items: list[int],

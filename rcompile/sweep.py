@@ -26,6 +26,7 @@ import onnx
 
 from rcompile import api
 from rcompile import faultmap as fmap
+from rcompile import pipeline as pl
 from rcompile import verify as runtime
 from rcompile.data import input_specs, load_data
 from rcompile.device import Hardware
@@ -51,6 +52,7 @@ def run_sweep(
     mode: str = "auto",
     pattern: str = "uniform",
     pipelines: dict[str, str] | None = None,
+    solver: pl.SolverOptions | None = None,
 ) -> dict[str, Any]:
     """``hardware`` (a device model) is what the compiler quantises for and what every chip is
     verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
@@ -58,7 +60,8 @@ def run_sweep(
     point (a fault map compiled for every strategy and verified). ``pattern`` is the fault-map
     kind of :func:`rcompile.faultmap.synth` (uniform, clustered, lines). ``pipelines`` names
     custom per-chip pipelines (name -> pipeline string); a strategy of that name runs its
-    pipeline on the same chips as the named strategies."""
+    pipeline on the same chips as the named strategies.
+    ``solver``: the options of every solver call (time limit, seed)."""
     pipelines = pipelines or {}
     family = fmap.FaultMap(np.zeros((1, rows, cols), np.uint8), chip_id="family",
                            source="sweep chip family")
@@ -77,7 +80,8 @@ def run_sweep(
     device_fault_free: list[float] = []
     if hardware is not None:  # the device's own noise floor: a fault-free chip per noise seed
         healthy = fmap.synth(tiles, rows, cols, 0.0, (1.0, 1.0), 0)
-        image = api.compile_chip(model_path, healthy, lot=lot, strategy="two-column").image
+        image = api.compile_chip(model_path, healthy, lot=lot, strategy="two-column",
+                                 solver=solver).image
         for seed in range(seeds):
             rep = runtime.verify(image, healthy, data, hardware=hardware, mode=mode,
                                  noise_seed=seed)
@@ -88,7 +92,7 @@ def run_sweep(
         for strategy in strategies:
             t0 = time.perf_counter()
             res = api.compile_chip(model_path, fm, lot=lot, strategy=strategy,
-                                   pipeline=pipelines.get(strategy))
+                                   pipeline=pipelines.get(strategy), solver=solver)
             seconds = time.perf_counter() - t0
             rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
                                  noise_seed=seed)

@@ -22,7 +22,7 @@ from tests.conftest import ROOT, rcompile
 
 EXAMPLE = os.path.join(ROOT, "examples", "mobilenet")
 MODEL = os.path.join(EXAMPLE, "mobilenet.onnx")
-DATA = os.path.join(EXAMPLE, "test.npz")
+DATA = os.path.join(ROOT, "examples", "mnist", "test.npz")  # the same test split
 
 
 @pytest.fixture(scope="module")
