@@ -43,9 +43,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from benchmarks import models  # noqa: E402
-from rcompile import api  # noqa: E402
+from rcompile import api, runtime  # noqa: E402
 from rcompile import faultmap as fmap  # noqa: E402
-from rcompile import verify as runtime  # noqa: E402
 from rcompile.data import dataset_from_arrays, input_specs, load_data  # noqa: E402
 
 MNIST = os.path.join(ROOT, "examples", "mnist", "mnist_cnn.onnx")

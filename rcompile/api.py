@@ -408,7 +408,7 @@ def calib_stats(
     import onnxruntime as ort
 
     from rcompile.data import batches, fixed_batch, input_specs, unpad
-    from rcompile.verify.execute import free_dims
+    from rcompile.runtime.execute import free_dims
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

@@ -19,10 +19,9 @@ from typing import Any
 import click
 import numpy as np
 
-from rcompile import __version__, api, interrupts, solvers
+from rcompile import __version__, api, interrupts, runtime, solvers
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
-from rcompile import verify as runtime
 from rcompile.clikit import emit, error_json, exit_code_table, option
 from rcompile.data import load_data
 from rcompile.errors import RcompileError

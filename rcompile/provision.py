@@ -171,7 +171,7 @@ def compile_chip(state: LotState, task: ChipTask) -> dict[str, Any]:
 
 def _verify(line: dict[str, Any], image: rimg.Image, fm: fmap.FaultMap, state: LotState,
             task: ChipTask) -> None:
-    from rcompile import verify as runtime
+    from rcompile import runtime
 
     assert state.verify is not None
     rep = runtime.verify(image, fm, state.verify, image_source=task.image, mode=state.mode,

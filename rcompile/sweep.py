@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rcompile import api
+from rcompile import api, runtime
 from rcompile import faultmap as fmap
 from rcompile import pipeline as pl
-from rcompile import verify as runtime
 from rcompile.data import input_specs, load_data
 from rcompile.device import Hardware
 from rcompile.errors import BadData

@@ -12,10 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from rcompile import api
+from rcompile import api, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
-from rcompile import verify as runtime
 from rcompile.data import input_specs, load_data
 from tests.conftest import CALIB, MODEL, TEST_DATA, rcompile
 

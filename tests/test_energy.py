@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from rcompile import verify as runtime
+from rcompile import runtime
 from rcompile.data import Dataset
 from tests.test_hardware import IDEAL, split_gemm_image
 from tests.test_runtime import healthy

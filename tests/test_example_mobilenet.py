@@ -16,7 +16,7 @@ import pytest
 
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
-from rcompile import verify as runtime
+from rcompile import runtime
 from rcompile.data import load_data
 from tests.conftest import ROOT, rcompile
 

@@ -20,9 +20,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rcompile import api
+from rcompile import api, runtime
 from rcompile import faultmap as fmap
-from rcompile import verify as runtime
 from rcompile.data import Dataset
 from rcompile.errors import BadModel
 from rcompile.frontend import Frontend, load_model

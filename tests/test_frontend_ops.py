@@ -27,9 +27,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from rcompile import api
+from rcompile import api, runtime
 from rcompile import faultmap as fmap
-from rcompile import verify as runtime
 from rcompile.cli import cli
 from rcompile.data import Dataset
 from rcompile.device import PRESETS

@@ -12,18 +12,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from rcompile import api
+from rcompile import api, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
-from rcompile import verify as runtime
 from rcompile.data import Dataset
 from rcompile.device import PRESETS, Converters, Device, Hardware, Programming, Read
 from rcompile.faultmap import FaultMap
 from rcompile.image import Image, SliceRecord, TileRecord
 from rcompile.ir import LAYOUT_KN, WeightOp
 from rcompile.programming import program, program_tiles
+from rcompile.runtime import weights
 from rcompile.sweep import run_sweep
-from rcompile.verify import weights
 from tests.conftest import MODEL, TEST_DATA, rcompile
 from tests.test_runtime import (
     CONV_OP,

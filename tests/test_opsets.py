@@ -18,10 +18,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
-from rcompile import verify as runtime
+from rcompile import runtime
 from rcompile.data import dataset_from_arrays, input_specs
 from rcompile.device import PRESETS, Converters
-from rcompile.verify import tilemode
+from rcompile.runtime import tilemode
 from tests.conftest import rcompile
 
 NEWEST = onnx.defs.onnx_opset_version()

@@ -353,7 +353,7 @@ def test_rerun_with_other_verify_data_verifies_again_without_rebuilding(tmp_path
     s = prov.provision(model, str(lot), str(out), jobs=1, verify_data=str(second))
     assert (s.ok, s.skipped) == (0, 1)
     assert (out / "v.rimg").read_bytes() == image  # not rebuilt
-    from rcompile import verify as runtime
+    from rcompile import runtime
     from rcompile.data import load_data
 
     img = rimg.read(out / "v.rimg")

@@ -21,7 +21,7 @@ from rcompile.errors import BadData, BadImage
 from rcompile.faultmap import FaultMap
 from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp, from_matrices
-from rcompile.verify import (
+from rcompile.runtime import (
     check_match,
     chip_biases,
     effective_weights,
@@ -371,12 +371,12 @@ def test_report_with_labels_and_float_model() -> None:
 
 
 def test_runtime_does_not_import_passes() -> None:
-    # every module of the rcompile.verify package, found by walking it (a new module is covered)
+    # every module of the rcompile.runtime package, found by walking it (a new module is covered)
     code = (
-        "import importlib, pkgutil, sys, rcompile.verify as v\n"
-        "mods = [m.name for m in pkgutil.walk_packages(v.__path__, 'rcompile.verify.')]\n"
+        "import importlib, pkgutil, sys, rcompile.runtime as v\n"
+        "mods = [m.name for m in pkgutil.walk_packages(v.__path__, 'rcompile.runtime.')]\n"
         "for m in mods: importlib.import_module(m)\n"
-        "assert {'rcompile.verify.weights', 'rcompile.verify.tilemode.circuit'} <= set(mods)\n"
+        "assert {'rcompile.runtime.weights', 'rcompile.runtime.tilemode.circuit'} <= set(mods)\n"
         "bad = [m for m in sys.modules if m == 'passes' or m.startswith(('rcompile.passes', "
         "'passes.'))]\n"
         "assert not bad, bad\n"
@@ -594,7 +594,7 @@ def test_a_short_fixed_batch_counts_its_padding_once(mode: str, tmp_path: Path) 
     from rcompile import api
     from rcompile import faultmap as fmap
     from rcompile.data import dataset_from_arrays
-    from rcompile.verify import emulate
+    from rcompile.runtime import emulate
     from tests.test_opsets import FINE, cnn
 
     xs = np.random.default_rng(3).normal(size=(7, 1, 8, 8)).astype(np.float32)

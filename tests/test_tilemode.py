@@ -8,13 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rcompile import api
+from rcompile import api, runtime
 from rcompile import faultmap as fmap
-from rcompile import verify as runtime
 from rcompile.data import dataset_from_arrays, input_specs, load_data
 from rcompile.device import PRESETS, Converters
-from rcompile.verify import execute, tilemode
-from rcompile.verify.tilemode import circuit, layout
+from rcompile.runtime import execute, tilemode
+from rcompile.runtime.tilemode import circuit, layout
 from tests.conftest import MODEL, TEST_DATA
 
 

@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from rcompile.passes.strip import _assign_rows
 
-from rcompile import api
+from rcompile import api, runtime
 from rcompile import faultmap as fmap
-from rcompile import verify as runtime
 from rcompile.pipeline import parse, render
 
 BASE = "place{order=assign},permute,program"

@@ -11,7 +11,7 @@ import numpy as np
 from rcompile.device import Hardware
 from rcompile.image import SliceRecord
 from rcompile.ir import LAYOUT_CONV
-from rcompile.verify.tilemode.onnxgraph import GraphWriter
+from rcompile.runtime.tilemode.onnxgraph import GraphWriter
 
 COMBINE_DENSE_RATIO = 32
 """The digital sum of a layer is one dense product over all its columns when they are at most

@@ -49,7 +49,7 @@ outputs *probes* the energy model reads (:class:`Probes`).
 
 from __future__ import annotations
 
-from rcompile.verify.tilemode.circuit import (
+from rcompile.runtime.tilemode.circuit import (
     NOISE_BANK_FLOATS,
     TILE_BATCH_FLOATS,
     Built,
@@ -58,9 +58,9 @@ from rcompile.verify.tilemode.circuit import (
     TileLayer,
     build,
 )
-from rcompile.verify.tilemode.layout import COMBINE_DENSE_RATIO, LayerLayout
-from rcompile.verify.tilemode.onnxgraph import MIN_OPSET, MS_DOMAIN, GraphWriter, has_kernel
-from rcompile.verify.tilemode.probes import Probes, add_probes
+from rcompile.runtime.tilemode.layout import COMBINE_DENSE_RATIO, LayerLayout
+from rcompile.runtime.tilemode.onnxgraph import MIN_OPSET, MS_DOMAIN, GraphWriter, has_kernel
+from rcompile.runtime.tilemode.probes import Probes, add_probes
 
 __all__ = [
     "COMBINE_DENSE_RATIO",

@@ -1,6 +1,6 @@
 """The tile-mode graph: every crossbar node of the image's digital graph rewritten into its
 circuit (DAC, crossbar, read noise, ADC, digital sum; the steps of
-:mod:`rcompile.verify.tilemode`), one stage function per step, each reading one
+:mod:`rcompile.runtime.tilemode`), one stage function per step, each reading one
 :class:`TileLayer`."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from rcompile.device import IDEAL_BITS, Hardware
 from rcompile.errors import BadImage
 from rcompile.image import Image, SliceRecord
 from rcompile.ir import LAYOUT_CONV, WeightOp
-from rcompile.verify.tilemode.layout import LayerLayout
-from rcompile.verify.tilemode.onnxgraph import MS_DOMAIN, GraphWriter, node_attr
-from rcompile.verify.tilemode.probes import Probes, conv_info, dynamic_scale, sum_squares
+from rcompile.runtime.tilemode.layout import LayerLayout
+from rcompile.runtime.tilemode.onnxgraph import MS_DOMAIN, GraphWriter, node_attr
+from rcompile.runtime.tilemode.probes import Probes, conv_info, dynamic_scale, sum_squares
 
 TILE_BATCH_FLOATS = 1 << 25
 """Budget (float32 values, 128 MB) of one layer's tile tensors per run: the batch shrinks for

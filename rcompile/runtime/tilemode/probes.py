@@ -12,7 +12,7 @@ from onnx import TensorProto
 
 from rcompile.image import Image
 from rcompile.ir import LAYOUT_CONV
-from rcompile.verify.tilemode.onnxgraph import GraphWriter, node_attr
+from rcompile.runtime.tilemode.onnxgraph import GraphWriter, node_attr
 
 
 @dataclass(frozen=True)

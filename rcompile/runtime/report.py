@@ -1,4 +1,4 @@
-"""What :func:`rcompile.verify.verify` reports: accuracy and agreement of the faulty chip
+"""What :func:`rcompile.runtime.verify` reports: accuracy and agreement of the faulty chip
 against the fault-free chip (``docs/design.md`` §7), weight error per layer, energy and timing.
 
 The *fault-free chip* is the same image with intended weights ``quantised * scale`` from its
@@ -22,8 +22,8 @@ from rcompile.data import Dataset
 from rcompile.device import Hardware
 from rcompile.errors import BadData
 from rcompile.image import Image
-from rcompile.verify import tilemode
-from rcompile.verify.weights import RealisedChip
+from rcompile.runtime import tilemode
+from rcompile.runtime.weights import RealisedChip
 
 if TYPE_CHECKING:
     from rcompile.faultmap import FaultMap
@@ -95,7 +95,7 @@ class Report:
     ``digital_j``, ``energy_j``, ``latency_s``, ``mvms``, ``adc_conversions``."""
     device_fault_free_accuracy: float | None = None
     """Top-1 accuracy of the fault-free chip on the emulated device, in the same mode with the
-    same seed (:func:`~rcompile.verify.weights.fault_free_chip`): what the device alone costs,
+    same seed (:func:`~rcompile.runtime.weights.fault_free_chip`): what the device alone costs,
     apart from the stuck cells. On an exact device (:attr:`~rcompile.device.Hardware.exact`) it
     is :attr:`fault_free_accuracy`."""
     device_agreement: float | None = None
@@ -176,7 +176,7 @@ class Stopwatch:
         self.seconds[key] = time.perf_counter() - t0
 
     def timing(self) -> dict[str, float | None]:
-        """:attr:`Report.timing` of a :func:`~rcompile.verify.verify` call."""
+        """:attr:`Report.timing` of a :func:`~rcompile.runtime.verify` call."""
         s = self.seconds
         weights_s, graph_s = s["weights_s"] or 0.0, s["graph_s"] or 0.0
         reference_s, emulated_s = s["reference_s"] or 0.0, s["emulated_s"] or 0.0

@@ -6,13 +6,13 @@ hide itself by also being in the checker.
 
 :func:`verify` reads in the order a chip is made and run:
 
-1. :mod:`~rcompile.verify.weights`: the fault map must be the image's chip; the device to
+1. :mod:`~rcompile.runtime.weights`: the fault map must be the image's chip; the device to
    emulate it with; programming realises every cell's level (stuck cells where they are
    stuck), and the slices route those levels into each layer's weights and biases.
-2. :mod:`~rcompile.verify.execute`: the weights go into the image's digital graph (``ideal``
+2. :mod:`~rcompile.runtime.execute`: the weights go into the image's digital graph (``ideal``
    mode) or every tile becomes its circuit of DAC, crossbar, read noise and ADC (``tile`` mode,
-   :mod:`~rcompile.verify.tilemode`), and onnxruntime runs it in batches.
-3. :mod:`~rcompile.verify.report`: the faulty chip against the fault-free chip (the same image
+   :mod:`~rcompile.runtime.tilemode`), and onnxruntime runs it in batches.
+3. :mod:`~rcompile.runtime.report`: the faulty chip against the fault-free chip (the same image
    with its intended weights), optionally the original float model, the weight error of every
    layer, and energy and latency per inference (:mod:`rcompile.energy`) from probes the
    emulated graph returns alongside the model's outputs.
@@ -30,7 +30,7 @@ import onnx
 from rcompile.data import Dataset
 from rcompile.device import Hardware
 from rcompile.image import Image
-from rcompile.verify.execute import (
+from rcompile.runtime.execute import (
     CALIBRATION_SAMPLES,
     ENERGY_SAMPLES,
     MODES,
@@ -43,8 +43,8 @@ from rcompile.verify.execute import (
     run,
     run_with_probes,
 )
-from rcompile.verify.report import LayerError, Report, Stopwatch, energy_costs, report
-from rcompile.verify.weights import (
+from rcompile.runtime.report import LayerError, Report, Stopwatch, energy_costs, report
+from rcompile.runtime.weights import (
     PARALLEL_CELLS,
     check_match,
     chip_biases,

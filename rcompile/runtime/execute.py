@@ -1,11 +1,11 @@
 """Running an emulated chip: its weights inserted into the image's digital graph (or the graph
-rewritten into tile circuits, :mod:`rcompile.verify.tilemode`), onnxruntime sessions, batching.
+rewritten into tile circuits, :mod:`rcompile.runtime.tilemode`), onnxruntime sessions, batching.
 
 The per-layer matrices go back to graph layout (:func:`~rcompile.ir.from_matrices`) and are
 inserted with the biases as the initializers ``op.weight`` / ``op.bias`` of the image's digital
 graph, which onnxruntime then runs end to end. Everything that is not a crossbar op runs exactly
 as in the graph (the digital periphery). The emulated graph also returns energy probes
-(:class:`~rcompile.verify.tilemode.Probes`) alongside the model's outputs.
+(:class:`~rcompile.runtime.tilemode.Probes`) alongside the model's outputs.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from rcompile.data import Dataset, InputSpec, batches, fixed_batch, input_specs,
 from rcompile.device import Hardware
 from rcompile.errors import BadData, BadImage, BadModel
 from rcompile.image import Image
-from rcompile.verify import tilemode
-from rcompile.verify.weights import RealisedChip, chip_biases
+from rcompile.runtime import tilemode
+from rcompile.runtime.weights import RealisedChip, chip_biases
 
 __all__ = [
     "CALIBRATION_SAMPLES",
@@ -52,8 +52,8 @@ batch size) a ``calibrated`` converter is set on."""
 MODES = ("auto", "ideal", "tile")
 """Emulation modes of :func:`verify`: ``ideal`` inserts the effective weights into the digital
 graph (realised conductances, stuck cells; no converters, no read noise); ``tile`` runs every
-tile slice through its DAC, crossbar, read noise and ADC (:mod:`rcompile.verify.tilemode`); ``auto``
-is ``tile`` when the device's periphery is not ideal, else ``ideal``."""
+tile slice through its DAC, crossbar, read noise and ADC (:mod:`rcompile.runtime.tilemode`);
+``auto`` is ``tile`` when the device's periphery is not ideal, else ``ideal``."""
 
 
 def emulation_mode(mode: str, hw: Hardware | None = None) -> str:
