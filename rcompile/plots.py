@@ -75,14 +75,18 @@ def _figure(width: float, height: float) -> Figure:
 
 def save(fig: Figure, path: str | os.PathLike[str], *, what: str = "figure") -> None:
     """Write ``fig`` to ``path`` as PNG or SVG (by extension), atomically: the file appears
-    complete or not at all. Same figure, same bytes. Another extension raises
-    :class:`~rcompile.errors.RcompileError` before anything is written."""
+    complete or not at all. Same figure, same bytes: the first save lays the figure out and
+    fixes that layout (constrained layout moves axes a little on every draw). Another extension
+    raises :class:`~rcompile.errors.RcompileError` before anything is written."""
     import matplotlib
 
     fmt = FORMATS.get(os.path.splitext(os.fspath(path))[1].lower())
     if fmt is None:
         raise RcompileError(f"{os.fspath(path)}: cannot write a {what} of this type; expected a "
                             f"file name ending in {' or '.join(FORMATS)}")
+    if fig.get_layout_engine() is not None:
+        fig.draw_without_rendering()
+        fig.set_layout_engine("none")
     buf = io.BytesIO()
     metadata: dict[str, Any] = {"Software": None} if fmt == "png" else {"Date": None,
                                                                           "Creator": None}
