@@ -276,8 +276,8 @@ def tile_usage(image: Image) -> list[dict[str, Any]]:
 def placement_figure(image: Image, fm: FaultMap | None = None) -> Figure:
     """Where the image put the model: left, every physical tile of the chip coloured by the
     crossbar layer it holds (grey: unused; a tile shared by layers takes the colour of its
-    first), with its layers and cell utilisation written in it; right (with the chip's fault
-    map), the fault rate of every tile with the used ones outlined."""
+    first), with its layers and cell utilisation written in it (up to 256 tiles); right (with
+    the chip's fault map), the fault rate of every tile with the used ones outlined."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch, Rectangle
 
@@ -297,7 +297,7 @@ def placement_figure(image: Image, fm: FaultMap | None = None) -> Figure:
     ax.set_facecolor("#e6e6e6")
     ax.imshow(np.ma.masked_invalid(grid), cmap=ListedColormap(palette), vmin=-0.5,
               vmax=n_layers - 0.5, interpolation="nearest")
-    for u in usage:
+    for u in usage if n_tiles <= 256 else ():  # beyond that the labels would overlap
         t = u["tile"]
         layers = "+".join(str(i) for i in u["layers"])
         ax.text(t % ncols, t // ncols, f"L{layers}\n{u['utilisation']:.0%}", ha="center",
@@ -448,6 +448,7 @@ def lot_figure(lines: Iterable[dict[str, Any]], min_accuracy: float | None = Non
     outcome |= {"not verified": unverified, "error": errors}
     ax.set_xlabel("top-1 accuracy (%)")
     ax.set_ylabel("chips")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
     ax.set_title(f"lot of {len(lines)} chips", fontsize=10)
     colours = {"pass": "#2ca02c", "fail": "#d62728", "verified": "#1f77b4",
@@ -455,6 +456,7 @@ def lot_figure(lines: Iterable[dict[str, Any]], min_accuracy: float | None = Non
     names = list(outcome)
     bars = bx.bar(names, [outcome[k] for k in names], color=[colours[k] for k in names])
     bx.bar_label(bars, fontsize=8)
+    bx.yaxis.get_major_locator().set_params(integer=True)
     bx.tick_params(axis="x", labelsize=7, rotation=30)
     bx.set_title("chips per outcome", fontsize=10)
     return fig
