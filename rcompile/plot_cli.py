@@ -49,7 +49,7 @@ def _epilog() -> str:
               help="lot: the pass/fail threshold (default: the one the report records).")
 def plot_cmd(kind: str, inputs: tuple[str, ...], output: str, tiles: str | None,
              min_accuracy: float | None) -> None:
-    """Draw one picture of KIND from INPUTS (see below) into FILE."""
+    """Draw one picture of KIND from INPUTS (listed below) into the -o FILE (.png or .svg)."""
     text, low, high = KINDS[kind]
     if not low <= len(inputs) <= high:
         raise click.BadParameter(f"{kind} takes {text}; got {len(inputs)} input(s)",
