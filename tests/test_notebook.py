@@ -51,6 +51,20 @@ def test_api_names_stay_functions_after_the_same_named_modules_load() -> None:
     assert callable(run_sweep)
 
 
+def test_no_code_reaches_a_module_the_api_name_shadows() -> None:
+    """``from rcompile import sweep`` and ``import rcompile.sweep as x`` give the notebook
+    function, not the module: the code base must import such modules by their full path."""
+    shadowed = "|".join(n for n in rcompile.__all__ if n[0].islower() and n != "__version__")
+    bad = re.compile(rf"^\s*(from rcompile import .*\b({shadowed})\b|import rcompile\.({shadowed})"
+                     rf"\s+as\b)", re.M)
+    hits = []
+    for folder in ("rcompile", "passes", "tests", "benchmarks", "examples"):
+        for path in Path(ROOT, folder).rglob("*.py"):
+            hits += [f"{path.relative_to(ROOT)}: {m.group(0).strip()}"
+                     for m in bad.finditer(path.read_text(encoding="utf-8"))]
+    assert hits == []
+
+
 def test_paths_and_objects_give_the_same_image_and_report(tmp_path: Path) -> None:
     model = conv_bn_gemm(seed=3)  # nobody trained it; symbolic batch dim "N"
     path = str(tmp_path / "m.onnx")
