@@ -29,6 +29,7 @@ from rcompile.faultmap_cli import RATIO, faultmap
 from rcompile.fileio import refuse_overwrite
 from rcompile.pipeline import SolverOptions
 from rcompile.pipeline import parse as parse_pipeline
+from rcompile.plot_cli import plot_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_code_table())
@@ -38,6 +39,7 @@ def cli() -> None:
 
 
 cli.add_command(faultmap)
+cli.add_command(plot_cmd)
 
 
 def _strategy_option(f: Any) -> Any:
@@ -450,6 +452,8 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
               help="Calibration data (.npz) when no --plan is given.")
 @option("--data", "verify_data", deprecated=("--verify-data",), type=click.Path(dir_okay=False),
         help="Evaluation data (.npz): verify every image and report its accuracy.")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="With --data: bin "
+              "each chip pass/fail against this accuracy (0..1) in its report line.")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local",
               show_default=True, help="Run chips in local processes or on a dask cluster.")
 @click.option("--scheduler", help="dask.distributed scheduler address (with --executor dask).")
@@ -459,7 +463,8 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON summary at the end (errors: one JSON object on stderr).")
 def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy: str,
-              plan_path: str | None, calib: str | None, verify_data: str | None, executor: str,
+              plan_path: str | None, calib: str | None, verify_data: str | None,
+              min_accuracy: float | None, executor: str,
               scheduler: str | None, time_limit: float, solver_seed: int,
               device_spec: str | None, mode: str, noise_seed: int, as_json: bool) -> None:
     """Compile every chip of a lot: plan once, chips in parallel, resumable, one report line
@@ -475,6 +480,8 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
     if plan_path is not None and calib is not None:
         raise click.BadParameter("a saved plan already fixes calibration; drop --calib",
                                  param_hint="'--plan'")
+    if min_accuracy is not None and verify_data is None:
+        raise click.BadParameter("needs --data", param_hint="'--min-accuracy'")
     maps = prov.find_faultmaps(faultmaps_dir)
     prov.check_outputs(model, maps, out_dir, plan_path=plan_path, calib_path=calib,
                        verify_data=verify_data, device_file=_device_file(device_spec))
@@ -488,6 +495,7 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
             calib_path=calib, verify_data=verify_data, executor=executor, scheduler=scheduler,
             solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
             progress=lambda line: bar.update(1), hardware=hw, mode=mode, noise_seed=noise_seed,
+            min_accuracy=min_accuracy,
         )
     if as_json:
         emit(summary.to_dict(), {"model": model, "faultmap_dir": faultmaps_dir,
@@ -498,6 +506,9 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
         click.echo(f"{summary.chips} chips: {summary.ok} compiled, {summary.skipped} already "
                    f"done, {summary.errors} failed in {summary.seconds:.1f} s "
                    f"({rate:.0f} chips/hour); report {summary.report}")
+        if min_accuracy is not None:
+            click.echo(f"{summary.passed} passed, {summary.failed} failed min accuracy "
+                       f"{100 * min_accuracy:g} %")
     if summary.errors:
         failed = [x for x in summary.lines if x.get("status") == "error"]
         raise RcompileError(f"{summary.errors} of {summary.chips} chips failed (first: "

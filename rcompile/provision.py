@@ -102,10 +102,15 @@ class LotSummary:
     seconds: float = 0.0
     report: str = ""
     lines: list[dict[str, Any]] = field(default_factory=list)
+    passed: int = 0
+    """Chips whose verified accuracy met ``min_accuracy`` (0 without the gate)."""
+    failed: int = 0
+    """Chips built and verified below ``min_accuracy``: binned ``fail``, their image kept."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"chips": self.chips, "ok": self.ok, "skipped": self.skipped,
-                "errors": self.errors, "seconds": self.seconds, "report": self.report}
+                "errors": self.errors, "passed": self.passed, "failed": self.failed,
+                "seconds": self.seconds, "report": self.report}
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,6 +537,7 @@ def provision(
     hardware: Hardware | None = None,
     mode: str = "auto",
     noise_seed: int = 0,
+    min_accuracy: float | None = None,
 ) -> LotSummary:
     """Compile every chip of the lot in ``faultmaps`` into ``out_dir`` (see module docstring).
 
@@ -540,12 +546,16 @@ def provision(
     up after ``connect_timeout_s`` if it does not answer.
     ``progress`` is called with each chip's report line as it arrives. ``hardware`` is the
     lot's device model (``build --device`` for every chip); ``mode`` and ``noise_seed``: how
-    every image is verified (``verify --mode --noise-seed``).
+    every image is verified (``verify --mode --noise-seed``). ``min_accuracy`` (needs
+    ``verify_data``) bins every verified chip (:func:`bin_chip`).
     """
     if strategy not in api.STRATEGIES:
         raise RcompileError(f"unknown strategy {strategy!r}; known: {sorted(api.STRATEGIES)}")
     if executor not in EXECUTORS:
         raise RcompileError(f"unknown executor {executor!r}; expected one of {EXECUTORS}")
+    if min_accuracy is not None and verify_data is None:
+        raise RcompileError("--min-accuracy bins chips by their verified accuracy; give "
+                            "--verify-data too")
     t0 = time.perf_counter()
     maps = find_faultmaps(faultmaps)
     check_outputs(model, maps, out_dir, plan_path=plan_path, calib_path=calib_path,
@@ -580,7 +590,9 @@ def provision(
                 status = got["status"]
                 setattr(summary, "errors" if status == "error" else status,
                         getattr(summary, "errors" if status == "error" else status) + 1)
-                line = _merge(done.get(got["faultmap"]), got)
+                line = bin_chip(_merge(done.get(got["faultmap"]), got), min_accuracy)
+                summary.passed += line.get("bin") == "pass"
+                summary.failed += line.get("bin") == "fail"
                 if line is not done.get(got["faultmap"]):
                     rep.write(json.dumps(line, sort_keys=True, default=_json_default) + "\n")
                     rep.flush()
@@ -600,6 +612,22 @@ def provision(
     return summary
 
 
+def bin_chip(line: dict[str, Any], min_accuracy: float | None) -> dict[str, Any]:
+    """The chip's line binned against ``min_accuracy``: a built chip whose verified accuracy is
+    at least the threshold gets ``"bin": "pass"``, one below it ``"bin": "fail"`` (its image
+    stays, so a lower threshold can pass it again without a rebuild), both with the
+    threshold as ``min_accuracy``. Without a threshold an earlier run's bin is dropped; a chip
+    in error or without an accuracy is not binned (``line`` itself when nothing changes)."""
+    acc = line.get("accuracy")
+    if min_accuracy is None and "bin" in line:
+        return {k: v for k, v in line.items() if k not in ("bin", "min_accuracy")}
+    if min_accuracy is None or line.get("status") == "error" or acc is None:
+        return line
+    binned = {**line, "bin": "pass" if acc >= min_accuracy else "fail",
+              "min_accuracy": min_accuracy}
+    return line if binned == line else binned
+
+
 def _merge(old: dict[str, Any] | None, got: dict[str, Any]) -> dict[str, Any]:
     """The report line of a chip: a skipped chip keeps its earlier line (``old`` itself, or a
     copy with the new verification when it was verified again); any other result is new."""
@@ -616,4 +644,5 @@ def _json_default(x: Any) -> Any:
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
-__all__ = ["ChipTask", "LotState", "LotSummary", "compile_chip", "provision", "REPORT"]
+__all__ = ["ChipTask", "LotState", "LotSummary", "bin_chip", "compile_chip", "provision",
+           "REPORT"]

@@ -14,7 +14,6 @@ floor as damage done by stuck cells.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
@@ -30,7 +29,6 @@ from rcompile import pipeline as pl
 from rcompile.data import input_specs, load_data
 from rcompile.device import Hardware
 from rcompile.errors import BadData
-from rcompile.fileio import atomic_write
 
 
 def run_sweep(
@@ -241,44 +239,8 @@ def _pm(mean: float, std: float) -> str:
 
 
 def render_plot(result: dict[str, Any], path: str) -> None:
-    """Accuracy vs fault rate (log x), one panel per ratio, fault-free accuracy as a line."""
-    import matplotlib
+    """Write the accuracy-vs-fault-rate figure of ``result`` (:func:`rcompile.plots.sweep_figure`)
+    to ``path``, PNG or SVG by extension, atomically."""
+    from rcompile import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = result["points"]
-    ratios = list(dict.fromkeys(p["ratio"] for p in pts))
-    fig, axes = plt.subplots(1, len(ratios), figsize=(5.5 * len(ratios), 4), squeeze=False)
-    for ax, ratio in zip(axes[0], ratios, strict=True):
-        for s in dict.fromkeys(p["strategy"] for p in pts):
-            sel = sorted(
-                (p for p in pts if p["strategy"] == s and p["ratio"] == ratio),
-                key=lambda p: p["rate"],
-            )
-            x = [p["rate"] for p in sel]
-            y = np.array([100 * p["accuracy_mean"] for p in sel])
-            e = np.array([100 * p["accuracy_std"] for p in sel])
-            line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=s)
-            if sel and "ideal_accuracy_mean" in sel[0]:
-                yi = [100 * p["ideal_accuracy_mean"] for p in sel]
-                ax.plot(x, yi, ls=":", marker=".", color=line[0].get_color(),
-                        label=f"{s} (ideal cell)")
-        ax.axhline(100 * result["float_accuracy"], color="k", ls="--", lw=1, label="float model")
-        if "device_fault_free_accuracy" in result:
-            ax.axhline(100 * result["device_fault_free_accuracy"], color="grey", ls="-.", lw=1,
-                       label=f"fault-free on {result['device']}")
-        ax.set_xscale("log")
-        ax.set_xlabel("fault rate p")
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{result['model']}  SA1:SA0 = {ratio}")
-        ax.set_ylim(0, 100)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    atomic_write(path, buf.getvalue(), what="plot")
+    plots.save(plots.sweep_figure(result), path, what="plot")
