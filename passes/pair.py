@@ -12,16 +12,16 @@ Requires: placements. Guarantees: pairs stay disjoint; the objective never incre
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import cell_codes, code_table, pair_cost_by_state
+from rcompile.passes._objective import cell_codes, code_table
 from rcompile.passes.place import block_q, block_weights
 
 from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
-from rcompile.solvers import assign
+from rcompile.solvers import assign_from
 
 
 @dataclass
@@ -33,6 +33,13 @@ class BlockProblem:
     codes: np.ndarray  # int16 [R, S]: the tile's cells on the block's strip of S columns
     top: int
     cols: np.ndarray  # int32 [S]: physical column of each strip column (moves work on strip ones)
+    qi: np.ndarray = field(init=False)  # int64 [n, m]: q + top, the index into code_table
+    table: np.ndarray = field(init=False)  # code_table(top)
+
+    def __post_init__(self) -> None:
+        self.qi = self.q.astype(np.int64) + self.top
+        self.w = np.ascontiguousarray(self.w, np.float64)
+        self.table = code_table(self.top)
 
     def local(self, physical: np.ndarray) -> np.ndarray:
         """Strip index of physical columns."""
@@ -42,24 +49,23 @@ class BlockProblem:
         return self.cols[local].astype(np.int32)
 
     def cost(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
-        sub = self.codes[rows]
-        cp, cn = sub[:, pos], sub[:, neg]  # [n, m]
-        err = code_table(self.top)[cp, cn, self.q.astype(np.int64) + self.top]
-        return float(np.sum(self.w * err))
+        from rcompile.passes._kernels import block_cost
+
+        return float(block_cost(self.table, self.qi, self.w, self.codes, rows, pos, neg))
 
 
 def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
     """Outputs onto current and spare pairs, polarity chosen per (output, pair)."""
+    from rcompile.passes._kernels import pair_costs
+
     used = np.zeros(bp.codes.shape[1], bool)
     used[pos] = used[neg] = True
     spare = np.flatnonzero(~used)
-    a = np.concatenate([pos, spare[0 : len(spare) // 2 * 2 : 2]])
-    b = np.concatenate([neg, spare[1 : len(spare) // 2 * 2 : 2]])
-    sub = bp.codes[rows]  # [n, C]
-    fwd = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, a].T, sub[:, b].T, bp.top)  # [m, P]
-    rev = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, b].T, sub[:, a].T, bp.top)
-    choice = assign(np.minimum(fwd, rev))
+    a = np.concatenate([pos, spare[0 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
+    b = np.concatenate([neg, spare[1 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
+    fwd, rev = pair_costs(bp.table, bp.qi, bp.w, bp.codes, rows, a, b)  # [m, P] each
+    choice = assign_from(np.minimum(fwd, rev), np.arange(len(pos)))
     flip = rev[np.arange(len(choice)), choice] < fwd[np.arange(len(choice)), choice]
     return np.where(flip, b[choice], a[choice]).astype(np.int32), np.where(
         flip, a[choice], b[choice]
@@ -74,22 +80,11 @@ def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.nd
     column a, the same for every a, plus a correction for each row where column a is stuck:
     work in proportion to the stuck cells of the free columns.
     """
-    free = np.setdiff1d(np.arange(bp.codes.shape[1]), fixed)
-    sub = bp.codes[rows].astype(np.int64)  # [n, C]
-    cand = sub[:, free]  # [n, A]
-    fix = sub[:, fixed]  # [n, m]
-    table = code_table(bp.top)
-    if not move_is_pos:
-        table = table.transpose(1, 0, 2)  # index as [moving code, fixed code, q]
-    qi = bp.q.astype(np.int64) + bp.top
-    healthy = table[0][fix, qi]  # [n, m]: error with a healthy moving cell
-    cost = np.repeat((bp.w * healthy).sum(axis=0)[:, None], len(free), axis=1)  # [m, A]
-    a, i = np.nonzero(cand.T)  # stuck candidate cells, sorted by column
-    if a.size:
-        delta = bp.w[i] * (table[cand[i, a][:, None], fix[i], qi[i]] - healthy[i])  # [nnz, m]
-        starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
-        cost[:, a[starts]] += np.add.reduceat(delta, starts, axis=0).T
-    return free[assign(cost)].astype(np.int32)
+    from rcompile.passes._kernels import side_costs
+
+    free = np.setdiff1d(np.arange(bp.codes.shape[1]), fixed).astype(np.int32)
+    cost = side_costs(bp.table, bp.qi, bp.w, bp.codes, rows, fixed, free, move_is_pos)
+    return free[assign_from(cost, np.searchsorted(free, move))].astype(np.int32)
 
 
 def improve_columns(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray

@@ -20,21 +20,22 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import pair_cost_by_state
 from rcompile.passes.pair import BlockProblem, improve_columns, problem
 
 from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
-from rcompile.solvers import assign, fork_map
+from rcompile.solvers import assign_from, fork_map
 
 Solved = tuple[np.ndarray, np.ndarray, np.ndarray, float, float, bool]
 """rows, pos, neg, cost before, cost after of one block, and whether its time limit was hit."""
 
 
-def move_rows(bp: BlockProblem, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """Best physical row for every logical row, columns held fixed."""
-    cost = pair_cost_by_state(bp.q, bp.w, bp.codes[:, pos], bp.codes[:, neg], bp.top)  # [n, R]
-    return assign(cost)
+def move_rows(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
+              ) -> np.ndarray:
+    """Best physical row for every logical row, columns held fixed (solved from ``rows``)."""
+    from rcompile.passes._kernels import row_costs
+
+    return assign_from(row_costs(bp.table, bp.qi, bp.w, bp.codes, pos, neg), rows)  # [n, R]
 
 
 def solve_block(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray,
@@ -52,7 +53,7 @@ def solve_block(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.nda
         if time.perf_counter() - t0 > time_limit_s:
             return rows, pos, neg, start, cost, True
         prev = cost
-        r2 = move_rows(bp, pos, neg)
+        r2 = move_rows(bp, rows, pos, neg)
         c2 = bp.cost(r2, pos, neg)
         if c2 < cost:
             rows, cost = r2, c2
