@@ -7,8 +7,8 @@ unassigned column, after which the duals are updated and the path flipped. It is
 float64 costs (no integer scaling).
 
 Warm start: ``u[i] = min_j c[i, j]`` and ``v = 0`` are feasible duals, and any row whose start
-column attains its row minimum may keep it (its arc is tight). Only the other rows are then
-augmented. The per-chip passes start every move from the current mapping, where nearly every row
+column attains its row minimum may keep it (its arc is tight); then any other row may take its
+first cheapest column when nobody holds it. Only the remaining rows are augmented. The per-chip passes start every move from the current mapping, where nearly every row
 already sits at a zero-cost place, so a move costs a few short searches instead of a full solve.
 Which optimum is returned among equal ones depends on the start; it is deterministic.
 
@@ -35,11 +35,17 @@ def assign_warm(cost: np.ndarray, start: np.ndarray) -> np.ndarray:  # pragma: n
     v = np.zeros(m)
     col4row = np.full(n, -1, np.int64)
     row4col = np.full(m, -1, np.int64)
-    for i in range(n):
+    for i in range(n):  # rows whose start column is one of their cheapest keep it
         j = start[i]
         if 0 <= j < m and row4col[j] == -1 and cost[i, j] <= u[i]:
             col4row[i] = j
             row4col[j] = i
+    for i in range(n):  # any other row takes its first cheapest column if nobody holds it
+        if col4row[i] == -1:
+            j = np.argmin(cost[i])
+            if row4col[j] == -1:
+                col4row[i] = j
+                row4col[j] = i
     dist = np.empty(m)
     path = np.empty(m, np.int64)
     remaining = np.empty(m, np.int64)
