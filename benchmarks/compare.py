@@ -12,6 +12,9 @@ own subprocess from an exported copy of its sources, so the two never share a mo
 
 Usage: ``python benchmarks/compare.py [--old REV] [--new REV] [--quick] [--json FILE]``.
 Exit status 1 when some block got worse.
+
+:func:`time_version` is the same export used for timing: ``make bench`` measures the per-chip
+passes of an older revision next to this tree's (``benchmarks/run.py``).
 """
 
 from __future__ import annotations
@@ -102,6 +105,45 @@ class _Ctx:
         self.calib = calib
 
 
+def time_worker(model: str, rate: float, runs: int) -> None:
+    """(Subprocess) median seconds of every per-chip pass and of the whole build, for
+    ``two-column`` and ``full`` on one synthetic chip (``rate``, SA1:SA0 = 5:1, seed 1, 10 %
+    spare tiles); prints them as one JSON line."""
+    import statistics
+    import time
+
+    from rcompile import api
+    from rcompile import faultmap as fmap
+
+    plan, _ = api.make_plan(model)
+    fm = fmap.synth(api.spare_tiles(plan.tiles_needed(), 0.10), plan.tile_rows,
+                    plan.tile_cols, rate, (5.0, 1.0), 1)
+    out: dict[str, Any] = {}
+    for strategy in ("two-column", "full"):
+        totals, passes = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            res = api.build(plan, fm, strategy=strategy)
+            totals.append(time.perf_counter() - t0)
+            passes.append({e["pass"]: e["seconds"] for e in res.log})
+        out[strategy] = {"total_s": statistics.median(totals), "runs": totals,
+                         "passes": {k: statistics.median(p[k] for p in passes)
+                                    for k in passes[0]}}
+    print(json.dumps(out))
+
+
+def time_version(rev: str, model: str, rate: float, runs: int) -> dict[str, Any]:
+    """:func:`time_worker` run on revision ``rev`` of the compiler (exported to a temporary
+    directory, run in a subprocess)."""
+    with tempfile.TemporaryDirectory(prefix="rcompile-baseline-") as tmp:
+        pkg = export(rev, tmp)
+        done = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--time", model, str(rate), str(runs)],
+            check=True, env=dict(os.environ, PYTHONPATH=pkg), cwd=tmp, capture_output=True,
+            text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def run_version(rev: str | None, tmp: str, tag: str, quick: bool) -> str:
     pkg = export(rev, os.path.join(tmp, tag))
     out = os.path.join(tmp, tag, "images")
@@ -119,7 +161,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer rates and one seed")
     ap.add_argument("--json", help="write the per-build comparison to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--time", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.time:
+        time_worker(args.time[0], float(args.time[1]), int(args.time[2]))
+        return 0
     if args.worker:
         worker(args.worker, args.quick)
         return 0

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import cell_codes, code_table
+from rcompile.passes._objective import cell_codes, code_table, pair_cost_by_state
 from rcompile.passes.place import block_q, block_weights
 
 from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
-from rcompile.solvers import assign_from
+from rcompile.solvers import assign, assign_from
 
 
 @dataclass
@@ -33,6 +33,9 @@ class BlockProblem:
     codes: np.ndarray  # int16 [R, S]: the tile's cells on the block's strip of S columns
     top: int
     cols: np.ndarray  # int32 [S]: physical column of each strip column (moves work on strip ones)
+    reference: bool = False
+    """Solve every move with numpy cost matrices and OR-Tools' integer assignment (the
+    reference solver, slower) instead of the compiled loops and the float assignment."""
     qi: np.ndarray = field(init=False)  # int64 [n, m]: q + top, the index into code_table
     table: np.ndarray = field(init=False)  # code_table(top)
 
@@ -49,9 +52,21 @@ class BlockProblem:
         return self.cols[local].astype(np.int32)
 
     def cost(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+        if self.reference:
+            return self.cost_numpy(rows, pos, neg)
         from rcompile.passes._kernels import block_cost
 
         return float(block_cost(self.table, self.qi, self.w, self.codes, rows, pos, neg))
+
+    def cost_numpy(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+        """:meth:`cost` summed by numpy (the reference solver's rounding)."""
+        sub = self.codes[rows]
+        cp, cn = sub[:, pos], sub[:, neg]  # [n, m]
+        return float(np.sum(self.w * self.table[cp, cn, self.qi]))
+
+    def solve(self, cost: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """The assignment of one move: exact either way, from ``start`` unless reference."""
+        return assign(cost) if self.reference else assign_from(cost, start)
 
 
 def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
@@ -64,8 +79,13 @@ def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndar
     spare = np.flatnonzero(~used)
     a = np.concatenate([pos, spare[0 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
     b = np.concatenate([neg, spare[1 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
-    fwd, rev = pair_costs(bp.table, bp.qi, bp.w, bp.codes, rows, a, b)  # [m, P] each
-    choice = assign_from(np.minimum(fwd, rev), np.arange(len(pos)))
+    if bp.reference:
+        sub = bp.codes[rows]  # [n, C]
+        fwd = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, a].T, sub[:, b].T, bp.top)  # [m, P]
+        rev = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, b].T, sub[:, a].T, bp.top)
+    else:
+        fwd, rev = pair_costs(bp.table, bp.qi, bp.w, bp.codes, rows, a, b)  # [m, P] each
+    choice = bp.solve(np.minimum(fwd, rev), np.arange(len(pos)))
     flip = rev[np.arange(len(choice)), choice] < fwd[np.arange(len(choice)), choice]
     return np.where(flip, b[choice], a[choice]).astype(np.int32), np.where(
         flip, a[choice], b[choice]
@@ -83,8 +103,31 @@ def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.nd
     from rcompile.passes._kernels import side_costs
 
     free = np.setdiff1d(np.arange(bp.codes.shape[1]), fixed).astype(np.int32)
-    cost = side_costs(bp.table, bp.qi, bp.w, bp.codes, rows, fixed, free, move_is_pos)
-    return free[assign_from(cost, np.searchsorted(free, move))].astype(np.int32)
+    if bp.reference:
+        cost = _side_costs_numpy(bp, rows, fixed, free, move_is_pos)
+    else:
+        cost = side_costs(bp.table, bp.qi, bp.w, bp.codes, rows, fixed, free, move_is_pos)
+    return free[bp.solve(cost, np.searchsorted(free, move))].astype(np.int32)
+
+
+def _side_costs_numpy(bp: BlockProblem, rows: np.ndarray, fixed: np.ndarray, free: np.ndarray,
+                      move_is_pos: bool) -> np.ndarray:
+    """:func:`rcompile.passes._kernels.side_costs` in numpy (the reference solver's)."""
+    sub = bp.codes[rows].astype(np.int64)  # [n, C]
+    cand = sub[:, free]  # [n, A]
+    fix = sub[:, fixed]  # [n, m]
+    table = bp.table
+    if not move_is_pos:
+        table = table.transpose(1, 0, 2)  # index as [moving code, fixed code, q]
+    qi = bp.qi
+    healthy = table[0][fix, qi]  # [n, m]: error with a healthy moving cell
+    cost = np.repeat((bp.w * healthy).sum(axis=0)[:, None], len(free), axis=1)  # [m, A]
+    a, i = np.nonzero(cand.T)  # stuck candidate cells, sorted by column
+    if a.size:
+        delta = bp.w[i] * (table[cand[i, a][:, None], fix[i], qi[i]] - healthy[i])  # [nnz, m]
+        starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+        cost[:, a[starts]] += np.add.reduceat(delta, starts, axis=0).T
+    return cost
 
 
 def improve_columns(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
