@@ -123,6 +123,26 @@ def per_chip(name: str, path: str, weights: int, runs: int, rate: float = RATE
     return row
 
 
+FAST_ONLY = "place{order=assign},permute{reference=false},program,calibrate"
+
+
+def fast_only(path: str, runs: int, rate: float) -> dict[str, Any]:
+    """``full`` without the reference fallback of ``permute`` (the compiled solver only)."""
+    plan, _ = api.make_plan(path)
+    fm = chip_for(plan, rate=rate)
+    totals, logs = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        res = api.build(plan, fm, pipeline=FAST_ONLY)
+        totals.append(time.perf_counter() - t0)
+        logs.append({e["pass"]: e["seconds"] for e in res.log})
+    med = statistics.median(totals)
+    passes = {k: statistics.median(log[k] for log in logs) for k in logs[0]}
+    print(f"  {'':<11} {FAST_ONLY}: {med:.3f} s ({3600 / med:.0f} chips/hour/core as a "
+          f"bare build); {passes_text(passes)}", flush=True)
+    return {"pipeline": FAST_ONLY, "s": med, "runs": totals, "passes": passes}
+
+
 def baseline(rev: str, cases: list[tuple[str, str, float]], runs: int,
              now: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-pass medians of ``rev`` on the same chips as ``now`` (section 1), printed next to
@@ -292,6 +312,8 @@ def main() -> int:
         if "resnet18" in w:
             rows.append(per_chip("resnet18", w["resnet18"].path, w["resnet18"].weights, 1))
         result["per_chip"] = rows
+        fast = fast_only(dense.path, max(runs, 3), DENSE_RATE)
+        result["dense_fast_only"] = fast
         if args.baseline:
             print(f"\n1b. the same chips built by revision {args.baseline} (before), medians "
                   f"of {runs} runs, per pass before -> now")
