@@ -100,3 +100,50 @@ def side_costs(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarr
                     else:
                         cost[j, k] += w[i, j] * (table[f, c, q] - table[f, 0, q])
     return cost
+
+
+@njit(cache=True, nogil=True)
+def compensate_levels(lv: np.ndarray, q: np.ndarray, stuck: np.ndarray, rows: np.ndarray,
+                      pos: np.ndarray, neg: np.ndarray, top: int) -> None:
+    """Write into ``lv`` (uint8 ``[R, C]``) the levels of :func:`_objective.best_levels` for
+    block weights ``q`` on the pairs ``(rows[i], pos[j] / neg[j])`` of a tile whose stuck levels
+    are ``stuck`` (NaN = healthy); the same numbers, element by element."""
+    n, m = q.shape
+    for i in range(n):
+        r = rows[i]
+        for j in range(m):
+            sp = stuck[r, pos[j]]
+            sn = stuck[r, neg[j]]
+            qq = float(q[i, j])
+            hp = np.isnan(sp)
+            hn = np.isnan(sn)
+            fp = 0.0 if hp else float(sp)
+            fn = 0.0 if hn else float(sn)
+            if hp:
+                kp = max(qq, 0.0) if hn else min(max(np.rint(qq + fn), 0.0), float(top))
+            else:
+                kp = np.rint(fp)
+            if hn:
+                kn = max(-qq, 0.0) if hp else min(max(np.rint(fp - qq), 0.0), float(top))
+            else:
+                kn = np.rint(fn)
+            lv[r, pos[j]] = np.uint8(kp)
+            lv[r, neg[j]] = np.uint8(kn)
+
+
+@njit(cache=True, nogil=True)
+def realised_differences(levels: np.ndarray, stuck: np.ndarray, rows: np.ndarray,
+                         pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """``D[i, j]``: level difference the pair ``(rows[i], pos[j] / neg[j])`` really holds
+    (programmed level, or the stuck level of a stuck cell). float64 ``[n, m]``."""
+    n, m = rows.shape[0], pos.shape[0]
+    d = np.empty((n, m))
+    for i in range(n):
+        r = rows[i]
+        for j in range(m):
+            a = stuck[r, pos[j]]
+            b = stuck[r, neg[j]]
+            x = float(levels[r, pos[j]]) if np.isnan(a) else float(a)
+            y = float(levels[r, neg[j]]) if np.isnan(b) else float(b)
+            d[i, j] = x - y
+    return d
