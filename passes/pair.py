@@ -1,7 +1,8 @@
 """pair — differential column assignment: which physical columns pair up, and which is ``+``.
 
-Three exact moves, each an OR-Tools linear assignment on the true objective of
-``passes/_objective.py`` with the other choices held fixed:
+Three exact moves, each a linear assignment on the true objective of ``passes/_objective.py``
+with the other choices held fixed (compiled cost loops and the warm-started float assignment;
+numpy and OR-Tools with ``BlockProblem.reference``):
 * ``outputs -> pairs``: logical outputs onto the current pairs and onto pairs formed from unused
   columns, each with the better polarity;
 * ``pos``: the ``+`` column of every output, among all columns not holding a ``-`` cell;

@@ -1,6 +1,6 @@
 """permute — row and column permutation, alternated until the block cost stops falling.
 
-Rules: with the column pairs fixed, logical rows go to physical rows by an exact OR-Tools linear
+Rules: with the column pairs fixed, logical rows go to physical rows by an exact linear
 assignment (``cost[i, r]`` = the true error of logical row ``i`` on physical row ``r``); rows the
 block does not use are left to the worst lines. Then the column moves of ``pair`` (outputs onto
 pairs with polarity, then each side) run with the rows fixed. Rounds repeat while the cost falls.
@@ -9,6 +9,14 @@ exactly zero. Blocks are independent, so they are solved on every core
 (:func:`rcompile.solvers.fork_map`); results do not depend on the number of workers.
 Each block gets ``--time-limit`` seconds (checked between rounds); blocks stopped by it are
 counted in ``time_limit_hits`` and ``build`` reports them.
+
+Two solvers run the same moves: the fast one (compiled cost loops, the float assignment of
+:func:`rcompile.solvers.assign_from` warm-started from the current mapping) and the reference
+one (numpy cost matrices, OR-Tools' integer assignment). Both are exact per move but break ties
+differently, so the local search can end in different places. Every block runs the fast one;
+with ``reference`` (default) a block it leaves above zero cost also runs the reference one and
+the better result is kept (ties to the reference), so no block ends worse than under the
+reference solver alone.
 Requires: placements. Guarantees: rows and columns stay injective; cost never increases.
 """
 
