@@ -363,7 +363,7 @@ def main() -> int:
               f"{load()}")
         jobs = os.cpu_count() or 1
         result["provision"] = throughput(MNIST, "MNIST", 8 if quick else 40, jobs, tmp)
-        lots = [throughput(dense.path, "dense MNIST", 6 if quick else 16, jobs, tmp, DENSE_RATE)
+        lots = [throughput(dense.path, "dense MNIST", 6 if quick else 10, jobs, tmp, DENSE_RATE)
                 for _ in range(1 if quick else 3)]
         dense_rate = statistics.median(x["chips_per_hour_per_core"] for x in lots)
         print(f"  dense MNIST: median of {len(lots)} lots {dense_rate:.0f} chips/hour/core")

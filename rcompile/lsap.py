@@ -8,9 +8,10 @@ float64 costs (no integer scaling).
 
 Warm start: ``u[i] = min_j c[i, j]`` and ``v = 0`` are feasible duals, and any row whose start
 column attains its row minimum may keep it (its arc is tight); then any other row may take its
-first cheapest column when nobody holds it. Only the remaining rows are augmented. The per-chip passes start every move from the current mapping, where nearly every row
-already sits at a zero-cost place, so a move costs a few short searches instead of a full solve.
-Which optimum is returned among equal ones depends on the start; it is deterministic.
+first cheapest column when nobody holds it. Only the remaining rows are augmented. The per-chip
+passes start every move from the current mapping, where nearly every row already sits at a
+zero-cost place, so a move costs a few short searches instead of a full solve. Which optimum is
+returned among equal ones depends on the start; it is deterministic.
 
 Invariants kept throughout (the conditions of the algorithm's optimality proof): every reduced
 cost of an assigned row is >= 0 (up to rounding), assigned arcs have reduced cost 0, and the
