@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 OUT    := out
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint bench clean
+.PHONY: help install demo test lint bench docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: install  ## ruff and mypy only
 
 bench: install  ## speed benchmarks, ratios measured side by side
 	$(BIN)/python benchmarks/run.py
+
+docs: install  ## regenerate docs/cli.md from the click commands (a test checks it is current)
+	$(BIN)/python -m rcompile.clidoc > docs/cli.md
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -30,7 +30,7 @@ def main(out: str = "out") -> None:
     os.makedirs(out, exist_ok=True)
     chip = os.path.join(out, "chip.npz")
     print(rcompile("faultmap", "synth", "--like", MODEL, "--rate", "0.01", "--ratio", "5:1",
-                   "--seed", "1", "-o", chip).strip())
+                   "--fault-seed", "1", "-o", chip).strip())
     rows = []
     for strategy in ("full", "two-column"):
         image = os.path.join(out, f"chip-{strategy}.rimg")

@@ -1,7 +1,7 @@
 """Compiler passes, one module each, in pipeline order (installed as ``rcompile.passes``).
 
 Chip-independent: prune (optional), quantize, tile, pack. Per chip: place, pair, permute,
-transform (the MT baseline), program, calibrate.
+spare, strip, transform (the MT baseline), program, calibrate.
 """
 
 from rcompile.passes import (
@@ -13,6 +13,8 @@ from rcompile.passes import (
     program,
     prune,
     quantize,
+    spare,
+    strip,
     tile,
     transform,
 )
@@ -25,6 +27,8 @@ __all__ = [
     "place",
     "pair",
     "permute",
+    "spare",
+    "strip",
     "transform",
     "program",
     "calibrate",

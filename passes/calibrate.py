@@ -36,18 +36,19 @@ class Calibrate:
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
     ) -> tuple[ChipMapping, dict[str, Any]]:
+        from rcompile.passes._kernels import realised_differences
+
         out = []
         shift = 0.0
         for pl in mapping.placements:
             blk = plan.blocks[pl.block]
             q = block_q(plan, pl.block).astype(np.float64)
-            lv = mapping.levels[pl.tile].astype(np.float64)
-            st = ctx.stuck[pl.tile]
-            lv = np.where(np.isnan(st), lv, st)[pl.phys_rows]
-            d = lv[:, pl.pos] - lv[:, pl.neg]  # [n, m]
+            d = realised_differences(mapping.levels[pl.tile], ctx.stuck[pl.tile], pl.phys_rows,
+                                     pl.pos, pl.neg)  # [n, m]
             if ctx.calib is not None:
+                row = ctx.calib[blk.layer]
                 power, mean = (
-                    a[blk.group][blk.rows].astype(np.float64) for a in ctx.calib[blk.layer]
+                    a[blk.group][blk.rows].astype(np.float64) for a in (row.power, row.mean)
                 )
             else:
                 power, mean = np.ones(len(blk.rows)), None

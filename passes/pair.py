@@ -1,7 +1,8 @@
 """pair — differential column assignment: which physical columns pair up, and which is ``+``.
 
-Three exact moves, each an OR-Tools linear assignment on the true objective of
-``passes/_objective.py`` with the other choices held fixed:
+Three exact moves, each a linear assignment on the true objective of ``passes/_objective.py``
+with the other choices held fixed (compiled cost loops and the warm-started float assignment;
+numpy and OR-Tools with ``BlockProblem.reference``):
 * ``outputs -> pairs``: logical outputs onto the current pairs and onto pairs formed from unused
   columns, each with the better polarity;
 * ``pos``: the ``+`` column of every output, among all columns not holding a ``-`` cell;
@@ -12,7 +13,7 @@ Requires: placements. Guarantees: pairs stay disjoint; the objective never incre
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,7 +22,7 @@ from rcompile.passes.place import block_q, block_weights
 
 from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
-from rcompile.solvers import assign
+from rcompile.solvers import assign, assign_from
 
 
 @dataclass
@@ -33,6 +34,16 @@ class BlockProblem:
     codes: np.ndarray  # int16 [R, S]: the tile's cells on the block's strip of S columns
     top: int
     cols: np.ndarray  # int32 [S]: physical column of each strip column (moves work on strip ones)
+    reference: bool = False
+    """Solve every move with numpy cost matrices and OR-Tools' integer assignment (the
+    reference solver, slower) instead of the compiled loops and the float assignment."""
+    qi: np.ndarray = field(init=False)  # int64 [n, m]: q + top, the index into code_table
+    table: np.ndarray = field(init=False)  # code_table(top)
+
+    def __post_init__(self) -> None:
+        self.qi = self.q.astype(np.int64) + self.top
+        self.w = np.ascontiguousarray(self.w, np.float64)
+        self.table = code_table(self.top)
 
     def local(self, physical: np.ndarray) -> np.ndarray:
         """Strip index of physical columns."""
@@ -42,24 +53,40 @@ class BlockProblem:
         return self.cols[local].astype(np.int32)
 
     def cost(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+        if self.reference:
+            return self.cost_numpy(rows, pos, neg)
+        from rcompile.passes._kernels import block_cost
+
+        return float(block_cost(self.table, self.qi, self.w, self.codes, rows, pos, neg))
+
+    def cost_numpy(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+        """:meth:`cost` summed by numpy (the reference solver's rounding)."""
         sub = self.codes[rows]
         cp, cn = sub[:, pos], sub[:, neg]  # [n, m]
-        err = code_table(self.top)[cp, cn, self.q.astype(np.int64) + self.top]
-        return float(np.sum(self.w * err))
+        return float(np.sum(self.w * self.table[cp, cn, self.qi]))
+
+    def solve(self, cost: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """The assignment of one move: exact either way, from ``start`` unless reference."""
+        return assign(cost) if self.reference else assign_from(cost, start)
 
 
 def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
     """Outputs onto current and spare pairs, polarity chosen per (output, pair)."""
+    from rcompile.passes._kernels import pair_costs
+
     used = np.zeros(bp.codes.shape[1], bool)
     used[pos] = used[neg] = True
     spare = np.flatnonzero(~used)
-    a = np.concatenate([pos, spare[0 : len(spare) // 2 * 2 : 2]])
-    b = np.concatenate([neg, spare[1 : len(spare) // 2 * 2 : 2]])
-    sub = bp.codes[rows]  # [n, C]
-    fwd = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, a].T, sub[:, b].T, bp.top)  # [m, P]
-    rev = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, b].T, sub[:, a].T, bp.top)
-    choice = assign(np.minimum(fwd, rev))
+    a = np.concatenate([pos, spare[0 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
+    b = np.concatenate([neg, spare[1 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
+    if bp.reference:
+        sub = bp.codes[rows]  # [n, C]
+        fwd = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, a].T, sub[:, b].T, bp.top)  # [m, P]
+        rev = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, b].T, sub[:, a].T, bp.top)
+    else:
+        fwd, rev = pair_costs(bp.table, bp.qi, bp.w, bp.codes, rows, a, b)  # [m, P] each
+    choice = bp.solve(np.minimum(fwd, rev), np.arange(len(pos)))
     flip = rev[np.arange(len(choice)), choice] < fwd[np.arange(len(choice)), choice]
     return np.where(flip, b[choice], a[choice]).astype(np.int32), np.where(
         flip, a[choice], b[choice]
@@ -74,14 +101,26 @@ def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.nd
     column a, the same for every a, plus a correction for each row where column a is stuck:
     work in proportion to the stuck cells of the free columns.
     """
-    free = np.setdiff1d(np.arange(bp.codes.shape[1]), fixed)
+    from rcompile.passes._kernels import side_costs
+
+    free = np.setdiff1d(np.arange(bp.codes.shape[1]), fixed).astype(np.int32)
+    if bp.reference:
+        cost = _side_costs_numpy(bp, rows, fixed, free, move_is_pos)
+    else:
+        cost = side_costs(bp.table, bp.qi, bp.w, bp.codes, rows, fixed, free, move_is_pos)
+    return free[bp.solve(cost, np.searchsorted(free, move))].astype(np.int32)
+
+
+def _side_costs_numpy(bp: BlockProblem, rows: np.ndarray, fixed: np.ndarray, free: np.ndarray,
+                      move_is_pos: bool) -> np.ndarray:
+    """:func:`rcompile.passes._kernels.side_costs` in numpy (the reference solver's)."""
     sub = bp.codes[rows].astype(np.int64)  # [n, C]
     cand = sub[:, free]  # [n, A]
     fix = sub[:, fixed]  # [n, m]
-    table = code_table(bp.top)
+    table = bp.table
     if not move_is_pos:
         table = table.transpose(1, 0, 2)  # index as [moving code, fixed code, q]
-    qi = bp.q.astype(np.int64) + bp.top
+    qi = bp.qi
     healthy = table[0][fix, qi]  # [n, m]: error with a healthy moving cell
     cost = np.repeat((bp.w * healthy).sum(axis=0)[:, None], len(free), axis=1)  # [m, A]
     a, i = np.nonzero(cand.T)  # stuck candidate cells, sorted by column
@@ -89,7 +128,7 @@ def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.nd
         delta = bp.w[i] * (table[cand[i, a][:, None], fix[i], qi[i]] - healthy[i])  # [nnz, m]
         starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
         cost[:, a[starts]] += np.add.reduceat(delta, starts, axis=0).T
-    return free[assign(cost)].astype(np.int32)
+    return cost
 
 
 def improve_columns(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray

@@ -7,8 +7,9 @@ Rules:
   OR-Tools assignment over blocks x tiles of an estimated cost ``E_b * D_t(n_b, m_b)``, where
   ``E_b`` is the block's weighted squared-weight mass and ``D_t`` the stuck-cell density of the
   cleanest ``n_b`` rows and ``2 m_b`` columns of tile ``t`` (the ones later passes can pick).
-  Chips of more than ``DENSE_TILES`` tiles get the same optimum from a provably sufficient
-  subset of the arcs (:func:`assign_rank1_classes`).
+  Chips of more than ``DENSE_TILES`` tiles get the same optimum cost from an exact float
+  assignment (:func:`rcompile.solvers.assign_from`) or, beyond ``FLOAT_ENTRIES`` bins x tiles,
+  from a provably sufficient subset of the arcs (:func:`assign_rank1_classes`).
 Blocks that ``pack`` put in one bin share a tile, each on its own column strip
 (:func:`strips`); without ``pack`` every block is a bin of its own.
 Requires: blocks. Guarantees: one bin per tile, identity rows and adjacent pairs in each strip.
@@ -25,7 +26,7 @@ import numpy as np
 from rcompile.errors import DoesNotFit
 from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
-from rcompile.solvers import assign, assign_sparse
+from rcompile.solvers import assign, assign_from, assign_sparse
 
 
 def block_weights(plan: Plan, ctx: ChipContext, b: int) -> np.ndarray:
@@ -34,15 +35,28 @@ def block_weights(plan: Plan, ctx: ChipContext, b: int) -> np.ndarray:
     layer = plan.layers[blk.layer]
     s = layer.scale[blk.group][blk.outs].astype(np.float64)
     if ctx.calib is not None:
-        r = ctx.calib[blk.layer][0][blk.group][blk.rows].astype(np.float64)
+        r = ctx.calib[blk.layer].power[blk.group][blk.rows].astype(np.float64)
     else:
         r = np.ones(len(blk.rows))
     return r[:, None] * (s**2)[None, :]
 
 
 def block_q(plan: Plan, b: int) -> np.ndarray:
+    """Quantised weights ``[n, m]`` of block ``b`` (read-only; a view when its rows and outputs
+    are contiguous ranges, as they are unless pruning removed some)."""
     blk = plan.blocks[b]
-    return plan.layers[blk.layer].q[blk.group][np.ix_(blk.rows, blk.outs)]
+    q = plan.layers[blk.layer].q[blk.group]
+    rows, outs = _span(blk.rows), _span(blk.outs)
+    out = q[rows, outs] if rows and outs else q[np.ix_(blk.rows, blk.outs)]
+    out.flags.writeable = False
+    return out
+
+
+def _span(idx: np.ndarray) -> slice | None:
+    """``idx`` as a slice when it is a contiguous increasing range, else None."""
+    if len(idx) and int(idx[-1]) - int(idx[0]) + 1 == len(idx):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return None
 
 
 def initial_placement(plan: Plan, b: int, tile: int, cols: np.ndarray) -> Placement:
@@ -118,6 +132,13 @@ class Place:
         nt = ctx.geometry.tiles
         if nt <= DENSE_TILES:
             return assign(mass[:, None] * density[shape])
+        if len(mass) * nt <= FLOAT_ENTRIES:
+            # heaviest bins first: each then finds a free tile after a short search
+            order = np.lexsort((np.arange(len(mass)), -mass))
+            tiles = np.empty(len(mass), np.int32)
+            tiles[order] = assign_from(mass[order, None] * density[shape[order]],
+                                       np.full(len(mass), -1))
+            return tiles
         return assign_rank1_classes(mass, shape, density, nt)
 
     def _factors(
@@ -151,6 +172,11 @@ class Place:
 #: Chips of up to this many tiles get the dense blocks x tiles assignment (the exact integer
 #: costs of :func:`rcompile.solvers.assign`); larger ones the sparse, equally exact one below.
 DENSE_TILES = 1448
+
+#: Larger chips with at most this many bins x tiles get the exact float assignment of
+#: :func:`rcompile.solvers.assign_from` on the dense costs (64 MB; ten times faster than the
+#: sparse OR-Tools one below on a 1,745-tile chip); beyond it, :func:`assign_rank1_classes`.
+FLOAT_ENTRIES = 2**23
 
 #: Arcs offered to each block at least, in :func:`assign_rank1_classes` (speed only: with
 #: fewer, a dominant block shape leaves a nearly tight matching that OR-Tools solves slowly).

@@ -60,13 +60,18 @@ class Program:
         top = ctx.device.max_level
         rows, cols = ctx.geometry.rows, ctx.geometry.cols
         levels: dict[int, np.ndarray] = {}
-        high_all = self._common_high(ctx)
+        high_all = self._common_high(ctx) if self.scheme == "differential" else False
         mode = noise_mode(self.noise, ctx.device.level_rms_error)
         sq_err = ctx.device.expected_sq_error(np.arange(top + 1))
         for pl in mapping.placements:
             lv = levels.setdefault(pl.tile, np.zeros((rows, cols), np.uint8))
             q = block_q(plan, pl.block)
             r = pl.phys_rows[:, None]
+            if self.scheme == "compensate" and mode == "off":  # best_levels, compiled
+                from rcompile.passes._kernels import compensate_levels
+
+                compensate_levels(lv, q, ctx.stuck[pl.tile], pl.phys_rows, pl.pos, pl.neg, top)
+                continue
             if self.scheme == "compensate":
                 st = ctx.stuck[pl.tile]
                 if mode != "off":

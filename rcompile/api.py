@@ -29,7 +29,7 @@ from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
-from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, to_matrices
+from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, RowStats, chip_view, to_matrices
 
 #: Strategies by name: the per-chip pipeline each runs.
 STRATEGIES: dict[str, str] = {
@@ -37,6 +37,9 @@ STRATEGIES: dict[str, str] = {
     "differential": "place,program{scheme=differential}",
     "mt": "place{order=assign},transform,program{scheme=transform}",
     "full": "place{order=assign},permute,program,calibrate",
+    # full plus spare tiles on the worst blocks and a row assignment over each column strip:
+    # for dense layers that leave the permutation no room (docs/dense.md)
+    "full-spare-strip": "place{order=assign},permute,spare,strip,program,calibrate",
 }
 DEFAULT_STRATEGY = "full"
 PLAN_PIPELINE = "quantize,tile,pack"
@@ -83,7 +86,7 @@ class LotPlan:
     seconds: float = 0.0
 
 
-Calib = tuple[tuple[np.ndarray, np.ndarray], ...]
+Calib = tuple[RowStats, ...]
 
 
 def plan_lot(
@@ -116,7 +119,12 @@ def plan_lot(
             raise BadPlan(f"{plan_path}: plan is quantised for {saved.plan.device.levels} levels "
                           f"but device {hardware.name} has {hardware.cell.levels}: make a plan "
                           f"with --levels {hardware.cell.levels}")
-        return LotPlan(saved.plan, saved.calib, (), saved.source, time.perf_counter() - t0)
+        plan = saved.plan
+        if hardware is not None:  # one cell for the whole image: the device's, as without a plan
+            cell = compiler_device(hardware)
+            assert cell is not None
+            plan = replace(plan, device=cell)
+        return LotPlan(plan, saved.calib, (), saved.source, time.perf_counter() - t0)
     if fm is None:
         raise ValueError("plan_lot: a plan made from the model needs a fault map (its geometry)")
     geo = fm.geometry
@@ -259,7 +267,7 @@ def build(
     strategy: str = DEFAULT_STRATEGY,
     pipeline: str | None = None,
     solver: pl.SolverOptions | None = None,
-    calib: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None,
+    calib: Calib | None = None,
     hardware: dict[str, Any] | None = None,
     passes: list[pl.ChipPass] | None = None,
 ) -> BuildResult:
@@ -284,13 +292,14 @@ def build(
     passes = chip_pipeline(spec, plan) if passes is None else passes
     device = chip_device(plan, fm)
     solver = solver or pl.SolverOptions()
+    seen = None if calib is None else _ReadTracking(calib)
     ctx = pl.ChipContext(
         geometry=geo,
         device=device,
         stuck=fm.stuck_levels(device),
         chip_id=fm.chip_id,
         solver=solver,
-        calib=calib,
+        calib=seen,
     )
     _, mapping, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
     assert mapping is not None
@@ -306,14 +315,26 @@ def build(
             "solver_time_limit_s": solver.time_limit_s,
             "solver_workers": solver.workers,
             "solver_seed": solver.seed,
-            "calibrated": calib is not None,
+            "calibrated": seen is not None and seen.read,
         },
         "device": device.to_dict(),
         "geometry": {"tiles": geo.tiles, "rows": geo.rows, "cols": geo.cols},
     }
     if hardware is not None:
         header["hardware"] = hardware
-    return BuildResult(to_image(plan, mapping, header), mapping, log, _warnings(mapping, log, ctx))
+    image = to_image(chip_view(plan, mapping), mapping, header)
+    return BuildResult(image, mapping, log, _warnings(mapping, log, ctx))
+
+
+class _ReadTracking(tuple):  # type: ignore[type-arg]
+    """The calibration statistics, noting whether a pass read them (indexed them by layer), so
+    the image header says ``calibrated`` only when the statistics changed what was done."""
+
+    read = False
+
+    def __getitem__(self, i: Any) -> Any:
+        self.read = True
+        return super().__getitem__(i)
 
 
 def _warnings(mapping: ChipMapping, log: list[dict[str, Any]], ctx: pl.ChipContext) -> list[str]:
@@ -367,7 +388,7 @@ def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:
     return Image(header=header, layers=layers, tiles=tiles, graph=stripped.SerializeToString())
 
 
-def load_calib_stats(plan: Plan, path: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+def load_calib_stats(plan: Plan, path: str) -> Calib:
     """:func:`calib_stats` of the calibration data file ``path`` for ``plan``'s model."""
     from rcompile.data import input_specs, load_calib
 
@@ -377,8 +398,9 @@ def load_calib_stats(plan: Plan, path: str) -> tuple[tuple[np.ndarray, np.ndarra
 
 def calib_stats(
     model: onnx.ModelProto, ops: tuple[Any, ...], data: dict[str, np.ndarray], source: str
-) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Per crossbar op ``(E[x^2], E[x])`` of each matrix row ``[groups, rows]`` on ``data``.
+) -> Calib:
+    """Per crossbar op, the :class:`~rcompile.ir.RowStats` ``E[x^2]``, ``E[x]`` of each matrix
+    row ``[groups, rows]`` on ``data``.
 
     A Conv row ``(c, ky, kx)`` takes the statistics of its input channel ``c`` over all
     positions (padding ignored); a Gemm/MatMul row those of its input feature.
@@ -386,7 +408,7 @@ def calib_stats(
     import onnxruntime as ort
 
     from rcompile.data import batches, fixed_batch, input_specs, unpad
-    from rcompile.runtime import free_dims
+    from rcompile.runtime.execute import free_dims
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -440,7 +462,7 @@ def calib_stats(
             mean = np.repeat(mean.reshape(op.groups, -1), k, axis=1)
         else:
             power, mean = power.reshape(1, -1), mean.reshape(1, -1)
-        result.append((power.astype(np.float32), mean.astype(np.float32)))
+        result.append(RowStats(power.astype(np.float32), mean.astype(np.float32)))
     return tuple(result)
 
 

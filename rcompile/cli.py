@@ -4,13 +4,13 @@ Domain errors (:class:`~rcompile.errors.RcompileError`) are caught once, in :fun
 become one line on stderr and a non-zero exit; so do SIGINT and SIGTERM (exit 130 / 143,
 :mod:`rcompile.interrupts`). Output files are written atomically, and every command refuses an
 output that is the same file as one of its inputs (:func:`rcompile.fileio.refuse_overwrite`),
-before any work. The promises and exit codes: ``docs/reliability.md``.
+before any work. The promises and exit codes: ``docs/reliability.md``; the option vocabulary
+and the JSON envelope every ``--json`` document carries: :mod:`rcompile.clikit`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 import time
@@ -19,23 +19,27 @@ from typing import Any
 import click
 import numpy as np
 
-from rcompile import __version__, api, interrupts, runtime
+from rcompile import __version__, api, interrupts, runtime, solvers
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
+from rcompile.clikit import emit, error_json, exit_code_table, option
 from rcompile.data import load_data
 from rcompile.errors import RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
 from rcompile.fileio import refuse_overwrite
 from rcompile.pipeline import SolverOptions
+from rcompile.pipeline import parse as parse_pipeline
+from rcompile.plot_cli import plot_cmd
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_code_table())
 @click.version_option(__version__, prog_name="rcompile")
 def cli() -> None:
     """Per-chip compiler for ReRAM crossbar chips with stuck-at faults."""
 
 
 cli.add_command(faultmap)
+cli.add_command(plot_cmd)
 
 
 def _strategy_option(f: Any) -> Any:
@@ -51,9 +55,33 @@ def _strategy_option(f: Any) -> Any:
 def _solver_options(f: Any) -> Any:
     f = click.option("--time-limit", type=click.FloatRange(min=0.01), default=10.0,
                      show_default=True, help="Seconds allowed to one solver call.")(f)
-    f = click.option("--seed", "solver_seed", type=int, default=0, show_default=True,
-                     help="Solver random seed.")(f)
+    f = option("--solver-seed", "solver_seed", deprecated=("--seed",), type=int, default=0,
+               show_default=True, help="Solver random seed.")(f)
     return f
+
+
+def _jobs_option(what: str) -> Any:
+    def deco(f: Any) -> Any:
+        return click.option("-j", "--jobs", type=click.IntRange(min=0), default=0,
+                            show_default=True,
+                            help=f"Worker processes {what} (0: RCOMPILE_JOBS if set, else one "
+                            "per core).")(f)
+    return deco
+
+
+def _mode_options(f: Any) -> Any:
+    f = click.option("--mode", type=click.Choice(runtime.MODES), default="auto",
+                     show_default=True,
+                     help="ideal: effective weights; tile: per-tile DAC, read noise and ADC as "
+                     "ONNX; auto: tile when the device's periphery is not ideal.")(f)
+    f = click.option("--noise-seed", type=int, default=0, show_default=True,
+                     help="Seed of programming variation and read noise.")(f)
+    return f
+
+
+def _json_option(f: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON object (errors: one JSON object on stderr).")(f)
 
 
 def _parse_prune(ctx: Any, param: Any, value: str | None) -> str | None:
@@ -105,7 +133,8 @@ def _load_device(spec: str | None) -> Any:
               help="Image to write [default: <fault map name>.rimg in the current directory].")
 @_strategy_option
 @click.option("--pipeline",
-              help="Explicit per-chip pipeline, e.g. 'place,permute{rounds=2},program'.")
+              help="Explicit per-chip pipeline, e.g. 'place,permute{rounds=2},program' "
+              "(instead of --strategy).")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz): weights rows by E[x^2]; cancels mean error in "
               "the bias.")
@@ -114,11 +143,18 @@ def _load_device(spec: str | None) -> Any:
 @_device_option
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
               help="Reuse a saved plan of MODEL (from 'rcompile plan') instead of re-planning.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def build(model: str, faultmap_path: str, output: str | None, strategy: str, pipeline: str | None,
-          calib: str | None, prune: str | None, time_limit: float, solver_seed: int,
-          device_spec: str | None, plan_path: str | None, as_json: bool) -> None:
+@_jobs_option("for the solver passes")
+@_json_option
+@click.pass_context
+def build(ctx: click.Context, model: str, faultmap_path: str, output: str | None, strategy: str,
+          pipeline: str | None, calib: str | None, prune: str | None, time_limit: float,
+          solver_seed: int, device_spec: str | None, plan_path: str | None, jobs: int,
+          as_json: bool) -> None:
     """Compile MODEL for one chip and write its programming image."""
+    if pipeline is not None and ctx.get_parameter_source("strategy") not in (
+            click.core.ParameterSource.DEFAULT, None):
+        raise click.BadParameter("--pipeline replaces --strategy; give one of them",
+                                 param_hint="'--pipeline'")
     out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
     refuse_overwrite([("-o" if output else "the default image", out)],
                      [("MODEL", model), ("--faultmap", faultmap_path), ("--calib", calib),
@@ -130,9 +166,10 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         api.chip_pipeline(pipeline)  # a bad pipeline string fails before any file is read
     hw = _load_device(device_spec)
     fm = fmap.load(faultmap_path)
-    res = api.compile_chip(model, fm, plan_path=plan_path, calib_path=calib, prune=prune,
-                           strategy=strategy, pipeline=pipeline, hardware=hw,
-                           solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed))
+    with solvers.limited(jobs):
+        res = api.compile_chip(model, fm, plan_path=plan_path, calib_path=calib, prune=prune,
+                               strategy=strategy, pipeline=pipeline, hardware=hw,
+                               solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed))
     rimg.write(res.image, out)
     for w in res.warnings:
         click.echo(f"rcompile: warning: {w}", err=True)
@@ -144,8 +181,10 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         "strategy": res.image.header["strategy"],
         "pipeline": res.image.header["pipeline"],
         "tiles_used": len(res.image.tiles),
-        "tiles": geo.tiles,
-        "crossbar": api.utilisation(plan, res.image),
+        "tiles_on_chip": geo.tiles,
+        "tiles": geo.tiles,  # deprecated spelling of tiles_on_chip, kept one release
+        "calibrated": bool(res.image.header["options"]["calibrated"]),
+        "crossbar": [{**e, "weight_shape": e["shape"]} for e in api.utilisation(plan, res.image)],
         "warnings": res.warnings,
         "digital": [{"node": n, "op_type": t, "reason": r} for n, t, r in plan.digital],
         "passes": res.log,
@@ -153,7 +192,8 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
         "chip_seconds": res.chip_seconds,
     }
     if as_json:
-        click.echo(json.dumps(report, default=float))
+        emit(report, {"model": model, "faultmap": faultmap_path, "calib": calib,
+                      "plan": plan_path, "device": _device_file(device_spec)})
         return
     click.echo(f"wrote {out}: chip {fm.chip_id}, strategy {report['strategy']}, "
                f"{report['tiles_used']}/{geo.tiles} tiles")
@@ -201,12 +241,8 @@ def build(model: str, faultmap_path: str, output: str | None, strategy: str, pip
 @click.option("--allow-remeasured", is_flag=True,
               help="Accept a fault map of the same chip that differs from the compiled one.")
 @_device_option
-@click.option("--mode", type=click.Choice(runtime.MODES), default="auto", show_default=True,
-              help="ideal: effective weights; tile: per-tile DAC, read noise and ADC as ONNX; "
-              "auto: tile when the device's periphery is not ideal.")
-@click.option("--noise-seed", type=int, default=0, show_default=True,
-              help="Seed of programming variation and read noise.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_mode_options
+@_json_option
 def verify(image: str, faultmap_path: str, data_path: str, model_path: str | None,
            allow_remeasured: bool, device_spec: str | None, mode: str, noise_seed: int,
            as_json: bool) -> None:
@@ -227,7 +263,8 @@ def verify(image: str, faultmap_path: str, data_path: str, model_path: str | Non
                          image_source=image, hardware=hw, mode=mode, noise_seed=noise_seed)
     d = rep.to_dict()
     if as_json:
-        click.echo(json.dumps(d))
+        emit(d, {"image": image, "faultmap": faultmap_path, "data": data_path,
+                 "model": model_path, "device": _device_file(device_spec)})
         return
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.2f} %"
@@ -259,12 +296,12 @@ def verify(image: str, faultmap_path: str, data_path: str, model_path: str | Non
 
 @cli.command()
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_json_option
 def inspect(image: str, as_json: bool) -> None:
     """Describe a programming image."""
     img = rimg.read(image)
     if as_json:
-        click.echo(json.dumps(rimg.summary_dict(img)))
+        emit(rimg.summary_dict(img), {"image": image})
     else:
         click.echo(rimg.describe(img))
 
@@ -280,52 +317,78 @@ def _csv(kind: type) -> Any:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--rates", default="0.001,0.01,0.05,0.1,0.2,0.5", show_default=True,
-              callback=_csv(float), help="Fault rates p.")
-@click.option("--ratios", default="5:1,1:5", show_default=True,
-              callback=lambda c, p, v: [RATIO.convert(x, p, c) for x in v.split(",")],
-              help="SA1:SA0 ratios.")
-@click.option("--strategies", default="two-column,differential,mt,full", show_default=True,
-              callback=_csv(str))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Evaluation data (.npz): one array per model input, 'labels'.")
+@option("--rate", "rates", deprecated=("--rates",), default="0.001,0.01,0.05,0.1,0.2,0.5",
+        show_default=True, callback=_csv(float), help="Fault rates p (comma-separated).")
+@option("--ratio", "ratios", deprecated=("--ratios",), default="5:1,1:5", show_default=True,
+        callback=lambda c, p, v: [RATIO.convert(x, p, c) for x in v.split(",")],
+        help="SA1:SA0 ratios (comma-separated).")
+@option("--strategy", "strategies", deprecated=("--strategies",),
+        default="two-column,differential,mt,full", show_default=True, callback=_csv(str),
+        help="Strategies to compare (comma-separated).")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Fault-map seeds per point.")
 @click.option("--spare", type=click.FloatRange(min=0), default=0.10, show_default=True,
               help="Extra tiles on every synthetic chip, as a fraction.")
-@click.option("--rows", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--cols", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--rows", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Rows per tile of the synthetic chips.")
+@click.option("--cols", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Columns per tile of the synthetic chips (even).")
 @click.option("--calib", type=click.Path(dir_okay=False), help="Calibration data for 'full'.")
+@click.option("--pattern", type=click.Choice(fmap.SYNTH_KINDS), default="uniform",
+              show_default=True, help="Fault pattern of the synthetic chips (faultmap synth).")
+@click.option("--pipeline", "pipelines", multiple=True, metavar="NAME=PIPELINE",
+              help="A custom per-chip pipeline swept as strategy NAME (repeatable), e.g. "
+                   "'strip=place{order=assign},permute,strip,program,calibrate'.")
 @_prune_option
 @_device_option
 @click.option("--mode", type=click.Choice(runtime.MODES), default="auto", show_default=True,
               help="Emulation mode of every verification (see verify --mode).")
+@_solver_options
+@_jobs_option("for the solver passes")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write accuracy vs fault rate PNG.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_json_option
 def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[float, float]],
           strategies: list[str], seeds: int, spare: float, rows: int, cols: int,
-          calib: str | None, prune: str | None, device_spec: str | None, mode: str,
+          calib: str | None, pattern: str, pipelines: tuple[str, ...], prune: str | None,
+          device_spec: str | None, mode: str, time_limit: float, solver_seed: int, jobs: int,
           plot: str | None, as_json: bool) -> None:
     """Accuracy against fault rate for several strategies on synthetic chips."""
     from rcompile.sweep import render_plot, run_sweep, table
 
+    custom: dict[str, str] = {}
+    for item in pipelines:
+        name, eq, spec = item.partition("=")
+        if not eq or not name.strip() or not spec.strip():
+            raise click.BadParameter(f"{item!r}: expected NAME=PIPELINE", param_hint="--pipeline")
+        try:
+            parse_pipeline(spec)
+        except RcompileError as e:
+            raise click.BadParameter(f"{item!r}: {e}", param_hint="--pipeline") from None
+        custom[name.strip()] = spec.strip()
+    strategies = strategies + [n for n in custom if n not in strategies]
     for s in strategies:
-        if s not in api.STRATEGIES:
+        if s not in api.STRATEGIES and s not in custom:
             raise click.BadParameter(f"unknown strategy {s!r}; known: {sorted(api.STRATEGIES)}")
     refuse_overwrite([("--plot", plot)], [("MODEL", model), ("--data", data_path),
                                           ("--calib", calib),
                                           ("--device", _device_file(device_spec))])
     hw = _load_device(device_spec)
     total = len(rates) * len(ratios) * seeds
-    sink = sys.stderr if not as_json else io.StringIO()
-    with click.progressbar(length=total, label="sweep", file=sink) as bar:
+    sink = sys.stderr if not as_json and sys.stderr.isatty() else io.StringIO()  # quiet in scripts
+    solver = SolverOptions(time_limit_s=time_limit, seed=solver_seed)
+    with click.progressbar(length=total, label="sweep", file=sink) as bar, solvers.limited(jobs):
         result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
                            seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
                            prune=prune, progress=lambda done, n: bar.update(1), hardware=hw,
-                           mode=mode)
+                           mode=mode, pattern=pattern, pipelines=custom, solver=solver)
     if plot:
         render_plot(result, plot)
-    if as_json:
-        click.echo(json.dumps(result))
+    if as_json:  # fault_free_accuracy: verify's name; quantised_accuracy kept one release
+        emit({**result, "fault_free_accuracy": result["quantised_accuracy"]},
+             {"model": model, "data": data_path, "calib": calib,
+              "device": _device_file(device_spec)})
     else:
         click.echo(table(result))
 
@@ -343,7 +406,7 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz): its row statistics are saved with the plan.")
 @_prune_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_json_option
 def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: str | None,
              prune: str | None, as_json: bool) -> None:
     """Make MODEL's chip-independent plan once, for 'build --plan' and 'provision --plan'."""
@@ -366,7 +429,7 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
             "bytes": size, "seconds": time.perf_counter() - t0,
             "passes": log}
     if as_json:
-        click.echo(json.dumps(info, default=float))
+        emit(info, {"model": model, "calib": calib})
         return
     click.echo(f"wrote {output}: {len(plan.ops)} crossbar ops in {len(plan.blocks)} blocks of "
                f"{rows}x{cols}, {levels} levels{', calibrated' if stats is not None else ''} "
@@ -375,9 +438,9 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--faultmaps", "faultmaps_dir", required=True,
-              type=click.Path(file_okay=False),
-              help="Directory of the lot's fault maps (*.npz), one per chip.")
+@option("--faultmap-dir", "faultmaps_dir", deprecated=("--faultmaps",), required=True,
+        type=click.Path(file_okay=False),
+        help="Directory of the lot's fault maps (*.npz), one per chip.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory for the images (NAME.rimg) and report.jsonl.")
 @click.option("-j", "--jobs", type=click.IntRange(min=0), default=0, show_default=True,
@@ -387,18 +450,23 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
               help="Reuse a saved plan of MODEL (from 'rcompile plan').")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz) when no --plan is given.")
-@click.option("--verify-data", type=click.Path(dir_okay=False),
-              help="Evaluation data (.npz): verify every image and report its accuracy.")
+@option("--data", "verify_data", deprecated=("--verify-data",), type=click.Path(dir_okay=False),
+        help="Evaluation data (.npz): verify every image and report its accuracy.")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), help="With --data: bin "
+              "each chip pass/fail against this accuracy (0..1) in its report line.")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local",
               show_default=True, help="Run chips in local processes or on a dask cluster.")
 @click.option("--scheduler", help="dask.distributed scheduler address (with --executor dask).")
 @_solver_options
 @_device_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary at the end.")
+@_mode_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON summary at the end (errors: one JSON object on stderr).")
 def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy: str,
-              plan_path: str | None, calib: str | None, verify_data: str | None, executor: str,
+              plan_path: str | None, calib: str | None, verify_data: str | None,
+              min_accuracy: float | None, executor: str,
               scheduler: str | None, time_limit: float, solver_seed: int,
-              device_spec: str | None, as_json: bool) -> None:
+              device_spec: str | None, mode: str, noise_seed: int, as_json: bool) -> None:
     """Compile every chip of a lot: plan once, chips in parallel, resumable, one report line
     per chip in OUTDIR/report.jsonl."""
     from rcompile import provision as prov
@@ -412,6 +480,8 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
     if plan_path is not None and calib is not None:
         raise click.BadParameter("a saved plan already fixes calibration; drop --calib",
                                  param_hint="'--plan'")
+    if min_accuracy is not None and verify_data is None:
+        raise click.BadParameter("needs --data", param_hint="'--min-accuracy'")
     maps = prov.find_faultmaps(faultmaps_dir)
     prov.check_outputs(model, maps, out_dir, plan_path=plan_path, calib_path=calib,
                        verify_data=verify_data, device_file=_device_file(device_spec))
@@ -424,15 +494,21 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
             model, faultmaps_dir, out_dir, jobs=jobs, strategy=strategy, plan_path=plan_path,
             calib_path=calib, verify_data=verify_data, executor=executor, scheduler=scheduler,
             solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
-            progress=lambda line: bar.update(1), hardware=hw,
+            progress=lambda line: bar.update(1), hardware=hw, mode=mode, noise_seed=noise_seed,
+            min_accuracy=min_accuracy,
         )
     if as_json:
-        click.echo(json.dumps(summary.to_dict()))
+        emit(summary.to_dict(), {"model": model, "faultmap_dir": faultmaps_dir,
+                                 "plan": plan_path, "calib": calib, "data": verify_data,
+                                 "device": _device_file(device_spec)})
     else:
         rate = summary.chips / summary.seconds * 3600 if summary.seconds else 0.0
         click.echo(f"{summary.chips} chips: {summary.ok} compiled, {summary.skipped} already "
                    f"done, {summary.errors} failed in {summary.seconds:.1f} s "
                    f"({rate:.0f} chips/hour); report {summary.report}")
+        if min_accuracy is not None:
+            click.echo(f"{summary.passed} passed, {summary.failed} failed min accuracy "
+                       f"{100 * min_accuracy:g} %")
     if summary.errors:
         failed = [x for x in summary.lines if x.get("status") == "error"]
         raise RcompileError(f"{summary.errors} of {summary.chips} chips failed (first: "
@@ -452,23 +528,34 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(argv: list[str] | None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
+
+    def fail(message: str, code: int, kind: str) -> None:
+        if as_json:
+            click.echo(error_json(message, code, kind), err=True)
+        else:
+            click.echo(f"rcompile: error: {message}", err=True)
+        sys.exit(code)
+
     try:
         cli.main(args=argv, prog_name="rcompile", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        if not as_json:
+            e.show()
+            sys.exit(e.exit_code)
+        fail(e.format_message(), e.exit_code, type(e).__name__)
     except click.exceptions.Abort:
-        click.echo("rcompile: aborted", err=True)
-        sys.exit(130)
+        if not as_json:
+            click.echo("rcompile: aborted", err=True)
+            sys.exit(130)
+        fail("aborted", 130, "Abort")
     except RcompileError as e:
-        click.echo(f"rcompile: error: {e}", err=True)
-        sys.exit(e.exit_code)
+        fail(str(e), e.exit_code, type(e).__name__)
     except OSError as e:
         name = f"{e.filename}: " if e.filename else ""
-        click.echo(f"rcompile: error: {name}{e.strerror or e}", err=True)
-        sys.exit(1)
+        fail(f"{name}{e.strerror or e}", 1, "OSError")
     except np.linalg.LinAlgError as e:
-        click.echo(f"rcompile: error: numerical failure: {e}", err=True)
-        sys.exit(1)
+        fail(f"numerical failure: {e}", 1, "LinAlgError")

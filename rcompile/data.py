@@ -1,4 +1,4 @@
-"""Evaluation and calibration data (``data.npz``, DESIGN §4).
+"""Evaluation and calibration data (``data.npz``, docs/design.md §4).
 
 One array per model input, named exactly as the graph input, plus an optional integer
 ``labels`` array. Axis 0 of every array is the sample axis; all arrays hold the same number of

@@ -7,13 +7,13 @@ Attach with ``cli.add_command(faultmap)``.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import click
 
 from rcompile import faultmap as fmap
+from rcompile.clikit import emit, option
 from rcompile.fileio import refuse_overwrite
 
 
@@ -82,7 +82,7 @@ def _check_even_cols(cols: int) -> None:
 
 @click.group("faultmap")
 def faultmap() -> None:
-    """Synthesise, import and inspect chip fault maps (.npz, DESIGN §4)."""
+    """Synthesise, import and inspect chip fault maps (.npz, docs/design.md §4)."""
 
 
 @faultmap.command("synth")
@@ -121,11 +121,14 @@ def faultmap() -> None:
     show_default=True,
     help="uniform: iid cells; clustered: blobs; lines: whole rows/cols plus background.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@option("--fault-seed", "seed", deprecated=("--seed",), type=int, default=0, show_default=True,
+        help="Random seed of the stuck cells.")
 @click.option("--chip-id", default=None, help="Chip id [default: synth-KIND-pRATE-sSEED].")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), required=True, help="Fault map to write."
 )
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the show --json "
+              "document of the written map).")
 @click.pass_context
 def synth_cmd(
     ctx: click.Context,
@@ -140,6 +143,7 @@ def synth_cmd(
     seed: int,
     chip_id: str | None,
     output: str,
+    as_json: bool,
 ) -> None:
     """Write a synthetic fault map, sized by --tiles or by a model (--like)."""
     _check_even_cols(cols)
@@ -161,6 +165,10 @@ def synth_cmd(
         note = f" ({needed} tiles needed by {model}, +{spare:.0%} spare)"
     fm = fmap.synth(tiles, rows, cols, rate, ratio=ratio, seed=seed, kind=kind, chip_id=chip_id)
     fmap.save(fm, output)
+    if as_json:
+        emit({"output": output, **summary_json(fmap.load(output)),
+              **({"tiles_needed": needed} if model is not None else {})}, {"model": model})
+        return
     click.echo(f"wrote {output}: {_one_line(fm)}{note}")
 
 
@@ -171,27 +179,34 @@ def synth_cmd(
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), required=True, help="Fault map to write."
 )
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the show --json "
+              "document of the written map).")
 def import_cmd(
-    csv_path: str, tiles: int, rows: int, cols: int, chip_id: str | None, output: str
+    csv_path: str, tiles: int, rows: int, cols: int, chip_id: str | None, output: str,
+    as_json: bool,
 ) -> None:
     """Convert a tester CSV (header tile,row,col,state; state 0/1/2 or SA0/SA1) to .npz."""
     _check_even_cols(cols)
     refuse_overwrite([("-o", output)], [("CSV", csv_path)])
     fm = fmap.import_csv(csv_path, tiles, rows, cols, chip_id=chip_id)
     fmap.save(fm, output)
+    if as_json:
+        emit({"output": output, **summary_json(fmap.load(output))}, {"csv": csv_path})
+        return
     click.echo(f"wrote {output}: {_one_line(fm)}")
 
 
 @faultmap.command("show")
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
-@click.option("--png", type=click.Path(dir_okay=False), default=None, help="Also write a heat map.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@option("--plot", "png", deprecated=("--png",), type=click.Path(dir_okay=False), default=None,
+        help="Also write a heat map (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def show_cmd(path: str, png: str | None, as_json: bool) -> None:
     """Validate a fault map and print its totals and per-tile counts."""
-    refuse_overwrite([("--png", png)], [("FILE", path)])
+    refuse_overwrite([("--plot", png)], [("FILE", path)])
     fm = fmap.load(path)
     if as_json:
-        click.echo(json.dumps(summary_json(fm), indent=2))
+        emit(summary_json(fm), {"faultmap": path})
     else:
         click.echo(fmap.summary_text(fm))
     if png is not None:

@@ -19,7 +19,7 @@ Level convention: a weight is ``scale[out] * (k_pos - k_neg)`` with integer cell
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -174,6 +174,20 @@ class Plan:
         return max(self.bin_of) + 1 if self.bin_of else len(self.blocks)
 
 
+@dataclass(frozen=True, eq=False)
+class RowStats:
+    """Calibration statistics of one crossbar layer's matrix rows, on the calibration data.
+
+    A Conv row ``(c, ky, kx)`` carries the statistics of its input channel ``c`` over all
+    positions; a Gemm/MatMul row those of its input feature.
+    """
+
+    power: np.ndarray
+    """float32 ``[groups, rows]``: ``E[x^2]`` of the input each row reads."""
+    mean: np.ndarray
+    """float32 ``[groups, rows]``: ``E[x]`` of the input each row reads."""
+
+
 @dataclass(frozen=True)
 class Placement:
     """One block on one physical tile."""
@@ -209,3 +223,15 @@ class ChipMapping:
     bias: tuple[np.ndarray, ...] = ()
     """Per layer float32 ``[n_out]`` trained digital bias."""
     stats: dict[str, Any] = field(default_factory=dict)
+    blocks: tuple[Block, ...] = ()
+    """The chip's own blocks when a per-chip pass re-cut the plan's (logical rows moved between
+    the tiles of a column strip, a block split over a spare tile); placements then index these.
+    Empty: the plan's blocks. Either way every non-zero q lies in exactly one block."""
+
+
+def chip_view(plan: Plan, mapping: ChipMapping) -> Plan:
+    """The plan as one chip's mapping sees it: with the mapping's own blocks when it has them
+    (``bin_of`` then no longer applies and is dropped)."""
+    if not mapping.blocks:
+        return plan
+    return replace(plan, blocks=mapping.blocks, bin_of=())

@@ -28,7 +28,7 @@ import numpy as np
 
 from rcompile.device import Device, Geometry
 from rcompile.errors import RcompileError
-from rcompile.ir import ChipMapping, Plan
+from rcompile.ir import ChipMapping, Plan, RowStats, chip_view
 
 PLAN = "chip-independent"
 CHIP = "per-chip"
@@ -65,7 +65,7 @@ class ChipContext:
     """float32 ``[T, R, C]``: level each stuck cell is frozen at; NaN for healthy cells."""
     chip_id: str
     solver: SolverOptions = field(default_factory=SolverOptions)
-    calib: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
+    calib: tuple[RowStats, ...] | None = None
 
 
 class PlanPass(Protocol):
@@ -99,6 +99,8 @@ class PassFailed(RcompileError):
 class BadPipeline(RcompileError):
     """A pipeline string names an unknown pass or option, a bad option value, a pass of the
     other stage, or passes in an order whose requirements no earlier pass ensures."""
+
+    exit_code = 10
 
 
 #: What each fact means, and the check the pipeline runs after a pass that ensures it.
@@ -303,9 +305,14 @@ def run(
             else:
                 assert isinstance(ctx, ChipContext) and mapping is not None, (
                     f"pass {p.name!r} needs a ChipContext and a mapping")
-                mapping, stats = typing.cast(ChipPass, p).run(plan, mapping, ctx)
-                check_mapping(plan, mapping, ctx.geometry)
-            broken = sorted(f for f in p.ensures if not _holds(f, plan, mapping))
+                mapping, stats = typing.cast(ChipPass, p).run(chip_view(plan, mapping), mapping,
+                                                              ctx)
+                view = chip_view(plan, mapping)  # a pass may re-cut the blocks of this chip
+                if mapping.blocks:
+                    check_plan(view)
+                check_mapping(view, mapping, ctx.geometry)
+            broken = sorted(f for f in p.ensures if not _holds(
+                f, plan if mapping is None else chip_view(plan, mapping), mapping))
             if broken:
                 raise AssertionError(f"it does not ensure {', '.join(broken)}")
         except RcompileError:

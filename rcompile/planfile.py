@@ -54,7 +54,7 @@ from rcompile.device import Device
 from rcompile.errors import BadPlan, RcompileError
 from rcompile.faultmap import FaultMap
 from rcompile.fileio import atomic_write
-from rcompile.ir import Block, Layer, Plan, WeightOp
+from rcompile.ir import Block, Layer, Plan, RowStats, WeightOp
 from rcompile.npzio import read_npz
 
 FORMAT = "rcompile-plan"
@@ -62,7 +62,7 @@ VERSION = 2
 SUFFIX = ".rplan"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
-Calib = tuple[tuple[np.ndarray, np.ndarray], ...]
+Calib = tuple[RowStats, ...]
 
 MAX_PLAN_BYTES = 1 << 31
 """Largest plan file, and most bytes its arrays may hold together (2 GiB)."""
@@ -130,8 +130,8 @@ def encode(plan: Plan, calib: Calib | None = None) -> bytes:
             (f"L{i}.scale", layer.scale.astype(np.float32)),
         ]
         if calib is not None:
-            arrays += [(f"L{i}.power", calib[i][0].astype(np.float32)),
-                       (f"L{i}.mean", calib[i][1].astype(np.float32))]
+            arrays += [(f"L{i}.power", calib[i].power.astype(np.float32)),
+                       (f"L{i}.mean", calib[i].mean.astype(np.float32))]
     blocks = plan.blocks
     arrays += [
         ("blocks.head", np.array([[b.layer, b.group] for b in blocks], np.int32).reshape(-1, 2)),
@@ -268,7 +268,7 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
         digital=tuple((str(x), str(y), str(z)) for x, y, z in meta["digital"]),
         options=dict(meta["options"]),
     )
-    calib = (tuple((a[f"L{i}.power"], a[f"L{i}.mean"]) for i in range(n))
+    calib = (tuple(RowStats(a[f"L{i}.power"], a[f"L{i}.mean"]) for i in range(n))
              if meta["calibrated"] else None)
     return plan, calib
 

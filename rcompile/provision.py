@@ -79,6 +79,10 @@ class LotState:
     """What the verification depends on besides the image (data, device); None without."""
     model: str = ""
     """Path of the lot's model."""
+    mode: str = "auto"
+    """Emulation mode of every verification (``verify --mode``)."""
+    noise_seed: int = 0
+    """Seed of programming variation and read noise in every verification."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,15 @@ class LotSummary:
     seconds: float = 0.0
     report: str = ""
     lines: list[dict[str, Any]] = field(default_factory=list)
+    passed: int = 0
+    """Chips whose verified accuracy met ``min_accuracy`` (0 without the gate)."""
+    failed: int = 0
+    """Chips built and verified below ``min_accuracy``: binned ``fail``, their image kept."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"chips": self.chips, "ok": self.ok, "skipped": self.skipped,
-                "errors": self.errors, "seconds": self.seconds, "report": self.report}
+                "errors": self.errors, "passed": self.passed, "failed": self.failed,
+                "seconds": self.seconds, "report": self.report}
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +179,8 @@ def _verify(line: dict[str, Any], image: rimg.Image, fm: fmap.FaultMap, state: L
     from rcompile import runtime
 
     assert state.verify is not None
-    rep = runtime.verify(image, fm, state.verify, image_source=task.image)
+    rep = runtime.verify(image, fm, state.verify, image_source=task.image, mode=state.mode,
+                         noise_seed=state.noise_seed)
     line.update(accuracy=rep.accuracy, mode=rep.mode, agreement=rep.agreement,
                 verify_key=state.verify_key)
 
@@ -221,9 +231,10 @@ def chip_key(key: str, fm: fmap.FaultMap) -> str:
     return _digest({"lot": key, "faultmap_sha256": fm.digest()})
 
 
-def verify_key(data: Dataset, hardware: Hardware | None) -> str:
+def verify_key(data: Dataset, hardware: Hardware | None, mode: str = "auto",
+               noise_seed: int = 0) -> str:
     """SHA-256 of what verification depends on besides the image: the data's content, the
-    device emulated, the emulation mode and noise seed (``auto``, 0)."""
+    device emulated, the emulation mode and noise seed."""
     h = hashlib.sha256()
     for name, arr in [*sorted(data.inputs.items()), ("labels", data.labels)]:
         h.update(name.encode() + b"\0")
@@ -231,7 +242,7 @@ def verify_key(data: Dataset, hardware: Hardware | None) -> str:
             a = np.ascontiguousarray(arr)
             h.update(f"{a.dtype.str}{a.shape}".encode())
             h.update(a.tobytes())
-    return _digest({"data": h.hexdigest(), "mode": "auto", "noise_seed": 0,
+    return _digest({"data": h.hexdigest(), "mode": mode, "noise_seed": noise_seed,
                     "hardware": None if hardware is None else hardware.to_dict()})
 
 
@@ -424,8 +435,8 @@ def check_outputs(model: str, maps: list[str], out_dir: str, *, plan_path: str |
     outputs += [("-o", image_path(out_dir, m)) for m in maps]
     inputs: list[tuple[str, str | None]] = [
         ("MODEL", model), ("--plan", plan_path), ("--calib", calib_path),
-        ("--verify-data", verify_data), ("--device", device_file)]
-    inputs += [("--faultmaps", m) for m in maps]
+        ("--data", verify_data), ("--device", device_file)]
+    inputs += [("--faultmap-dir", m) for m in maps]
     refuse_overwrite(outputs, inputs)
 
 
@@ -524,6 +535,9 @@ def provision(
     connect_timeout_s: float = 20.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
     hardware: Hardware | None = None,
+    mode: str = "auto",
+    noise_seed: int = 0,
+    min_accuracy: float | None = None,
 ) -> LotSummary:
     """Compile every chip of the lot in ``faultmaps`` into ``out_dir`` (see module docstring).
 
@@ -531,12 +545,17 @@ def provision(
     the ``dask.distributed`` scheduler at ``scheduler`` (or to an existing ``client``), giving
     up after ``connect_timeout_s`` if it does not answer.
     ``progress`` is called with each chip's report line as it arrives. ``hardware`` is the
-    lot's device model (``build --device`` for every chip).
+    lot's device model (``build --device`` for every chip); ``mode`` and ``noise_seed``: how
+    every image is verified (``verify --mode --noise-seed``). ``min_accuracy`` (needs
+    ``verify_data``) bins every verified chip (:func:`bin_chip`).
     """
     if strategy not in api.STRATEGIES:
         raise RcompileError(f"unknown strategy {strategy!r}; known: {sorted(api.STRATEGIES)}")
     if executor not in EXECUTORS:
         raise RcompileError(f"unknown executor {executor!r}; expected one of {EXECUTORS}")
+    if min_accuracy is not None and verify_data is None:
+        raise RcompileError("--min-accuracy bins chips by their verified accuracy; give "
+                            "--verify-data too")
     t0 = time.perf_counter()
     maps = find_faultmaps(faultmaps)
     check_outputs(model, maps, out_dir, plan_path=plan_path, calib_path=calib_path,
@@ -553,7 +572,8 @@ def provision(
     done = {k: v for k, v in previous.items() if v.get("status") in ("ok", "skipped")}
     state = LotState(saved, strategy, solver, verify, out_dir, hardware, done,
                      lot_key(saved, strategy, solver, hardware),
-                     None if verify is None else verify_key(verify, hardware), model)
+                     None if verify is None else verify_key(verify, hardware, mode, noise_seed),
+                     model, mode, noise_seed)
     tasks = [ChipTask(m, image_path(out_dir, m)) for m in maps]
     lines: dict[str, dict[str, Any]] = {}
     summary = LotSummary(chips=len(tasks), report=report)
@@ -570,7 +590,9 @@ def provision(
                 status = got["status"]
                 setattr(summary, "errors" if status == "error" else status,
                         getattr(summary, "errors" if status == "error" else status) + 1)
-                line = _merge(done.get(got["faultmap"]), got)
+                line = bin_chip(_merge(done.get(got["faultmap"]), got), min_accuracy)
+                summary.passed += line.get("bin") == "pass"
+                summary.failed += line.get("bin") == "fail"
                 if line is not done.get(got["faultmap"]):
                     rep.write(json.dumps(line, sort_keys=True, default=_json_default) + "\n")
                     rep.flush()
@@ -590,6 +612,22 @@ def provision(
     return summary
 
 
+def bin_chip(line: dict[str, Any], min_accuracy: float | None) -> dict[str, Any]:
+    """The chip's line binned against ``min_accuracy``: a built chip whose verified accuracy is
+    at least the threshold gets ``"bin": "pass"``, one below it ``"bin": "fail"`` (its image
+    stays, so a lower threshold can pass it again without a rebuild), both with the
+    threshold as ``min_accuracy``. Without a threshold an earlier run's bin is dropped; a chip
+    in error or without an accuracy is not binned (``line`` itself when nothing changes)."""
+    acc = line.get("accuracy")
+    if min_accuracy is None and "bin" in line:
+        return {k: v for k, v in line.items() if k not in ("bin", "min_accuracy")}
+    if min_accuracy is None or line.get("status") == "error" or acc is None:
+        return line
+    binned = {**line, "bin": "pass" if acc >= min_accuracy else "fail",
+              "min_accuracy": min_accuracy}
+    return line if binned == line else binned
+
+
 def _merge(old: dict[str, Any] | None, got: dict[str, Any]) -> dict[str, Any]:
     """The report line of a chip: a skipped chip keeps its earlier line (``old`` itself, or a
     copy with the new verification when it was verified again); any other result is new."""
@@ -606,4 +644,5 @@ def _json_default(x: Any) -> Any:
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
-__all__ = ["ChipTask", "LotState", "LotSummary", "compile_chip", "provision", "REPORT"]
+__all__ = ["ChipTask", "LotState", "LotSummary", "bin_chip", "compile_chip", "provision",
+           "REPORT"]

@@ -1,4 +1,10 @@
-"""Thin, checked wrappers around OR-Tools: numpy costs in, numpy permutations out."""
+"""Thin, checked wrappers around the assignment solvers: numpy costs in, numpy permutations out.
+
+:func:`assign` and :func:`assign_sparse` call OR-Tools on integer costs; :func:`assign_from`
+calls the compiled shortest-augmenting-path solver of :mod:`rcompile.lsap` on float costs,
+warm-started from a current assignment (the per-chip permutation moves, which are many, small
+and start next to their optimum).
+"""
 
 from __future__ import annotations
 
@@ -59,6 +65,25 @@ def assign(cost: np.ndarray) -> np.ndarray:
     left, right = _square_arcs(m)
     solver.add_arcs_with_cost(left, right, icost.ravel())
     return _solve(solver, n, f"linear assignment {n}x{m}")
+
+
+def assign_from(cost: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Minimum-cost assignment of every row of ``cost`` [n, m] (n <= m, finite, >= 0) to a
+    distinct column, exact on float64, warm-started from ``start`` (int ``[n]``: the current
+    column of each row, -1 for none). Rows whose start column is already a cheapest column of
+    theirs keep it when that is consistent with an optimum. Returns int32 ``[n]``.
+    """
+    n, m = cost.shape
+    if n > m:
+        raise SolverError(f"assignment of {n} items to {m} places is infeasible")
+    if len(start) != n:
+        raise SolverError(f"assignment start has {len(start)} entries for {n} items")
+    if n == 0:
+        return np.zeros(0, np.int32)
+    from rcompile.lsap import assign_warm
+
+    return assign_warm(np.ascontiguousarray(cost, np.float64),  # type: ignore[no-any-return]
+                       np.asarray(start, np.int64))
 
 
 def assign_sparse(
@@ -135,13 +160,19 @@ _SHARED: dict[str, Any] = {}
 
 
 @contextlib.contextmanager
-def serial() -> Iterator[None]:
-    """Run per-chip passes on this thread only (for callers that parallelise over chips)."""
-    token = _JOBS.set(1)
+def limited(n: int) -> Iterator[None]:
+    """Run per-chip passes on at most ``n`` worker processes (``n`` = 0: :func:`jobs`'s
+    default, ``RCOMPILE_JOBS`` or every core)."""
+    token = _JOBS.set(n if n >= 1 else None)
     try:
         yield
     finally:
         _JOBS.reset(token)
+
+
+def serial() -> contextlib.AbstractContextManager[None]:
+    """Run per-chip passes on this thread only (for callers that parallelise over chips)."""
+    return limited(1)
 
 
 def fork_map(fn: Callable[[Any, list[int]], list[T]], shared: Any, items: list[int],

@@ -14,7 +14,6 @@ floor as damage done by stuck cells.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
@@ -26,10 +25,10 @@ import onnx
 
 from rcompile import api, runtime
 from rcompile import faultmap as fmap
+from rcompile import pipeline as pl
 from rcompile.data import input_specs, load_data
 from rcompile.device import Hardware
 from rcompile.errors import BadData
-from rcompile.fileio import atomic_write
 
 
 def run_sweep(
@@ -48,11 +47,19 @@ def run_sweep(
     progress: Callable[[int, int], None] | None = None,
     hardware: Hardware | None = None,
     mode: str = "auto",
+    pattern: str = "uniform",
+    pipelines: dict[str, str] | None = None,
+    solver: pl.SolverOptions | None = None,
 ) -> dict[str, Any]:
     """``hardware`` (a device model) is what the compiler quantises for and what every chip is
     verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
     cell, as before device models existed. ``progress(done, total)`` is called after every
-    point (a fault map compiled for every strategy and verified)."""
+    point (a fault map compiled for every strategy and verified). ``pattern`` is the fault-map
+    kind of :func:`rcompile.faultmap.synth` (uniform, clustered, lines). ``pipelines`` names
+    custom per-chip pipelines (name -> pipeline string); a strategy of that name runs its
+    pipeline on the same chips as the named strategies.
+    ``solver``: the options of every solver call (time limit, seed)."""
+    pipelines = pipelines or {}
     family = fmap.FaultMap(np.zeros((1, rows, cols), np.uint8), chip_id="family",
                            source="sweep chip family")
     lot = api.plan_lot(model_path, family, hardware=hardware, calib_path=calib_path,
@@ -70,17 +77,19 @@ def run_sweep(
     device_fault_free: list[float] = []
     if hardware is not None:  # the device's own noise floor: a fault-free chip per noise seed
         healthy = fmap.synth(tiles, rows, cols, 0.0, (1.0, 1.0), 0)
-        image = api.compile_chip(model_path, healthy, lot=lot, strategy="two-column").image
+        image = api.compile_chip(model_path, healthy, lot=lot, strategy="two-column",
+                                 solver=solver).image
         for seed in range(seeds):
             rep = runtime.verify(image, healthy, data, hardware=hardware, mode=mode,
                                  noise_seed=seed)
             assert rep.accuracy is not None
             device_fault_free.append(rep.accuracy)
     for done, (rate, ratio, seed) in enumerate(points, 1):
-        fm = fmap.synth(tiles, rows, cols, rate, ratio, seed)
+        fm = fmap.synth(tiles, rows, cols, rate, ratio, seed, kind=pattern)
         for strategy in strategies:
             t0 = time.perf_counter()
-            res = api.compile_chip(model_path, fm, lot=lot, strategy=strategy)
+            res = api.compile_chip(model_path, fm, lot=lot, strategy=strategy,
+                                   pipeline=pipelines.get(strategy), solver=solver)
             seconds = time.perf_counter() - t0
             rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
                                  noise_seed=seed)
@@ -126,6 +135,8 @@ def run_sweep(
         "plan": plan_log,
         "device": hardware.name if hardware is not None else "ideal",
         "mode": mode,
+        "pattern": pattern,
+        "pipelines": pipelines,
         "float_accuracy": float_acc,
         "quantised_accuracy": float(np.mean(fault_free)) if fault_free else None,
         "points": rowsout,
@@ -149,7 +160,7 @@ def tolerated(
 ) -> list[dict[str, Any]]:
     """Per (strategy, ratio): the highest swept p whose mean accuracy (``key``) stays within
     ``within`` of the fault-free chip's accuracy, with every lower swept p also within
-    (DESIGN §7). The fault-free chip is the one on the sweep's device when there is one
+    (docs/design.md §7). The fault-free chip is the one on the sweep's device when there is one
     (``device_fault_free_accuracy``), else the quantised model; ``reference`` overrides."""
     ref = reference
     if ref is None:
@@ -188,9 +199,11 @@ def table(result: dict[str, Any]) -> str:
             f", fault-free chip on {device} {100 * result['device_fault_free_accuracy']:.2f} ± "
             f"{100 * result['device_fault_free_accuracy_std']:.2f} %"
         )
+    pattern = result.get("pattern", "uniform")
     lines = [
         f"{head}, {result['n_samples']} samples, {result['tiles']} tiles, device {device} "
-        f"({result.get('mode', 'auto')} mode)",
+        f"({result.get('mode', 'auto')} mode)"
+        + ("" if pattern == "uniform" else f", {pattern} faults"),
         "",
     ]
     if on_device:
@@ -226,44 +239,8 @@ def _pm(mean: float, std: float) -> str:
 
 
 def render_plot(result: dict[str, Any], path: str) -> None:
-    """Accuracy vs fault rate (log x), one panel per ratio, fault-free accuracy as a line."""
-    import matplotlib
+    """Write the accuracy-vs-fault-rate figure of ``result`` (:func:`rcompile.plots.sweep_figure`)
+    to ``path``, PNG or SVG by extension, atomically."""
+    from rcompile import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = result["points"]
-    ratios = list(dict.fromkeys(p["ratio"] for p in pts))
-    fig, axes = plt.subplots(1, len(ratios), figsize=(5.5 * len(ratios), 4), squeeze=False)
-    for ax, ratio in zip(axes[0], ratios, strict=True):
-        for s in dict.fromkeys(p["strategy"] for p in pts):
-            sel = sorted(
-                (p for p in pts if p["strategy"] == s and p["ratio"] == ratio),
-                key=lambda p: p["rate"],
-            )
-            x = [p["rate"] for p in sel]
-            y = np.array([100 * p["accuracy_mean"] for p in sel])
-            e = np.array([100 * p["accuracy_std"] for p in sel])
-            line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=s)
-            if sel and "ideal_accuracy_mean" in sel[0]:
-                yi = [100 * p["ideal_accuracy_mean"] for p in sel]
-                ax.plot(x, yi, ls=":", marker=".", color=line[0].get_color(),
-                        label=f"{s} (ideal cell)")
-        ax.axhline(100 * result["float_accuracy"], color="k", ls="--", lw=1, label="float model")
-        if "device_fault_free_accuracy" in result:
-            ax.axhline(100 * result["device_fault_free_accuracy"], color="grey", ls="-.", lw=1,
-                       label=f"fault-free on {result['device']}")
-        ax.set_xscale("log")
-        ax.set_xlabel("fault rate p")
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{result['model']}  SA1:SA0 = {ratio}")
-        ax.set_ylim(0, 100)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=110)
-    finally:
-        plt.close(fig)
-    atomic_write(path, buf.getvalue(), what="plot")
+    plots.save(plots.sweep_figure(result), path, what="plot")

@@ -1,4 +1,4 @@
-"""End to end through the real CLI on the shipped MobileNet-style example (issue 5).
+"""End to end through the real CLI on the shipped MobileNet-style example.
 
 Depthwise-separable blocks with BatchNormalization left separate by the exporter and ReLU6 as
 ``Clip``: every BatchNormalization folds, every Conv and the Gemm go to crossbars, and a
@@ -22,7 +22,7 @@ from tests.conftest import ROOT, rcompile
 
 EXAMPLE = os.path.join(ROOT, "examples", "mobilenet")
 MODEL = os.path.join(EXAMPLE, "mobilenet.onnx")
-DATA = os.path.join(EXAMPLE, "test.npz")
+DATA = os.path.join(ROOT, "examples", "mnist", "test.npz")  # the same test split
 
 
 @pytest.fixture(scope="module")

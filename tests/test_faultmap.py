@@ -1,4 +1,5 @@
-"""Fault-map contract (DESIGN §4): load/save, rejections, synth, CSV import, reports, CLI."""
+"""Fault-map contract (docs/design.md §4): load/save, rejections, synth, CSV import, reports,
+CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real-world graph forms and bad input (issue 5), each built in code with ``onnx.helper``.
+"""Real-world graph forms and bad input, each built in code with ``onnx.helper``.
 
 Every accepted form is checked numerically: the normalised model computes what the original
 computes on onnxruntime, and its crossbar weights are the initializers the runtime replaces.
@@ -512,7 +512,7 @@ def test_unusual_forms_compile_and_emulate(tmp_path: object) -> None:
     calib = {"x": x[:2]}
     plan, _ = api.make_plan(path)
     stats = api.calib_stats(plan.model, plan.ops, calib, "calib")
-    assert [s[0].shape for s in stats] == [(1, 27), (1, 8), (1, 54)]
+    assert [s.power.shape for s in stats] == [(1, 27), (1, 8), (1, 54)]
     fm = fmap.synth(plan.tiles_needed(), 128, 128, 0.0)
     img = api.build(plan, fm).image
     emu = runtime.emulated_model(img, runtime.effective_weights(img, fm))

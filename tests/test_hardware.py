@@ -21,6 +21,7 @@ from rcompile.faultmap import FaultMap
 from rcompile.image import Image, SliceRecord, TileRecord
 from rcompile.ir import LAYOUT_KN, WeightOp
 from rcompile.programming import program, program_tiles
+from rcompile.runtime import weights
 from rcompile.sweep import run_sweep
 from tests.conftest import MODEL, TEST_DATA, rcompile
 from tests.test_runtime import (
@@ -192,14 +193,14 @@ def test_stuck_cells_are_not_programmed_and_the_rest_is_one_seeded_write() -> No
     for tile in image.tiles:
         t = int(tile.tile)
         hit = ~np.isnan(stuck[t])
-        write = runtime._used(tile, R, C) & ~hit
-        assert hit.any() and (runtime._used(tile, R, C) & hit).any()  # stuck cells under slices
+        write = weights._used(tile, R, C) & ~hit
+        assert hit.any() and (weights._used(tile, R, C) & hit).any()  # stuck cells under slices
         # exactly the written cells drew from the tile's generator: nothing spent on stuck ones
         (want,) = program_tiles([tile.levels[write]], hw.cell, hw.programming,
                                 [np.random.default_rng([7, t])], hw.read.noise_rel)
         assert np.array_equal(got[t][write], want)
         assert np.array_equal(got[t][hit], stuck[t][hit])
-        unused = ~runtime._used(tile, R, C) & ~hit  # cells no slice reads keep their target
+        unused = ~weights._used(tile, R, C) & ~hit  # cells no slice reads keep their target
         assert np.array_equal(got[t][unused], tile.levels[unused])
     again = runtime.chip_levels(image, fm, hw, noise_seed=7)
     assert all(np.array_equal(got[t], again[t]) for t in got)
@@ -214,15 +215,15 @@ def test_programming_a_chip_on_every_core_realises_the_same_levels(
     monkeypatch.setenv("RCOMPILE_JOBS", "1")
     one = runtime.chip_levels(image, fm, hw, noise_seed=3)
     monkeypatch.setenv("RCOMPILE_JOBS", "2")
-    monkeypatch.setattr(runtime, "PARALLEL_CELLS", 0)  # fork even for this small chip
+    monkeypatch.setattr(weights, "PARALLEL_CELLS", 0)  # fork even for this small chip
     forked = []
-    real_fork_map = runtime.fork_map
+    real_fork_map = weights.fork_map
 
     def spy(fn, shared, items, min_items=16):  # type: ignore[no-untyped-def]
         forked.append(len(items))
         return real_fork_map(fn, shared, items, min_items)
 
-    monkeypatch.setattr(runtime, "fork_map", spy)
+    monkeypatch.setattr(weights, "fork_map", spy)
     two = runtime.chip_levels(image, fm, hw, noise_seed=3)
     assert forked == [len(image.tiles)] and len(image.tiles) >= 2  # split over two workers
     assert sorted(one) == sorted(two)
@@ -290,6 +291,46 @@ def test_on_off_leak_cancels_in_pairs_but_costs_adc_range_and_energy() -> None:
     assert e_leaky > 2 * e_tight  # ... but draws current
     err = [np.linalg.norm(run(c, 4)[0] - ref) for c in (tight, leaky)]
     assert err[1] > 1.5 * err[0]  # and eats ADC codes
+
+
+# --------------------------------------------------------------------------- the fault-free chip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_fault_free_chip_holds_the_intended_weights_and_no_stuck_cell(case: str) -> None:
+    fm = faulty()
+    image, _ = CASES[case](fm)
+    stuck = fm.faults != 0  # a compiler may write anything to a stuck cell: it stays stuck
+    image = replace(image, tiles=tuple(
+        replace(t, levels=np.where(stuck[t.tile], DEV.max_level, t.levels).astype(np.uint8))
+        for t in image.tiles))
+    free_image, free_map = runtime.fault_free_chip(image, fm)
+    assert not free_map.faults.any() and free_map.chip_id == fm.chip_id
+    assert free_map.faults.shape == fm.faults.shape
+    assert all(not np.any(s.offset) for t in free_image.tiles for s in t.slices)
+    for got, want in zip(runtime.effective_weights(free_image, free_map, hardware=IDEAL),
+                         runtime.intended_weights(image), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for before, after in zip(image.tiles, free_image.tiles, strict=True):
+        for s in before.slices:
+            pr = np.asarray(s.phys_rows)[:, None]
+            clear = ~(stuck[before.tile][pr, s.pos] | stuck[before.tile][pr, s.neg])  # kept
+            for cols in (s.pos, s.neg):
+                np.testing.assert_array_equal(after.levels[pr, cols][clear],
+                                              before.levels[pr, cols][clear])
+
+
+def test_a_chip_with_no_stuck_cell_matches_the_fault_free_chip_on_its_device() -> None:
+    image, graph = CASES["split"](healthy())
+    data = dataset(graph, 64, labels=True)
+    noisy = replace(IDEAL, converters=Converters(adc_bits=3), read=Read(noise_rel=0.05))
+    rep = runtime.verify(image, healthy(), data, hardware=noisy, noise_seed=4)
+    assert rep.device_fault_free_accuracy == rep.accuracy and rep.device_agreement == 1.0
+    assert rep.agreement is not None and rep.agreement < 1.0  # the device alone costs decisions
+    fm = faulty()
+    exact = runtime.verify(CASES["split"](fm)[0], fm, data, hardware=IDEAL)  # the ideal reference
+    assert exact.device_fault_free_accuracy == exact.fault_free_accuracy
+    assert exact.device_agreement == exact.agreement
 
 
 # --------------------------------------------------------------------------- energy and latency

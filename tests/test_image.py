@@ -21,6 +21,7 @@ from rcompile import fileio
 from rcompile import image as rimg
 from rcompile.errors import BadImage
 from rcompile.image import MAGIC, VERSION, Image, LayerRecord, SliceRecord, TileRecord
+from rcompile.image.container import _encode_record
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def img() -> Image:
 
 
 # ------------------------------------------------------------------------------------------
-# An independent section walker (written from docs/image-format.md, not from image.py)
+# An independent section walker (written from docs/image-format.md, not from rcompile/image/)
 # ------------------------------------------------------------------------------------------
 
 
@@ -425,7 +426,7 @@ def test_record_json_and_array_table_are_checked(img: Image) -> None:
     bad(replace_payload(data, 0, struct.pack("<I", 999) + b"{}"), r"HEAD: record header .* overr")
     meta = {"tile": 0, "slices": []}
     levels = np.zeros((8, 8), np.uint8)
-    good = rimg._encode_record(meta, [("levels", levels)])
+    good = _encode_record(meta, [("levels", levels)])
     (j,) = struct.unpack_from("<I", good)
     lie = good[4 : 4 + j].replace(b",64]]", b",65]]")  # nbytes no longer matches the shape
     bad(
@@ -433,7 +434,7 @@ def test_record_json_and_array_table_are_checked(img: Image) -> None:
         r"TILE\[0\]: array 'levels': shape \[8, 8\] of \|u1 needs 64 bytes, nbytes says 65",
     )
     bad(replace_payload(data, 5, good + bytes(8)), r"TILE\[0\]: data area is 72 bytes")
-    nan = rimg._encode_record({"header": {"x": 1}, "layers": 3, "tiles": 4}, [])
+    nan = _encode_record({"header": {"x": 1}, "layers": 3, "tiles": 4}, [])
     nan = nan.replace(b'"x":1', b'"x":N')
     bad(replace_payload(data, 0, nan), r"HEAD: JSON not parseable")
 
@@ -441,13 +442,13 @@ def test_record_json_and_array_table_are_checked(img: Image) -> None:
 def test_levels_dtype_and_shape_are_checked(img: Image) -> None:
     data = rimg.encode(img)
     meta = {"tile": img.tiles[0].tile, "slices": []}
-    as_i4 = rimg._encode_record(meta, [("levels", np.zeros((8, 8), np.int32))])
+    as_i4 = _encode_record(meta, [("levels", np.zeros((8, 8), np.int32))])
     bad(replace_payload(data, 5, as_i4), r"levels is int32 \[8, 8\]; expected uint8 \[8, 8\]")
-    short = rimg._encode_record(meta, [("levels", np.zeros((8, 7), np.uint8))])
+    short = _encode_record(meta, [("levels", np.zeros((8, 7), np.uint8))])
     bad(replace_payload(data, 5, short), r"levels is uint8 \[8, 7\]; expected uint8 \[8, 8\]")
-    high = rimg._encode_record(meta, [("levels", np.full((8, 8), 16, np.uint8))])
+    high = _encode_record(meta, [("levels", np.full((8, 8), 16, np.uint8))])
     bad(replace_payload(data, 5, high), r"levels\[0, 0\] = 16 exceeds the top level 15")
-    missing = rimg._encode_record(meta, [])
+    missing = _encode_record(meta, [])
     bad(replace_payload(data, 5, missing), r"TILE\[0\]: missing array 'levels'")
 
 
@@ -473,7 +474,7 @@ def slice_tile(img: Image, **changes: Any) -> bytes:
     arrays = [("levels", img.tiles[0].levels)]
     names = ("rows", "outs", "phys_rows", "pos", "neg", "scale", "offset")
     arrays += [(f"s0.{n}", fields[n]) for n in names]
-    return replace_payload(rimg.encode(img), 5, rimg._encode_record(meta, arrays))
+    return replace_payload(rimg.encode(img), 5, _encode_record(meta, arrays))
 
 
 def test_slice_indices_are_checked_against_the_geometry(img: Image) -> None:
@@ -495,7 +496,7 @@ def test_tile_order_and_range_are_checked(img: Image) -> None:
     tiles = secs[5:9]
     bad(assemble(secs[:5] + tiles[::-1] + secs[9:]), r"tile \d+ is out of order or out of range")
     meta = {"tile": 6, "slices": []}
-    beyond = rimg._encode_record(meta, [("levels", img.tiles[0].levels)])
+    beyond = _encode_record(meta, [("levels", img.tiles[0].levels)])
     bad(replace_payload(assemble(secs), 8, beyond), r"tile 6 .* stay below 6")
 
 
@@ -516,7 +517,7 @@ def test_describe_and_summary(img: Image) -> None:
     d = rimg.summary_dict(img)
     json.dumps(d)  # JSON-ready
     assert d["totals"]["tiles_used"] == len(img.tiles)
-    used = sum(int(rimg._used_mask(t).sum()) for t in img.tiles)
+    used = sum(int(rimg.used_mask(t).sum()) for t in img.tiles)
     assert d["totals"]["cells_programmed"] == used
     assert f"{used} cells programmed" in text
     for t, s in zip(img.tiles, d["tiles"], strict=True):
@@ -563,12 +564,12 @@ def test_layer_records_are_checked(img: Image) -> None:
     rec = img.layers[0]
     op = {**rec.op.to_dict(), "shape": []}
     arrays = [("bias", rec.bias), ("q", rec.q), ("scale", rec.scale)]
-    payload = rimg._encode_record({"index": 0, "op": op}, arrays)
+    payload = _encode_record({"index": 0, "op": op}, arrays)
     bad(replace_payload(data, 2, payload), r"layer 0 .*: weight shape \[\] does not fit layout")
-    payload = rimg._encode_record({"index": 1, "op": rec.op.to_dict()}, arrays)
+    payload = _encode_record({"index": 1, "op": rec.op.to_dict()}, arrays)
     bad(replace_payload(data, 2, payload), r"LAYR\[0\]: meta index 1, expected 0")
     q = rec.q.astype(np.int16)
-    payload = rimg._encode_record({"index": 0, "op": rec.op.to_dict()}, arrays[:1] + [("q", q)])
+    payload = _encode_record({"index": 0, "op": rec.op.to_dict()}, arrays[:1] + [("q", q)])
     bad(replace_payload(data, 2, payload), r"LAYR\[0\]: missing array 'scale'")
-    payload = rimg._encode_record({"index": 0, "op": rec.op.to_dict()}, [*arrays[::2], ("q", q)])
+    payload = _encode_record({"index": 0, "op": rec.op.to_dict()}, [*arrays[::2], ("q", q)])
     bad(replace_payload(data, 2, payload), r"layer 0 .* q is int16 .*; expected int8")

@@ -51,8 +51,8 @@ def test_calibration_statistics_travel_with_the_plan(tmp_path) -> None:
     planfile.write(path, plan, stats)
     saved = planfile.read(path)
     assert saved.calib is not None
-    for (p0, m0), (p1, m1) in zip(stats, saved.calib, strict=True):
-        assert np.array_equal(p0, p1) and np.array_equal(m0, m1)
+    for s0, s1 in zip(stats, saved.calib, strict=True):
+        assert np.array_equal(s0.power, s1.power) and np.array_equal(s0.mean, s1.mean)
     fm = fmap.synth(plan.tiles_needed() + 1, 128, 128, 0.05, (5, 1), 1)
     a = api.build(plan, fm, calib=stats).image
     b = api.build(saved.plan, fm, calib=saved.calib).image

@@ -137,18 +137,19 @@ DIRECT: list[Case] = [
      lambda w: ["faultmap", "synth", "--like", w.model, "--rate", "0.1", "-o", "{OUT}"]),
     ("faultmap import -o CSV", "csv",
      lambda w: ["faultmap", "import", w.csv, "--tiles", "2", "-o", "{OUT}"]),
-    ("faultmap show --png FILE", "chip", lambda w: ["faultmap", "show", w.chip, "--png", "{OUT}"]),
+    ("faultmap show --plot FILE", "chip",
+     lambda w: ["faultmap", "show", w.chip, "--plot", "{OUT}"]),
     ("sweep --plot MODEL", "model",
-     lambda w: ["sweep", w.model, "--data", w.data, "--rates", "0.1", "--seeds", "1",
+     lambda w: ["sweep", w.model, "--data", w.data, "--rate", "0.1", "--seeds", "1",
                 "--plot", "{OUT}"]),
     ("sweep --plot --data", "data",
-     lambda w: ["sweep", w.model, "--data", w.data, "--rates", "0.1", "--seeds", "1",
+     lambda w: ["sweep", w.model, "--data", w.data, "--rate", "0.1", "--seeds", "1",
                 "--plot", "{OUT}"]),
     ("sweep --plot --calib", "calib",
-     lambda w: ["sweep", w.model, "--data", w.data, "--calib", w.calib, "--rates", "0.1",
+     lambda w: ["sweep", w.model, "--data", w.data, "--calib", w.calib, "--rate", "0.1",
                 "--seeds", "1", "--plot", "{OUT}"]),
     ("sweep --plot --device", "device",
-     lambda w: ["sweep", w.model, "--data", w.data, "--device", w.device, "--rates", "0.1",
+     lambda w: ["sweep", w.model, "--data", w.data, "--device", w.device, "--rate", "0.1",
                 "--seeds", "1", "--plot", "{OUT}"]),
 ]
 
@@ -189,10 +190,10 @@ def test_output_over_an_input_is_refused(world: World, tmp_path: Path, case: Cas
 
 # provision writes OUTDIR/report.jsonl and OUTDIR/NAME.rimg: those must not be inputs either
 LOT_CASES = [
-    ("report.jsonl is --verify-data", "report.jsonl", "data", "--verify-data"),
+    ("report.jsonl is --data", "report.jsonl", "data", "--data"),
     ("an image is MODEL", "chip000.rimg", "model", "MODEL"),
     ("an image is --plan", "chip001.rimg", "plan", "--plan"),
-    ("an image is another chip's map", "chip001.rimg", "lot/chip000.npz", "--faultmaps"),
+    ("an image is another chip's map", "chip001.rimg", "lot/chip000.npz", "--faultmap-dir"),
 ]
 
 
@@ -215,15 +216,15 @@ def test_provision_output_over_an_input_is_refused(world: World, tmp_path: Path,
         (target.symlink_to if how == "symlink" else target.hardlink_to)(victim)
         given = victim
     lot = world.lot
-    if option == "--faultmaps" and how in ("same", "dotdot"):
+    if option == "--faultmap-dir" and how in ("same", "dotdot"):
         lot = tmp_path / "lot"  # a lot whose chip000.npz is the file out/chip001.rimg
         lot.mkdir()
         (lot / "chip000.npz").symlink_to(given)
         (lot / "chip001.npz").symlink_to(world.lot / "chip001.npz")
     args: list[str | Path] = ["provision", given if option == "MODEL" else world.model,
-                              "--faultmaps", lot, "-o", out, "-j", "1"]
-    if option == "--verify-data":
-        args += ["--verify-data", given]
+                              "--faultmap-dir", lot, "-o", out, "-j", "1"]
+    if option == "--data":
+        args += ["--data", given]
     if option == "--plan":
         args += ["--plan", given]
     before = snapshot(world.root), snapshot(out)
@@ -255,7 +256,7 @@ def test_outputs_that_are_other_files_are_written(world: World, tmp_path: Path) 
     assert code == 0, err
     png = tmp_path / "chip.png"
     png.symlink_to(tmp_path / "not-yet.png")  # a dangling link: no input behind it
-    code, _, err = run("faultmap", "show", world.chip, "--png", png)
+    code, _, err = run("faultmap", "show", world.chip, "--plot", png)
     assert code == 0, err
     assert png.read_bytes()[:4] == b"\x89PNG" and not png.is_symlink()
 
@@ -379,7 +380,7 @@ def test_lot_workers_die_with_a_killed_parent_and_with_an_interrupted_one(
         (lot / f"c{i}.npz").symlink_to(chip)
     runs = {}
     for how in ("SIGKILL", "SIGTERM"):
-        proc = start("provision", model, "--faultmaps", lot, "-o", tmp_path / how, "-j", "2")
+        proc = start("provision", model, "--faultmap-dir", lot, "-o", tmp_path / how, "-j", "2")
         reaper.append(proc.pid)
         runs[how] = proc
     for how, proc in runs.items():
@@ -434,7 +435,7 @@ def test_a_map_of_another_family_sorted_first_fails_alone(world: World, tmp_path
            else fmap.FaultMap(fmap.synth(5, 128, 128, 0.02, (5, 1), 9).faults, chip_id="lv",
                              levels=8))
     fmap.save(odd, lot / "a-odd.npz")  # sorts before chip000.npz
-    code, stdout, err = run("provision", world.model, "--faultmaps", lot, "-o", out, "-j", "1")
+    code, stdout, err = run("provision", world.model, "--faultmap-dir", lot, "-o", out, "-j", "1")
     assert code == 1 and "1 of 3 chips failed (first: a-odd.npz" in err.splitlines()[-1]
     lines = {x["faultmap"]: x for x in prov.read_report(str(out / prov.REPORT)).values()}
     assert lines["a-odd.npz"]["status"] == "error"

@@ -94,3 +94,28 @@ def test_tolerated_rate_is_measured_against_the_device_floor() -> None:
     assert ideal[0]["tolerated_rate"] == 0.1
     assert "fault-free chip on" not in table({**ideal_only, "float_accuracy": 0.985,
                                               "n_samples": 1, "tiles": 1})
+
+
+def test_sweep_pattern_and_custom_pipeline(tiny_model: str, tmp_path: str) -> None:
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from rcompile.cli import cli
+
+    x = np.random.default_rng(0).normal(size=(64, 4, 6, 6)).astype(np.float32)
+    sess = ort.InferenceSession(tiny_model, providers=["CPUExecutionProvider"])
+    data = os.path.join(str(tmp_path), "data.npz")
+    np.savez(data, x=x, labels=sess.run(None, {"x": x})[0].argmax(1))
+    args = ["sweep", tiny_model, "--data", data, "--rows", "16", "--cols", "6", "--rates",
+            "0.2", "--ratios", "1:5", "--seeds", "1", "--strategies", "two-column",
+            "--pattern", "lines", "--json"]
+    r = CliRunner().invoke(
+        cli, [*args, "--pipeline", "strip=place{order=assign},permute,strip,program"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["pattern"] == "lines" and d["float_accuracy"] == 1.0
+    acc = {p["strategy"]: p["accuracy_mean"] for p in d["points"]}
+    assert set(acc) == {"two-column", "strip"} and acc["strip"] > acc["two-column"]
+    r = CliRunner().invoke(cli, [*args, "--pipeline", "bad=place,nosuchpass"])
+    assert r.exit_code == 2 and "unknown pass 'nosuchpass'" in r.output
+    assert "Traceback" not in r.output

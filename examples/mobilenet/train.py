@@ -22,7 +22,8 @@ inference-mode node so the compiler folds it itself. ReLU6 becomes ``Clip(0, 6)`
 Outputs (in ``--out``, default this folder):
 
 * ``mobilenet.onnx`` — ONNX opset 17, dynamic batch axis, weights inside the file;
-* ``test.npz`` — ``input`` float32 [1000,1,28,28] and ``labels`` int64 [1000] (<= 1 MB).
+* ``../mnist/test.npz`` — ``input`` float32 [1000,1,28,28] and ``labels`` int64 [1000]
+  (<= 1 MB): the MNIST example's test set, the same seeded split, shared by both examples.
 
 Usage (torch lives in its own venv, not in the project's)::
 
@@ -105,7 +106,8 @@ def main() -> None:
     print(f"training time {time.perf_counter() - t0:.1f} s")
     torch_acc = common.accuracy(model, d.x_test, d.y_test)
 
-    test_path = out / "test.npz"
+    # the test split is the MNIST example's (same seeded digits): one file, shared
+    test_path = Path(__file__).resolve().parent.parent / "mnist" / "test.npz"
     size = common.save_test_npz(test_path, d.x_test, d.y_test, MAX_TEST_NPZ_BYTES)
     onnx_path = out / "mobilenet.onnx"
     m = common.export_onnx(model, onnx_path)

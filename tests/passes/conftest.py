@@ -19,7 +19,7 @@ from rcompile.passes.place import block_q, block_weights
 from rcompile import api
 from rcompile import pipeline as pl
 from rcompile.device import Device, Geometry
-from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, ChipMapping, Plan, WeightOp
+from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, ChipMapping, Plan, RowStats, WeightOp
 from tests.conftest import conv_bn_gemm, save
 
 
@@ -61,7 +61,7 @@ def plan_of(
 def chip_of(
     plan: Plan,
     stuck: np.ndarray,
-    calib: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None,
+    calib: tuple[RowStats, ...] | None = None,
     device: Device | None = None,
 ) -> pl.ChipContext:
     """Per-chip context of stuck levels ``[T, R, C]`` (NaN = healthy)."""

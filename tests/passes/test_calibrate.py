@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from rcompile.passes.place import block_q
 
 from rcompile import api
-from rcompile.ir import ChipMapping, Plan
+from rcompile.ir import ChipMapping, Plan, RowStats
 from rcompile.pipeline import ChipContext
 from tests.passes.conftest import chip_of, plan_of, random_stuck, run_chip
 
@@ -22,15 +22,15 @@ def held(mapping: ChipMapping, ctx: ChipContext, b: int) -> np.ndarray:
     return lv[:, p.pos] - lv[:, p.neg]
 
 
-def stats_of(plan: Plan, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Random ``(E[x^2], E[x])`` per layer row, consistent (``E[x]^2 <= E[x^2]``)."""
+def stats_of(plan: Plan, seed: int) -> tuple[RowStats, ...]:
+    """Random ``E[x^2]``, ``E[x]`` per layer row, consistent (``E[x]^2 <= E[x^2]``)."""
     rng = np.random.default_rng(seed)
     out = []
     for layer in plan.layers:
         g, rows, _ = layer.q.shape
         mean = rng.normal(size=(g, rows))
-        out.append(((mean**2 + rng.uniform(0, 2, (g, rows))).astype(np.float32),
-                    mean.astype(np.float32)))
+        out.append(RowStats((mean**2 + rng.uniform(0, 2, (g, rows))).astype(np.float32),
+                            mean.astype(np.float32)))
     return tuple(out)
 
 
@@ -56,7 +56,7 @@ def test_gain_never_raises_the_weighted_error_and_bias_cancels_the_mean_error(
         assert np.all(p1.scale > 0)
         q, d = block_q(plan, b).astype(np.float64), held(programmed, ctx, b)
         s0, s1 = p0.scale.astype(np.float64), p1.scale.astype(np.float64)
-        r = calib[blk.layer][0][blk.group][blk.rows] if calib else np.ones(len(blk.rows))
+        r = calib[blk.layer].power[blk.group][blk.rows] if calib else np.ones(len(blk.rows))
         before = r @ (d * s0 - q * s0) ** 2
         after = r @ (d * s1 - q * s0) ** 2
         assert np.all(after <= before * (1 + 1e-5) + 1e-12)  # per output
@@ -64,7 +64,7 @@ def test_gain_never_raises_the_weighted_error_and_bias_cancels_the_mean_error(
         fit = np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)  # the least-squares gain
         np.testing.assert_allclose(s1, np.where(fit > 0, s0 * fit, s0), rtol=1e-5)
         if calib:
-            mean = calib[blk.layer][1][blk.group][blk.rows].astype(np.float64)
+            mean = calib[blk.layer].mean[blk.group][blk.rows].astype(np.float64)
             err = mean @ (d * s1 - q * s0)
             np.testing.assert_allclose(err + p1.offset, 0.0, atol=1e-5 * (1 + np.abs(err).max()))
             shift += float(np.abs(err).sum())
@@ -120,6 +120,6 @@ def test_real_calibration_statistics_cancel_the_mean_error(tiny_plan: Plan) -> N
     for b, (p0, p1) in enumerate(zip(programmed.placements, out.placements, strict=True)):
         blk = tiny_plan.blocks[b]
         q, d = block_q(tiny_plan, b).astype(np.float64), held(programmed, ctx, b)
-        mean = calib[blk.layer][1][blk.group][blk.rows].astype(np.float64)
+        mean = calib[blk.layer].mean[blk.group][blk.rows].astype(np.float64)
         err = mean @ (d * p1.scale.astype(np.float64) - q * p0.scale.astype(np.float64))
         np.testing.assert_allclose(err + p1.offset, 0.0, atol=1e-5)

@@ -41,7 +41,7 @@ def test_permutation_moves_are_bijections_and_never_worsen(seed: int, rate: floa
     bp = BlockProblem(q=q, w=np.ones((n, m)), codes=codes, top=TOP, cols=np.arange(cols))
     r0, p0, n0 = np.arange(n), np.arange(0, 2 * m, 2), np.arange(1, 2 * m, 2)
     c0 = bp.cost(r0, p0, n0)
-    r1 = move_rows(bp, p0, n0)
+    r1 = move_rows(bp, r0, p0, n0)
     assert len(set(r1.tolist())) == n and r1.max() < rows
     assert bp.cost(r1, p0, n0) <= c0 + 1e-9
     p1, n1, c1 = improve_columns(bp, r1, p0, n0)

@@ -1,68 +1,17 @@
-"""The fault map: what the chip tester measured, and the contract every other part relies on.
-
-A fault map (DESIGN §4) records, for every cell of one chip, whether programming can move it:
-
-==========  =====  ===========================================================================
-state       code   meaning
-==========  =====  ===========================================================================
-healthy     0      programmable to any of the ``levels`` conductances
-SA0         1      stuck at ``g_min`` (high-resistance state, "stuck-off"); level 0
-SA1         2      stuck at ``g_max`` (low-resistance state, "stuck-on"); level ``levels - 1``
-==========  =====  ===========================================================================
-
-**File format** (``chip.npz``, a numpy ``.npz`` zip archive, read by
-:func:`rcompile.npzio.read_npz`: no pickles, each key once, sizes bounded):
-
-===========  ==================  ==============================================================
-key          type                meaning
-===========  ==================  ==============================================================
-``faults``   uint8 [T,R,C]       required; the state code of every cell. Its shape *is* the chip
-                                 geometry: ``T`` tiles of ``R`` rows x ``C`` columns. ``C`` must
-                                 be even (every output uses a differential pair of columns).
-``stuck_g``  float32 [T,R,C]     optional; measured conductance of each stuck cell in uS, NaN on
-                                 every healthy cell. Every stuck cell must carry a finite value
-                                 >= 0, inside ``[g_min, g_max]`` when those are given.
-``chip_id``  str scalar          optional; the chip's identity, one non-empty line. When absent
-                                 it defaults to the first 12 hex digits of the digest of the map
-                                 *without* a chip id.
-``g_min``    real scalar, uS     optional; the chip's measured lowest conductance (>= 0).
-``g_max``    real scalar, uS     optional; the chip's measured highest conductance (> g_min).
-``levels``   integer scalar      optional; programmable levels per cell (2..256).
-===========  ==================  ==============================================================
-
-Anything else (a missing ``faults``, an unknown or repeated key, a wrong dtype or shape, a code
-outside {0, 1, 2}, an inconsistent ``stuck_g``, a malformed scalar, more than
-:data:`MAX_CELLS` cells, an ``.npy`` header that disagrees with its zip member) is rejected,
-before the arrays are allocated where the header tells (:func:`rcompile.npzio.read_npz`), with
-:class:`~rcompile.errors.BadFaultMap` whose one-line message reads ``"<file>: <key>: <what is
-wrong>; expected <what the contract says>"``.
-
-**Identity.** :meth:`FaultMap.digest` is a SHA-256 over a canonical encoding of the *content*
-(never of the zip bytes, so zip timestamps, compression and key order do not matter); it is the
-fault-map hash the programming image records. :func:`save` nevertheless writes byte-identical
-files for identical content (fixed zip timestamps and key order), so files can be compared too.
-
-**Immutability.** A :class:`FaultMap` is frozen and its arrays are read-only copies, so one map can
-be shared between the passes of a compile and between threads without defensive copies.
-
-Also here: the synthetic generator (:func:`synth`: uniform, clustered and whole-line faults as
-real testers see them), a CSV importer (:func:`import_csv`), a heat map (:func:`render_heatmap`)
-and a text summary (:func:`summary_text`). The CLI over them is :mod:`rcompile.faultmap_cli`.
-"""
+"""The fault-map format: :class:`FaultMap`, its checks, its digest, :func:`load` and
+:func:`save` (the contract in :mod:`rcompile.faultmap`)."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import math
 import os
 import struct
 import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -89,9 +38,6 @@ MAX_CELLS = 1 << 26
 """Most cells (tiles x rows x cols) one chip may have: 67,108,864, e.g. 4,096 tiles of 128 x 128.
 Every reader and generator of fault maps refuses more before allocating them."""
 
-SynthKind = Literal["uniform", "clustered", "lines"]
-SYNTH_KINDS: tuple[str, ...] = ("uniform", "clustered", "lines")
-
 _DIGEST_MAGIC = b"rcompile.faultmap.v1\n"
 _CANONICAL_NAN = np.array([0x7FC00000], dtype="<u4").view("<f4")[0]
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -100,7 +46,7 @@ _EXPECT_FAULTS = "expected uint8 [tiles, rows, cols] with 0=healthy, 1=SA0, 2=SA
 
 @dataclass(frozen=True, eq=False)
 class FaultMap:
-    """One chip's measured stuck-at faults (DESIGN §4); validated on construction.
+    """One chip's measured stuck-at faults (docs/design.md §4); validated on construction.
 
     Construct it through :func:`load`, :func:`synth` or :func:`import_csv`; building one directly
     runs the same checks and raises :class:`~rcompile.errors.BadFaultMap` naming ``source``.
@@ -512,58 +458,7 @@ def save(fm: FaultMap, path: str | os.PathLike[str]) -> None:
     atomic_write(path, to_npz_bytes(fm), what="fault map")
 
 
-# -- synthetic maps -----------------------------------------------------------------------------
-
-
-def synth(
-    tiles: int,
-    rows: int,
-    cols: int,
-    rate: float,
-    ratio: tuple[float, float] = (5, 1),
-    seed: int = 0,
-    kind: str = "uniform",
-    chip_id: str | None = None,
-) -> FaultMap:
-    """A synthetic fault map with expected fault rate ``rate`` and ``SA1:SA0 = ratio``.
-
-    Every kind draws from ``numpy.random.Generator(PCG64(seed))`` and is deterministic in its
-    arguments. Each faulty cell is SA1 with probability ``a / (a + b)`` for ``ratio = (a, b)``;
-    the expected fraction of faulty cells over the whole map is ``rate`` for every kind:
-
-    - ``"uniform"``: each cell is faulty independently with probability ``rate`` (DESIGN §1).
-    - ``"clustered"``: faults concentrate in Gaussian blobs (forming defects, particles): each
-      tile gets ``1 + Poisson(3)`` blobs of random centre and width over a weak uniform
-      background; the per-cell probability is that intensity scaled (and capped at 1) so that
-      its mean over the map is ``rate``.
-    - ``"lines"``: whole rows and whole columns stuck (word-/bit-line defects) plus a uniform
-      background. Each row and each column of a tile is a stuck line with probability ``q``
-      chosen so lines carry about 30 % of the faults; one line's cells share one state; the
-      background rate makes the total expectation exactly ``rate``.
-
-    ``chip_id`` defaults to ``f"synth-{kind}-p{rate}-s{seed}"``.
-    Invalid arguments raise :class:`~rcompile.errors.BadFaultMap` (source ``synth``).
-    """
-    _check_synth_args(tiles, rows, cols, rate, ratio, kind)
-    a, b = (float(x) for x in ratio)
-    p_sa1 = a / (a + b)
-    rng = np.random.Generator(np.random.PCG64(seed))
-    shape = (tiles, rows, cols)
-    if kind == "uniform":
-        faulty = rng.random(shape, dtype=np.float32) < np.float32(rate)
-        is_sa1 = rng.random(shape, dtype=np.float32) < np.float32(p_sa1)
-    elif kind == "clustered":
-        prob = _cluster_probability(rng, shape, rate)
-        faulty = rng.random(shape, dtype=np.float32) < prob
-        is_sa1 = rng.random(shape, dtype=np.float32) < np.float32(p_sa1)
-    else:  # lines
-        faulty, is_sa1 = _line_faults(rng, shape, rate, p_sa1)
-    faults = np.where(faulty, np.where(is_sa1, STATE_SA1, STATE_SA0), STATE_HEALTHY)
-    cid = chip_id if chip_id is not None else f"synth-{kind}-p{rate}-s{seed}"
-    return FaultMap(faults.astype(np.uint8), chip_id=cid, source="synth")
-
-
-def _check_geometry(src: str, tiles: int, rows: int, cols: int) -> None:
+def check_geometry(src: str, tiles: int, rows: int, cols: int) -> None:
     """A chip geometry a map may have: positive, even columns, at most :data:`MAX_CELLS`."""
     for name, n in (("tiles", tiles), ("rows", rows), ("cols", cols)):
         if not isinstance(n, int | np.integer) or n < 1:
@@ -575,267 +470,3 @@ def _check_geometry(src: str, tiles: int, rows: int, cols: int) -> None:
             f"{src}: {tiles} x {rows} x {cols} = {int(tiles) * int(rows) * int(cols)} cells; "
             f"expected at most {MAX_CELLS} cells per chip (docs/limits.md)"
         )
-
-
-def _check_synth_args(
-    tiles: int, rows: int, cols: int, rate: float, ratio: tuple[float, float], kind: str
-) -> None:
-    _check_geometry("synth", tiles, rows, cols)
-    if not 0.0 <= float(rate) <= 1.0:
-        raise BadFaultMap(f"synth: rate={rate}; expected a fault probability in [0, 1]")
-    if len(ratio) != 2 or min(ratio) < 0 or not sum(ratio) > 0:
-        raise BadFaultMap(f"synth: ratio={ratio}; expected SA1:SA0 as two numbers >= 0, not both 0")
-    if kind not in SYNTH_KINDS:
-        raise BadFaultMap(f"synth: kind={kind!r}; expected one of {', '.join(SYNTH_KINDS)}")
-
-
-def _cluster_probability(
-    rng: np.random.Generator, shape: tuple[int, int, int], rate: float
-) -> np.ndarray:
-    """Per-cell fault probability, float32 ``shape``: Gaussian blobs whose mean is ``rate``."""
-    tiles, rows, cols = shape
-    background = np.float32(0.05)
-    intensity = np.full(shape, background, dtype=np.float32)
-    r_idx = np.arange(rows, dtype=np.float32)
-    c_idx = np.arange(cols, dtype=np.float32)
-    side = float(min(rows, cols))
-    for t in range(tiles):
-        for _ in range(1 + int(rng.poisson(3.0))):
-            r0, c0 = rng.uniform(0, rows), rng.uniform(0, cols)
-            sigma = max(1.0, rng.uniform(0.04, 0.18) * side)
-            weight = rng.uniform(0.5, 1.5)
-            gr = np.exp(-0.5 * ((r_idx - r0) / sigma) ** 2).astype(np.float32)
-            gc = np.exp(-0.5 * ((c_idx - c0) / sigma) ** 2).astype(np.float32)
-            intensity[t] += np.float32(weight) * np.outer(gr, gc)
-    if rate <= 0.0:
-        return np.zeros(shape, dtype=np.float32)
-    if rate >= 1.0:
-        return np.ones(shape, dtype=np.float32)
-    # Find the scale s with mean(min(1, s * intensity)) == rate; the mean rises monotonically
-    # with s from 0 to 1 (the background keeps every cell's intensity > 0), so bisect.
-    lo, hi = 0.0, rate / float(intensity.mean())
-    while float(np.minimum(1.0, hi * intensity).mean()) < rate:
-        lo, hi = hi, hi * 2.0
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if float(np.minimum(1.0, mid * intensity).mean()) < rate:
-            lo = mid
-        else:
-            hi = mid
-    return np.minimum(np.float32(1.0), np.float32(0.5 * (lo + hi)) * intensity)
-
-
-def _line_faults(
-    rng: np.random.Generator, shape: tuple[int, int, int], rate: float, p_sa1: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(faulty, is_sa1) bool ``shape``: stuck whole rows/columns plus a uniform background.
-
-    A cell is healthy iff neither its row nor its column is a line and the background spares
-    it: ``(1 - q)**2 * (1 - bg) = 1 - rate`` with ``1 - (1 - q)**2 = share * rate``.
-    """
-    share = 0.3
-    q = 1.0 - math.sqrt(1.0 - share * rate)
-    bg = 1.0 - (1.0 - rate) / (1.0 - share * rate) if rate < 1.0 else 1.0
-    tiles, rows, cols = shape
-    row_line = rng.random((tiles, rows)) < q
-    col_line = rng.random((tiles, cols)) < q
-    row_sa1 = rng.random((tiles, rows)) < p_sa1
-    col_sa1 = rng.random((tiles, cols)) < p_sa1
-    background = rng.random(shape, dtype=np.float32) < np.float32(bg)
-    bg_sa1 = rng.random(shape, dtype=np.float32) < np.float32(p_sa1)
-    in_row = np.broadcast_to(row_line[:, :, None], shape)
-    in_col = np.broadcast_to(col_line[:, None, :], shape)
-    faulty = in_row | in_col | background
-    # Priority when sources overlap: row line, then column line, then background. Each source
-    # picks SA1 independently with p_sa1, so every faulty cell is SA1 with p_sa1.
-    is_sa1 = np.where(
-        in_row,
-        row_sa1[:, :, None],
-        np.where(in_col, col_sa1[:, None, :], bg_sa1),
-    )
-    return faulty, is_sa1
-
-
-# -- CSV import ---------------------------------------------------------------------------------
-
-MAX_CSV_BYTES = 1 << 30
-"""Largest tester CSV :func:`import_csv` reads (1 GiB, about 60 million listed cells)."""
-
-_CSV_HEADER = ("tile", "row", "col", "state")
-_CSV_STATES: Mapping[str, int] = {
-    "0": STATE_HEALTHY,
-    "1": STATE_SA0,
-    "2": STATE_SA1,
-    "sa0": STATE_SA0,
-    "sa1": STATE_SA1,
-}
-
-
-def import_csv(
-    path: str | os.PathLike[str], tiles: int, rows: int, cols: int, chip_id: str | None = None
-) -> FaultMap:
-    """Build a fault map from a tester CSV: header ``tile,row,col,state``, one row per cell.
-
-    ``state`` is ``0``/``1``/``2`` or ``SA0``/``SA1`` (any case); cells not listed are healthy;
-    ``tile``, ``row`` and ``col`` are plain ASCII decimal integers. The file is UTF-8 text of at
-    most :data:`MAX_CSV_BYTES` bytes, the geometry at most :data:`MAX_CELLS` cells.
-    A cell listed twice must carry the same state both times. Blank lines and lines starting
-    with ``#`` are skipped. Errors raise :class:`~rcompile.errors.BadFaultMap` as
-    ``"<path>:<line>: <column>: ..."``. ``chip_id`` defaults to the file's stem.
-    """
-    src = str(path)
-    _check_geometry(src, tiles, rows, cols)
-    faults = np.zeros((tiles, rows, cols), dtype=np.uint8)
-    seen = np.zeros((tiles, rows, cols), dtype=bool)
-    limits = (tiles, rows, cols)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > MAX_CSV_BYTES:
-                raise BadFaultMap(
-                    f"{src}: {size} bytes; expected a CSV of at most {MAX_CSV_BYTES} bytes "
-                    "(docs/limits.md)"
-                )
-            text = fh.read()
-    except OSError as e:
-        raise BadFaultMap(
-            f"{src}: cannot open ({e.strerror or e}); expected a CSV with header tile,row,col,state"
-        ) from e
-    except UnicodeDecodeError as e:
-        raise BadFaultMap(f"{src}: not UTF-8 text ({e.reason}); expected a CSV file") from e
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header_seen = False
-    try:
-        for record in reader:
-            line = reader.line_num
-            if not record or all(not f.strip() for f in record):
-                continue
-            if record[0].lstrip().startswith("#"):
-                continue
-            fields = [f.strip() for f in record]
-            if not header_seen:
-                if tuple(f.lower() for f in fields) != _CSV_HEADER:
-                    raise BadFaultMap(
-                        f"{src}:{line}: header: {','.join(fields)!r}; expected 'tile,row,col,state'"
-                    )
-                header_seen = True
-                continue
-            if len(fields) != 4:
-                raise BadFaultMap(
-                    f"{src}:{line}: {len(fields)} fields; expected 4 (tile,row,col,state)"
-                )
-            idx: list[int] = []
-            for name, field, limit in zip(_CSV_HEADER[:3], fields[:3], limits, strict=True):
-                v = int(field) if field.isascii() and field.isdigit() and len(field) < 19 else -1
-                if not 0 <= v < limit:
-                    raise BadFaultMap(
-                        f"{src}:{line}: {name}: {field!r}; expected an integer 0..{limit - 1}"
-                    )
-                idx.append(v)
-            state = _CSV_STATES.get(fields[3].lower())
-            if state is None:
-                raise BadFaultMap(
-                    f"{src}:{line}: state: {fields[3]!r}; expected 0, 1, 2, SA0 or SA1"
-                )
-            t, r, c = idx
-            if seen[t, r, c] and faults[t, r, c] != state:
-                raise BadFaultMap(
-                    f"{src}:{line}: state: tile {t}, row {r}, col {c} listed again as "
-                    f"{STATE_NAMES[state]} (was {STATE_NAMES[faults[t, r, c]]}); "
-                    "expected one state per cell"
-                )
-            seen[t, r, c] = True
-            faults[t, r, c] = state
-    except csv.Error as e:
-        raise BadFaultMap(f"{src}:{reader.line_num}: malformed CSV ({e})") from e
-    if not header_seen:
-        raise BadFaultMap(f"{src}:1: header: missing; expected 'tile,row,col,state'")
-    cid = chip_id if chip_id is not None else Path(path).stem
-    return FaultMap(faults, chip_id=cid or "csv", source=src)
-
-
-# -- reports ------------------------------------------------------------------------------------
-
-MAX_HEATMAP_TILES = 64
-"""Tiles drawn by :func:`render_heatmap`; larger chips show the first ones and say so."""
-
-
-def render_heatmap(fm: FaultMap, path: str | os.PathLike[str]) -> None:
-    """Write a PNG heat map of ``fm``: one panel per tile, SA0 blue, SA1 red, healthy light.
-
-    At most :data:`MAX_HEATMAP_TILES` tiles are drawn (a note in the title says how many of
-    how many). Uses matplotlib's Agg renderer without pyplot (no global state, no display);
-    the file is written atomically.
-    """
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    geo = fm.geometry
-    shown = min(geo.tiles, MAX_HEATMAP_TILES)
-    ncols = math.ceil(math.sqrt(shown))
-    nrows = math.ceil(shown / ncols)
-    panel = 2.2
-    aspect = geo.rows / geo.cols
-    fig = Figure(figsize=(ncols * panel, nrows * panel * aspect + 1.2), dpi=100)
-    colors = ("#f2f2f2", "#1f5fbf", "#d62728")  # healthy, SA0, SA1
-    cmap = ListedColormap(list(colors))
-    per_tile = fm.per_tile_counts()
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, ax in enumerate(axes.ravel()):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= shown:
-            ax.set_axis_off()
-            continue
-        ax.imshow(fm.faults[i], cmap=cmap, vmin=0, vmax=2, interpolation="nearest")
-        tile_rate = (per_tile[i, 1] + per_tile[i, 2]) / (geo.rows * geo.cols)
-        ax.set_title(f"tile {i}  {tile_rate:.1%}", fontsize=8)
-    c = fm.counts()
-    title = (
-        f"{fm.chip_id}: {geo.tiles} x {geo.rows} x {geo.cols}, fault rate {c['rate']:.2%} "
-        f"(SA0 {c['sa0']}, SA1 {c['sa1']})"
-    )
-    if shown < geo.tiles:
-        title += f"\nshowing the first {shown} of {geo.tiles} tiles"
-    fig.suptitle(title, fontsize=10)
-    fig.legend(
-        handles=[
-            Patch(color=col, label=name) for col, name in zip(colors, STATE_NAMES, strict=True)
-        ],
-        loc="lower center",
-        ncol=3,
-        fontsize=8,
-        frameon=False,
-    )
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    atomic_write(path, buf.getvalue(), what="heat map")
-
-
-def summary_text(fm: FaultMap) -> str:
-    """A compact table: identity and geometry, totals per state, then counts and rate per tile."""
-    geo = fm.geometry
-    c = fm.counts()
-    cells = geo.tiles * geo.rows * geo.cols
-    lines = [
-        f"chip     {fm.chip_id}",
-        f"source   {fm.source}",
-        f"sha256   {fm.digest()}",
-        f"geometry {geo.tiles} tiles x {geo.rows} rows x {geo.cols} cols = {cells:,} cells",
-    ]
-    overrides = fm.device_overrides()
-    if overrides:
-        lines.append("device   " + ", ".join(f"{k}={v:g}" for k, v in overrides.items()))
-    lines.append(f"stuck_g  {'measured' if fm.stuck_g is not None else 'absent'}")
-    lines.append("")
-    lines.append(f"{'state':<8} {'cells':>12} {'share':>8}")
-    for name, key in (("healthy", "healthy"), ("SA0", "sa0"), ("SA1", "sa1")):
-        lines.append(f"{name:<8} {c[key]:>12,} {c[key] / cells:>8.3%}")
-    lines.append(f"{'faulty':<8} {c['sa0'] + c['sa1']:>12,} {c['rate']:>8.3%}")
-    lines.append("")
-    lines.append(f"{'tile':>5} {'healthy':>9} {'SA0':>7} {'SA1':>7} {'rate':>8}")
-    per_cell = geo.rows * geo.cols
-    for t, (h, s0, s1) in enumerate(fm.per_tile_counts().tolist()):
-        lines.append(f"{t:>5} {h:>9} {s0:>7} {s1:>7} {(s0 + s1) / per_cell:>8.3%}")
-    return "\n".join(lines)

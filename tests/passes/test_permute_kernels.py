@@ -1,0 +1,103 @@
+"""permute and pair: the compiled assignment and cost loops against their definitions, and the
+reference fallback never leaving a block worse than the reference solver alone."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rcompile.passes import _kernels as k
+from rcompile.passes._objective import cell_codes, pair_cost_by_state
+from rcompile.passes.pair import BlockProblem, _side_costs_numpy
+from rcompile.passes.permute import solve_block
+
+from rcompile import api
+from rcompile import faultmap as fmap
+from rcompile.device import Device
+from rcompile.solvers import assign_from
+
+TOP = 15
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(0, 3), st.integers(0, 10_000), st.booleans())
+def test_warm_assignment_matches_brute_force(n: int, extra: int, seed: int, ties: bool) -> None:
+    rng = np.random.default_rng(seed)
+    m = n + extra
+    cost = rng.integers(0, 3, (n, m)).astype(float) if ties else rng.uniform(0, 100, (n, m))
+    start = np.where(rng.random(n) < 0.7, rng.permutation(m)[:n], -1)
+    got = assign_from(cost, start)
+    assert len(set(got.tolist())) == n and got.max() < m
+    best = min(sum(cost[i, p[i]] for i in range(n))
+               for p in itertools.permutations(range(m), n))
+    assert cost[np.arange(n), got].sum() == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_warm_start_keeps_an_optimal_start() -> None:
+    cost = np.ones((4, 6))
+    cost[np.arange(4), [5, 3, 1, 0]] = 0.0
+    assert assign_from(cost, np.array([5, 3, 1, 0])).tolist() == [5, 3, 1, 0]
+
+
+def _block(seed: int, rate: float) -> BlockProblem:
+    rng = np.random.default_rng(seed)
+    n, m, rows, cols = 12, 5, 16, 14
+    fm = fmap.synth(1, rows, cols, rate, (1, 1), seed)
+    return BlockProblem(q=rng.integers(-TOP, TOP + 1, size=(n, m)),
+                        w=rng.uniform(0.1, 2.0, (n, m)),
+                        codes=cell_codes(fm.stuck_levels(Device())[0]), top=TOP,
+                        cols=np.arange(cols))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 0.6))
+def test_compiled_cost_loops_equal_the_numpy_definitions(seed: int, rate: float) -> None:
+    bp = _block(seed, rate)
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(16)[:12].astype(np.int32)
+    perm = rng.permutation(14).astype(np.int32)
+    pos, neg = perm[:5], perm[5:10]
+    assert bp.cost(rows, pos, neg) == pytest.approx(bp.cost_numpy(rows, pos, neg), abs=1e-9)
+    got = k.row_costs(bp.table, bp.qi, bp.w, bp.codes, pos, neg)
+    want = pair_cost_by_state(bp.q, bp.w, bp.codes[:, pos], bp.codes[:, neg], TOP)
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    fwd, rev = k.pair_costs(bp.table, bp.qi, bp.w, bp.codes, rows, pos, neg)
+    sub = bp.codes[rows]
+    np.testing.assert_allclose(fwd, pair_cost_by_state(bp.q.T, bp.w.T, sub[:, pos].T,
+                                                       sub[:, neg].T, TOP), atol=1e-9)
+    np.testing.assert_allclose(rev, pair_cost_by_state(bp.q.T, bp.w.T, sub[:, neg].T,
+                                                       sub[:, pos].T, TOP), atol=1e-9)
+    free = np.setdiff1d(np.arange(14), neg).astype(np.int32)
+    for side in (True, False):
+        np.testing.assert_allclose(
+            k.side_costs(bp.table, bp.qi, bp.w, bp.codes, rows, neg, free, side),
+            _side_costs_numpy(bp, rows, neg, free, side), atol=1e-9)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.05, 0.6))
+def test_both_solvers_never_worsen_a_block(seed: int, rate: float) -> None:
+    bp = _block(seed, rate)
+    begin = (np.arange(12), np.arange(0, 10, 2), np.arange(1, 10, 2))
+    for problem in (bp, replace(bp, reference=True)):
+        rows, pos, neg, start, cost, hit = solve_block(problem, *begin, 6, True)
+        assert not hit and cost <= start + 1e-12
+        assert len(set(rows.tolist())) == 12
+        assert len(set(pos.tolist()) | set(neg.tolist())) == 10
+
+
+def test_permute_reference_fallback_is_never_worse(tiny_model: str) -> None:
+    """The default ``permute`` ends every block at or below the reference solver alone."""
+    plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6)
+    fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.3, (5, 1), 3)
+    log = {}
+    for spec in ("permute", "permute{reference=false}"):
+        res = api.build(plan, fm, pipeline=f"place{{order=assign}},{spec},program")
+        log[spec] = next(e for e in res.log if e["pass"] == "permute")
+    both, fast = log["permute"], log["permute{reference=false}"]
+    assert both["reference_solved"] > 0
+    assert both["cost_after"] <= fast["cost_after"] + 1e-12
