@@ -94,7 +94,8 @@ def catching() -> Iterator[None]:
 
 
 def stop(e: Interrupted) -> NoReturn:
-    """End the process for ``e``: further signals ignored, own temporaries removed, one line."""
+    """End the process for ``e``: further signals ignored, own temporaries removed, one line,
+    then ``os._exit`` (no interpreter shutdown)."""
     from rcompile.fileio import remove_own_temporaries
 
     if threading.current_thread() is threading.main_thread():
@@ -104,8 +105,15 @@ def stop(e: Interrupted) -> NoReturn:
     remove_own_temporaries()
     name = signal.Signals(e.signum).name
     sys.stderr.write(f"rcompile: interrupted by {name}; stopped without a partial output\n")
-    sys.stderr.flush()
-    sys.exit(e.exit_code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    # End here, not through the interpreter's shutdown: there, the management thread of a pool
+    # just killed (kill_pool) can still write to its closed wake-up pipe and print "Exception
+    # ignored ... Bad file descriptor" after the one line.
+    os._exit(e.exit_code)
 
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
