@@ -272,7 +272,12 @@ def verify(image: str, faultmap_path: str, data_path: str, model_path: str | Non
                f"{rep.mode} mode, noise seed {rep.noise_seed}")
     if rep.float_accuracy is not None:
         click.echo(f"  float model accuracy      {pct(rep.float_accuracy)}")
-    click.echo(f"  fault-free chip accuracy  {pct(rep.fault_free_accuracy)}")
+    if rep.device_agreement is not None and rep.mode != "ideal":  # the device's own floor
+        click.echo(f"  {'fault-free, ideal cell':<26}{pct(rep.fault_free_accuracy)}")
+        click.echo(f"  {'fault-free, ' + rep.device:<26}{pct(rep.device_fault_free_accuracy)}"
+                   f" (this chip's reference; agreement with it {pct(rep.device_agreement)})")
+    else:
+        click.echo(f"  fault-free chip accuracy  {pct(rep.fault_free_accuracy)}")
     click.echo(f"  this chip accuracy        {pct(rep.accuracy)}")
     click.echo(f"  agreement                 {pct(rep.agreement)}")
     click.echo(f"  output cosine             {rep.output_cosine:.4f}")

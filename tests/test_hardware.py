@@ -406,6 +406,9 @@ def test_cli_verify_reports_device_mode_energy_and_timing(tmp_path: Path) -> Non
     assert again["relative_output_error"] == d["relative_output_error"]
     plain = json.loads(rcompile(*args, cwd=str(tmp_path)).stdout)
     assert (plain["device"], plain["mode"]) == ("ideal", "ideal")
+    text = rcompile(*args[:-1], "--device", "neurosim", cwd=str(tmp_path)).stdout
+    assert "fault-free, ideal cell" in text and "fault-free, neurosim" in text, text
+    assert "fault-free, neurosim" not in rcompile(*args[:-1], cwd=str(tmp_path)).stdout
 
 
 def test_build_with_a_device_records_it_and_verify_uses_it(tmp_path: Path) -> None:
