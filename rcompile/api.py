@@ -239,7 +239,7 @@ def chip_pipeline(spec: str, plan: Plan | None = None) -> list[pl.ChipPass]:
     pass's requirements ensured by the plan (or, without one, by a finished plan) or an earlier
     pass, and an image's needs (placements and cell levels) ensured by the end."""
     have = pl.plan_facts(plan) if plan is not None else frozenset({"quantised", "blocks"})
-    passes = pl.parse(spec, stage=pl.CHIP, have=have)
+    passes = pl.parse(spec, stage=pl.CHIP)
     missing = {"placements", "levels"} - pl.check_order(passes, have)
     if missing:
         raise pl.BadPipeline(

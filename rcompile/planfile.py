@@ -42,7 +42,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -56,6 +56,9 @@ from rcompile.faultmap import FaultMap
 from rcompile.fileio import atomic_write
 from rcompile.ir import Block, Layer, Plan, RowStats, WeightOp
 from rcompile.npzio import read_npz
+
+if TYPE_CHECKING:
+    from rcompile.api import LotPlan
 
 FORMAT = "rcompile-plan"
 VERSION = 2
@@ -291,8 +294,9 @@ def _check_graph(model: onnx.ModelProto, ops: tuple[WeightOp, ...]) -> None:
                              "initializer of the saved graph")
 
 
-def check_chip(saved: SavedPlan, fm: FaultMap) -> None:
-    """Refuse a chip whose tile geometry or cell levels differ from the plan's."""
+def check_chip(saved: SavedPlan | LotPlan, fm: FaultMap) -> None:
+    """Refuse a chip whose tile geometry or cell levels differ from the plan's (a saved plan
+    or a lot's plan: both carry ``plan`` and ``source``)."""
     plan, geo = saved.plan, fm.geometry
     if (geo.rows, geo.cols) != (plan.tile_rows, plan.tile_cols):
         raise BadPlan(

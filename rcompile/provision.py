@@ -140,8 +140,7 @@ def compile_chip(state: LotState, task: ChipTask) -> dict[str, Any]:
         line["chip_id"] = fm.chip_id
         line["faults"] = {"sa0": counts["sa0"], "sa1": counts["sa1"],
                           "rate": round(float(counts["rate"]), 6)}
-        planfile.check_chip(planfile.SavedPlan(state.saved.plan, state.saved.calib,
-                                               state.saved.source), fm)
+        planfile.check_chip(state.saved, fm)
         hw = state.hardware
         if hw is not None:
             hw.check_tiles(fm.geometry.rows, fm.geometry.cols, task.faultmap)

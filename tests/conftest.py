@@ -44,7 +44,8 @@ def rcompile(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[
         finally:
             sys.argv = argv
             os.chdir(here)
-        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+        stdout = out.getvalue().decode(errors="replace")
+        stderr = err.getvalue().decode(errors="replace")
     return subprocess.CompletedProcess(["rcompile", *args], code, stdout, stderr)
 
 

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import struct
-import sys
 import warnings
 import zipfile
 import zlib
@@ -26,11 +25,9 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from rcompile.cli import main
-from tests.conftest import conv_bn_gemm
+from tests.conftest import conv_bn_gemm, rcompile
 
 ROWS, COLS, TILES = 64, 32, 10
 N = 12  # samples in the data files
@@ -50,20 +47,13 @@ class Run:
 
 
 def run(*args: str) -> Run:
-    """``rcompile ARGS`` through the console entry point; a Python exception is a crash."""
-    with CliRunner().isolation() as (out, err, _):
-        argv, sys.argv = sys.argv, ["rcompile", *args]
-        crash: BaseException | None = None
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException as e:  # noqa: BLE001 - any other exception is the defect
-            crash, code = e, -1
-        finally:
-            sys.argv = argv
-        return Run(code, out.getvalue().decode(), err.getvalue().decode(errors="replace"), crash)
+    """``rcompile ARGS`` through the console entry point (:func:`tests.conftest.rcompile`); a
+    Python exception escaping it is a crash."""
+    try:
+        r = rcompile(*args)
+    except BaseException as e:  # noqa: BLE001 - any exception past the entry point is the defect
+        return Run(-1, "", "", e)
+    return Run(r.returncode, r.stdout, r.stderr, None)
 
 
 # ------------------------------------------------------------------------------------------

@@ -15,14 +15,12 @@ and the exit code are what a user sees), with click's output captured.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +29,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rcompile import api, cli
+from rcompile import api
 from rcompile import faultmap as fmap
 from rcompile import provision as prov
 from rcompile.fileio import TEMPORARY
-from tests.conftest import ROOT, conv_bn_gemm, save
+from tests.conftest import ROOT, conv_bn_gemm, rcompile, save
 
 # ------------------------------------------------------------------------------------------------
 # Helpers
@@ -43,15 +41,10 @@ from tests.conftest import ROOT, conv_bn_gemm, save
 
 
 def run(*args: str | Path) -> tuple[int, str, str]:
-    """``rcompile ARGS`` in this process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            cli.main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+    """``rcompile ARGS`` in this process (:func:`tests.conftest.rcompile`): exit code, stdout,
+    stderr."""
+    r = rcompile(*map(str, args))
+    return r.returncode, r.stdout, r.stderr
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -242,16 +242,24 @@ def _weight_reason(w: np.ndarray) -> str | None:
     return None
 
 
-def _map_conv(gr: Graph, node: onnx.NodeProto, op_type: str = "Conv") -> str | Mapped:
+def _kernel_weight(gr: Graph, node: onnx.NodeProto, expected: str) -> np.ndarray | str:
+    """The constant weight (input 1) of a Conv or ConvTranspose, or why it stays digital; a
+    weight of rank below 3 is bad input (``expected`` names the layout)."""
     w = gr.const(node, 1, "weight")
     if w is None:
         return _not_constant(gr, node, 1, "weight")
     if (why := _weight_reason(w)) is not None:
         return why
     if w.ndim < 3:
-        raise BadModel(
-            f"{gr.path}: node {node.name!r}: Conv weight has rank {w.ndim}; expected >= 3"
-        )
+        raise BadModel(f"{gr.path}: node {node.name!r}: {node.op_type} weight has rank "
+                       f"{w.ndim}; expected >= 3{expected}")
+    return w
+
+
+def _map_conv(gr: Graph, node: onnx.NodeProto, op_type: str = "Conv") -> str | Mapped:
+    w = _kernel_weight(gr, node, "")
+    if isinstance(w, str):
+        return w
     groups = int(node_attrs(node).get("group", 1))  # type: ignore[call-overload]
     if groups < 1:
         raise BadModel(f"{gr.path}: node {node.name!r}: Conv group={groups}; expected >= 1")
@@ -282,16 +290,9 @@ def _map_conv_transpose(gr: Graph, node: onnx.NodeProto) -> str | Mapped:
     ``j`` of channel ``c`` read from channel ``c * prod(k) + j``) adds them up where they
     overlap. Exact for every stride, padding, output padding, dilation, group and output shape.
     """
-    w = gr.const(node, 1, "weight")
-    if w is None:
-        return _not_constant(gr, node, 1, "weight")
-    if (why := _weight_reason(w)) is not None:
-        return why
-    if w.ndim < 3:
-        raise BadModel(
-            f"{gr.path}: node {node.name!r}: ConvTranspose weight has rank {w.ndim}; "
-            "expected >= 3 ([Cin, Cout/group, *kernel])"
-        )
+    w = _kernel_weight(gr, node, " ([Cin, Cout/group, *kernel])")
+    if isinstance(w, str):
+        return w
     a = node_attrs(node)
     groups = int(a.get("group", 1))  # type: ignore[call-overload]
     cin, og, kernel = w.shape[0], w.shape[1], tuple(int(k) for k in w.shape[2:])
