@@ -135,7 +135,7 @@ def best_levels_noisy(
 
 
 #: Values of the ``noise`` option of ``program`` and ``transform``: how the device's per-level
-#: programming error (``Device.level_rms_error``) joins the objective.
+#: programming error (``Cell.level_rms_error``) joins the objective.
 NOISE_MODES = ("auto", "off", "partners", "all")
 
 

@@ -12,7 +12,7 @@ Schemes:
 * ``compensate``: with the fault map, each pair is programmed optimally
   (``passes/_objective.best_levels``): a stuck cell's healthy partner is set so that
   ``G+ - G-`` comes as close as the levels allow to the weight. On a device that programs some
-  levels less accurately (``Device.level_rms_error``), ``noise`` adds the expected programming
+  levels less accurately (``Cell.level_rms_error``), ``noise`` adds the expected programming
   error of written levels to the objective (``_objective.best_levels_noisy``): ``partners``
   only for the healthy partner of a stuck cell (healthy pairs keep the lowest common mode),
   ``all`` (alias ``true``) for every healthy cell, so a healthy pair may sit at the common mode

@@ -8,7 +8,7 @@ the top level, so a stuck-on cell on the idle side costs nothing). There is no p
 compensation: a transform applies to the whole pair, as in the MT paper. The cost of an
 (output, pair) is the least true error over the four transforms; outputs go to pairs by an exact
 linear assignment. Rows stay in order. On a device with per-level programming error
-(``Device.level_rms_error``, set by ``build --device``) the expected error of the levels each
+(``Cell.level_rms_error``, set by ``build --device``) the expected error of the levels each
 transform writes on healthy cells joins the cost (``noise=all``, the default there via
 ``noise=auto``), so MT knows when a high common mode is costly to program: in a paired A/B on
 the neurosim preset this gained on average and lost nowhere (docs/device.md).

@@ -24,7 +24,7 @@ import onnx
 
 import rcompile
 from rcompile import pipeline as pl
-from rcompile.device import Device, Geometry, Hardware
+from rcompile.device import Cell, Geometry, Hardware
 from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
@@ -191,13 +191,13 @@ def make_plan(
     *,
     tile_rows: int = 128,
     tile_cols: int = 128,
-    device: Device | None = None,
+    device: Cell | None = None,
     pipeline: str = PLAN_PIPELINE,
 ) -> tuple[Plan, list[dict[str, Any]]]:
     """Chip-independent stage: load and normalise the model, quantise, tile, pack.
 
     Returns the plan and the log of its passes."""
-    device = device or Device()
+    device = device or Cell()
     fe = load_model(model_path)
     mats = tuple(to_matrices(op, w) for op, w in zip(fe.ops, fe.weights, strict=True))
     plan = Plan(
@@ -249,7 +249,7 @@ def chip_pipeline(spec: str, plan: Plan | None = None) -> list[pl.ChipPass]:
     return passes
 
 
-def chip_device(plan: Plan, fm: FaultMap) -> Device:
+def chip_device(plan: Plan, fm: FaultMap) -> Cell:
     """The plan's device with the fault map's measured scalars; levels must agree."""
     over = fm.device_overrides()
     if "levels" in over and int(over["levels"]) != plan.device.levels:

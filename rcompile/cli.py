@@ -416,7 +416,7 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
              prune: str | None, as_json: bool) -> None:
     """Make MODEL's chip-independent plan once, for 'build --plan' and 'provision --plan'."""
     from rcompile import planfile
-    from rcompile.device import Device
+    from rcompile.device import Cell
 
     if cols % 2:
         raise click.BadParameter(f"{cols} is odd; expected an even column count "
@@ -424,7 +424,7 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
     refuse_overwrite([("-o", output)], [("MODEL", model), ("--calib", calib)])
     t0 = time.perf_counter()
     plan, log = api.make_plan(model, tile_rows=rows, tile_cols=cols,
-                                 device=Device(levels=levels), pipeline=api.plan_pipeline(prune))
+                                 device=Cell(levels=levels), pipeline=api.plan_pipeline(prune))
     stats = None if calib is None else api.load_calib_stats(plan, calib)
     planfile.write(output, plan, stats)
     size = os.path.getsize(output)

@@ -1,11 +1,11 @@
-"""Device and chip-family parameters, with units in the field names.
+"""Cell, device and chip-family parameters, with units in the field names.
 
 A cell is programmed to one of ``levels`` conductances
 ``G(k) = g_min_us + k / (levels - 1) * (g_max_us - g_min_us)`` for ``k = 0 .. levels-1``.
 The compiler works in *level units*: a weight is represented as ``scale * (k_pos - k_neg)``.
 :func:`level_of_conductance` is the exact inverse of :func:`conductance_of_level`.
 
-:class:`Device` is the cell the compiler quantises for. :class:`Hardware` is the whole device
+:class:`Cell` is the cell the compiler quantises for. :class:`Hardware` is the whole device
 technology the verifying runtime emulates: that cell plus how it is written
 (:class:`Programming`), how it is read (:class:`Read`), the converters around every tile
 (:class:`Converters`) and what each operation costs (:class:`Costs`). Named presets live in
@@ -91,7 +91,7 @@ def _validate(obj: Any) -> None:
 
 
 @dataclass(frozen=True)
-class Device:
+class Cell:
     """One ReRAM cell technology; defaults match a typical 16-level 128x128 tile."""
 
     levels: int = 16
@@ -167,12 +167,12 @@ class Device:
         return d
 
 
-def conductance_of_level(device: Device, level: np.ndarray) -> np.ndarray:
+def conductance_of_level(device: Cell, level: np.ndarray) -> np.ndarray:
     """Conductance in microsiemens of (possibly fractional) level indices."""
     return device.g_min_us + np.asarray(level, dtype=np.float64) * device.step_us
 
 
-def level_of_conductance(device: Device, g_us: np.ndarray) -> np.ndarray:
+def level_of_conductance(device: Cell, g_us: np.ndarray) -> np.ndarray:
     """Fractional level index of a conductance; exact inverse of :func:`conductance_of_level`."""
     return (np.asarray(g_us, dtype=np.float64) - device.g_min_us) / device.step_us
 
@@ -346,7 +346,7 @@ class Hardware:
     """Rows per crossbar tile of this chip family (synthetic chips in sweeps use it)."""
     tile_cols: int = 128
     """Columns per crossbar tile (even: outputs use column pairs)."""
-    cell: Device = field(default_factory=Device)
+    cell: Cell = field(default_factory=Cell)
     programming: Programming = field(default_factory=Programming)
     read: Read = field(default_factory=Read)
     converters: Converters = field(default_factory=Converters)
@@ -385,7 +385,7 @@ class Hardware:
         """How errors name this device: its file if it came from one, else its preset name."""
         return f"device file {self.source}" if self.source else f"device {self.name}"
 
-    def with_cell(self, cell: Device) -> Hardware:
+    def with_cell(self, cell: Cell) -> Hardware:
         return replace(self, cell=cell)
 
     def to_dict(self) -> dict[str, Any]:
@@ -406,7 +406,7 @@ def _plain(obj: Any) -> dict[str, Any]:
 
 
 _SECTIONS: dict[str, type] = {
-    "cell": Device,
+    "cell": Cell,
     "programming": Programming,
     "read": Read,
     "converters": Converters,
@@ -426,7 +426,7 @@ PRESETS: dict[str, Hardware] = {
         name="neurosim",
         tile_rows=128,
         tile_cols=128,
-        cell=Device(levels=16, g_min_us=10.0, g_max_us=100.0, read_v=0.5),
+        cell=Cell(levels=16, g_min_us=10.0, g_max_us=100.0, read_v=0.5),
         programming=Programming(
             pulses=64, nl_ltp=4.0, nl_ltd=-4.0, c2c_sigma=0.035, tolerance_levels=0.5,
             max_iterations=20,
@@ -548,7 +548,7 @@ def _from_dict(doc: dict[str, Any], default_name: str) -> Hardware:
 
 def _section(section: str, cls: type, table: dict[str, Any], base: Any) -> Any:
     names = [f.name for f in fields(cls) if f.name != "level_rms_error"]
-    allowed = names + (["on_off_ratio"] if cls is Device else [])
+    allowed = names + (["on_off_ratio"] if cls is Cell else [])
     for k in table:
         if k not in allowed:
             raise BadDevice(
@@ -556,7 +556,7 @@ def _section(section: str, cls: type, table: dict[str, Any], base: Any) -> Any:
             )
     table = dict(table)
     rules: dict[str, _Rule] = cls._RULES  # type: ignore[attr-defined]
-    if cls is Device and "on_off_ratio" in table:
+    if cls is Cell and "on_off_ratio" in table:
         if "g_min_us" in table:
             raise BadDevice("device: [cell] gives both g_min_us and on_off_ratio; expected one")
         ratio = table.pop("on_off_ratio")

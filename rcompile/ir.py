@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rcompile.device import Device
+from rcompile.device import Cell
 
 #: Layouts of a weight tensor in the ONNX graph.
 LAYOUT_CONV = "conv"  # [Cout, Cin/g, *kernel]
@@ -144,7 +144,7 @@ class Plan:
     model_sha256: str
     tile_rows: int
     tile_cols: int
-    device: Device
+    device: Cell
     ops: tuple[WeightOp, ...]
     float_mats: tuple[np.ndarray, ...]
     """Per op float32 ``[groups, rows, outs]`` trained weights (BatchNorm folded)."""

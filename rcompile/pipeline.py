@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from rcompile.device import Device, Geometry
+from rcompile.device import Cell, Geometry
 from rcompile.errors import RcompileError
 from rcompile.ir import ChipMapping, Plan, RowStats, chip_view
 
@@ -52,7 +52,7 @@ class PlanContext:
 
     tile_rows: int
     tile_cols: int
-    device: Device
+    device: Cell
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class ChipContext:
     """What a per-chip pass may see: the family plus one chip's measured faults."""
 
     geometry: Geometry
-    device: Device
+    device: Cell
     stuck: np.ndarray
     """float32 ``[T, R, C]``: level each stuck cell is frozen at; NaN for healthy cells."""
     chip_id: str

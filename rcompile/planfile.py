@@ -50,7 +50,7 @@ from google.protobuf.message import DecodeError
 
 import rcompile
 from rcompile import jsonbound
-from rcompile.device import Device
+from rcompile.device import Cell
 from rcompile.errors import BadPlan, RcompileError
 from rcompile.faultmap import FaultMap
 from rcompile.fileio import atomic_write
@@ -209,7 +209,7 @@ def decode(data: bytes, src: str = "<bytes>") -> SavedPlan:
         return SavedPlan(*_rebuild(meta, arrays), source=src)
     except BadPlan:
         raise
-    except RcompileError as e:  # a Device field out of range
+    except RcompileError as e:  # a Cell field out of range
         raise BadPlan(f"{src}: meta: {e}") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
             DecodeError) as e:
@@ -261,7 +261,7 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
         model_sha256=str(meta["model_sha256"]),
         tile_rows=int(meta["tile_rows"]),
         tile_cols=int(meta["tile_cols"]),
-        device=Device(**meta["device"]),
+        device=Cell(**meta["device"]),
         ops=ops,
         float_mats=tuple(a[f"L{i}.float"] for i in range(n)),
         biases=tuple(a[f"L{i}.fbias"] for i in range(n)),

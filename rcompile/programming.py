@@ -35,7 +35,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from rcompile.device import Device, Hardware, Programming
+from rcompile.device import Cell, Hardware, Programming
 
 #: Maximum deviation of the normalised LTP curve from the straight line per unit of
 #: non-linearity label (NeuroSim's labels scale this way; ``0.07 * sqrt(2)``).
@@ -68,7 +68,7 @@ def param_a(nl: float) -> float:
 class _Curve:
     """One update direction's conductance-vs-pulse curve, in microsiemens and pulses."""
 
-    def __init__(self, cell: Device, pulses: int, nl: float) -> None:
+    def __init__(self, cell: Cell, pulses: int, nl: float) -> None:
         self.g0 = cell.g_min_us
         self.rng = cell.g_max_us - cell.g_min_us
         self.p = float(pulses)
@@ -98,7 +98,7 @@ class _Curve:
 
 def program(
     target: np.ndarray,
-    cell: Device,
+    cell: Cell,
     prog: Programming,
     rng: np.random.Generator,
     read_noise_rel: float = 0.0,
@@ -120,7 +120,7 @@ they are written like every other cell. (For ``neurosim``: 10.4 sigmas.)"""
 
 def program_tiles(
     targets: Sequence[np.ndarray],
-    cell: Device,
+    cell: Cell,
     prog: Programming,
     rngs: Sequence[np.random.Generator],
     read_noise_rel: float = 0.0,
@@ -201,7 +201,7 @@ def program_tiles(
 
 
 def level_error_table(
-    cell: Device, prog: Programming, read_noise_rel: float = 0.0, samples: int = 2000,
+    cell: Cell, prog: Programming, read_noise_rel: float = 0.0, samples: int = 2000,
     seed: int = 0,
 ) -> tuple[float, ...]:
     """Per target level, the RMS error (level steps) of write-verify, by seeded Monte Carlo."""
@@ -213,9 +213,9 @@ def level_error_table(
     return tuple(round(float(v), 6) for v in np.sqrt(np.mean(err**2, axis=1)))
 
 
-def compiler_device(hw: Hardware | None) -> Device | None:
+def compiler_device(hw: Hardware | None) -> Cell | None:
     """The cell the compiler should quantise for on ``hw``: its levels and conductances plus the
-    expected programming error of every level (:attr:`Device.level_rms_error`). None (no
+    expected programming error of every level (:attr:`Cell.level_rms_error`). None (no
     device model) gives None: the chip's own cell, as before device models existed."""
     if hw is None:
         return None

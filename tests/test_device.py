@@ -12,8 +12,8 @@ import pytest
 
 from rcompile.device import (
     PRESETS,
+    Cell,
     Converters,
-    Device,
     Hardware,
     Programming,
     conductance_of_level,
@@ -124,12 +124,12 @@ def test_conductance_and_level_are_exact_inverses() -> None:
 
 
 def test_level_rms_error_is_optional_and_validated() -> None:
-    assert "level_rms_error" not in Device().to_dict()  # old headers stay byte-identical
-    d = Device(levels=4, level_rms_error=(0.0, 0.7, 0.2, 0.1))
+    assert "level_rms_error" not in Cell().to_dict()  # old headers stay byte-identical
+    d = Cell(levels=4, level_rms_error=(0.0, 0.7, 0.2, 0.1))
     assert d.to_dict()["level_rms_error"] == [0.0, 0.7, 0.2, 0.1]
     assert d.expected_sq_error(np.array([1, 2])) == pytest.approx([0.49, 0.04])
     with pytest.raises(BadDevice, match="level_rms_error"):
-        Device(levels=4, level_rms_error=(0.1, 0.2))
+        Cell(levels=4, level_rms_error=(0.1, 0.2))
 
 
 # --------------------------------------------------------------------------- NeuroSim programming
@@ -162,14 +162,14 @@ def test_update_curve_spans_the_range_and_inverts(nl: float) -> None:
 
 def test_ideal_programming_is_exact() -> None:
     target = np.arange(16).repeat(3)
-    got = program(target, Device(), Programming(), np.random.default_rng(0))
+    got = program(target, Cell(), Programming(), np.random.default_rng(0))
     assert got.dtype == np.float64 and np.array_equal(got, target)
 
 
 def test_linear_noiseless_write_verify_lands_in_the_window() -> None:
     prog = Programming(pulses=60, tolerance_levels=0.25)
     target = np.arange(16).repeat(4)
-    got = program(target, Device(), prog, np.random.default_rng(0))
+    got = program(target, Cell(), prog, np.random.default_rng(0))
     assert np.all(np.abs(got - target) <= 0.25 + 1e-9)
 
 

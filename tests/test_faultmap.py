@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from rcompile import faultmap as F
 from rcompile.api import spare_tiles
-from rcompile.device import Device
+from rcompile.device import Cell
 from rcompile.errors import BadFaultMap
 from rcompile.faultmap_cli import faultmap as faultmap_cli
 
@@ -219,7 +219,7 @@ def test_counts_and_per_tile() -> None:
 
 def test_stuck_levels_from_states() -> None:
     fm = small_map(stuck_g=False)
-    lv = fm.stuck_levels(Device(levels=16))
+    lv = fm.stuck_levels(Cell(levels=16))
     assert lv.dtype == np.float32
     assert np.isnan(lv[fm.faults == 0]).all()
     assert lv[0, 1, 2] == 0.0 and lv[1, 3, 5] == 15.0 and lv[1, 0, 0] == 15.0
@@ -227,13 +227,13 @@ def test_stuck_levels_from_states() -> None:
 
 def test_stuck_levels_from_conductance_and_clipping() -> None:
     fm = small_map()
-    lv = fm.stuck_levels(Device(levels=16, g_min_us=1.0, g_max_us=100.0))
+    lv = fm.stuck_levels(Cell(levels=16, g_min_us=1.0, g_max_us=100.0))
     assert np.isnan(lv[fm.faults == 0]).all()
     np.testing.assert_allclose(
         [lv[0, 1, 2], lv[1, 3, 5], lv[1, 0, 0]], [0.5 / 99 * 15, 98 / 99 * 15, 7.5], rtol=1e-5
     )
     # A narrower device clips measured conductances into [0, levels-1].
-    lv = fm.stuck_levels(Device(levels=4, g_min_us=10.0, g_max_us=60.0))
+    lv = fm.stuck_levels(Cell(levels=4, g_min_us=10.0, g_max_us=60.0))
     np.testing.assert_allclose([lv[0, 1, 2], lv[1, 3, 5], lv[1, 0, 0]], [0.0, 3.0, 2.43])
 
 
@@ -241,7 +241,7 @@ def test_device_overrides() -> None:
     assert small_map().device_overrides() == {"g_min_us": 1.0, "g_max_us": 100.0, "levels": 16}
     bare = small_map(stuck_g=False, g_min_us=None, g_max_us=None, levels=None)
     assert bare.device_overrides() == {}
-    dev = small_map(g_max_us=120.0, levels=8).device(Device(read_v=0.3))
+    dev = small_map(g_max_us=120.0, levels=8).device(Cell(read_v=0.3))
     assert (dev.levels, dev.g_max_us, dev.read_v) == (8, 120.0, 0.3)
 
 

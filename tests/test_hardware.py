@@ -16,7 +16,7 @@ from rcompile import api, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import Dataset
-from rcompile.device import PRESETS, Converters, Device, Hardware, Programming, Read
+from rcompile.device import PRESETS, Cell, Converters, Hardware, Programming, Read
 from rcompile.faultmap import FaultMap
 from rcompile.image import Image, SliceRecord, TileRecord
 from rcompile.ir import LAYOUT_KN, WeightOp
@@ -248,7 +248,7 @@ def test_fast_programming_is_seeded_per_group() -> None:
 
 def test_reset_cells_are_written_when_read_noise_could_reject_them() -> None:
     # tolerance 0.5 steps of 6 uS = 3 uS, read noise 20 % of g_min = 50 uS: 0.3 sigmas
-    cell = Device(levels=16, g_min_us=50.0, g_max_us=140.0)
+    cell = Cell(levels=16, g_min_us=50.0, g_max_us=140.0)
     prog = Programming(pulses=64, nl_ltp=4.0, nl_ltd=-4.0, c2c_sigma=0.035,
                        tolerance_levels=0.5, max_iterations=20)
     zeros = np.zeros(500, np.int64)
@@ -276,11 +276,11 @@ def test_on_off_leak_cancels_in_pairs_but_costs_adc_range_and_energy() -> None:
     image, graph = CASES["split"](fm)
     x = np.abs(dataset(graph, 64).inputs["x"])  # unipolar inputs: the ADC range starts at 0
     data = Dataset(inputs={"x": x}, labels=None, n=64)
-    tight = Device(levels=16, g_min_us=0.1, g_max_us=100.0)
-    leaky = Device(levels=16, g_min_us=50.0, g_max_us=100.0)
+    tight = Cell(levels=16, g_min_us=0.1, g_max_us=100.0)
+    leaky = Cell(levels=16, g_min_us=50.0, g_max_us=100.0)
     ref = runtime.emulate(image, fm, data, hardware=IDEAL, mode="ideal")[0]
 
-    def run(cell: Device, bits: int) -> tuple[np.ndarray, float]:
+    def run(cell: Cell, bits: int) -> tuple[np.ndarray, float]:
         hw = replace(IDEAL, cell=cell, converters=Converters(adc_bits=bits))
         out = runtime.emulate(image, fm, data, hardware=hw, mode="tile")[0]
         rep = runtime.verify(image, fm, data, hardware=hw, mode="tile")
@@ -449,5 +449,5 @@ def test_hardware_is_validated_against_the_image() -> None:
     fm = healthy()
     image, _ = CASES["gemm"](fm)
     with pytest.raises(Exception, match="levels per cell"):
-        runtime.image_hardware(image, replace(IDEAL, cell=Device(levels=8)))
+        runtime.image_hardware(image, replace(IDEAL, cell=Cell(levels=8)))
     assert runtime.image_hardware(image) == Hardware(cell=DEV)

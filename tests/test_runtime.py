@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from rcompile.data import Dataset, input_specs, load_calib, load_data
-from rcompile.device import Device
+from rcompile.device import Cell
 from rcompile.errors import BadData, BadImage
 from rcompile.faultmap import FaultMap
 from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
@@ -32,7 +32,7 @@ from rcompile.runtime import (
     verify,
 )
 
-DEV = Device(levels=16)
+DEV = Cell(levels=16)
 L1 = DEV.levels - 1
 T, R, C = 2, 40, 16
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rcompile.device import Device, Geometry
+from rcompile.device import Cell, Geometry
 from rcompile.errors import BadDevice, BadFaultMap
 from rcompile.fileio import atomic_write
 from rcompile.npzio import read_npz
@@ -32,7 +32,7 @@ ALLOWED_KEYS: tuple[str, ...] = REQUIRED_KEYS + OPTIONAL_KEYS
 """Every key a fault-map ``.npz`` may hold, in the order :func:`save` writes them."""
 
 MAX_LEVELS = 256
-"""Largest ``levels`` a fault map may declare (same bound as :class:`~rcompile.device.Device`)."""
+"""Largest ``levels`` a fault map may declare (same bound as :class:`~rcompile.device.Cell`)."""
 
 MAX_CELLS = 1 << 26
 """Most cells (tiles x rows x cols) one chip may have: 67,108,864, e.g. 4,096 tiles of 128 x 128.
@@ -100,7 +100,7 @@ class FaultMap:
 
     # -- levels and device ------------------------------------------------------------------
 
-    def stuck_levels(self, device: Device) -> np.ndarray:
+    def stuck_levels(self, device: Cell) -> np.ndarray:
         """float32 ``[tiles, rows, cols]``: the level each stuck cell sits at, NaN if healthy.
 
         SA0 cells read ``0.0`` and SA1 cells ``device.levels - 1``. Where :attr:`stuck_g` was
@@ -120,10 +120,10 @@ class FaultMap:
         return out
 
     def device_overrides(self) -> dict[str, Any]:
-        """The device scalars this map records, as :class:`~rcompile.device.Device` keywords.
+        """The device scalars this map records, as :class:`~rcompile.device.Cell` keywords.
 
         Only the keys present are returned (any of ``g_min_us``, ``g_max_us``, ``levels``), so
-        ``Device(**{**defaults, **fm.device_overrides()})`` builds the chip's device.
+        ``Cell(**{**defaults, **fm.device_overrides()})`` builds the chip's device.
         """
         out: dict[str, Any] = {}
         if self.g_min_us is not None:
@@ -134,15 +134,15 @@ class FaultMap:
             out["levels"] = self.levels
         return out
 
-    def device(self, base: Device | None = None) -> Device:
-        """``base`` (default :class:`~rcompile.device.Device()`) with this map's overrides.
+    def device(self, base: Cell | None = None) -> Cell:
+        """``base`` (default :class:`~rcompile.device.Cell()`) with this map's overrides.
 
         A combination the cell cannot have (the map's ``g_max`` at or below the device's
         ``g_min``, say) raises :class:`~rcompile.errors.BadFaultMap` naming the map.
         """
         over = self.device_overrides()
         try:
-            return replace(base if base is not None else Device(), **over)
+            return replace(base if base is not None else Cell(), **over)
         except BadDevice as e:
             given = ", ".join(f"{k}={v:g}" for k, v in over.items())
             raise BadFaultMap(

@@ -64,7 +64,7 @@ class LayerRecord:
 class Image:
     header: dict[str, Any]
     """chip_id, faultmap_sha256, model_sha256, compiler_version, strategy, options, device
-    (Device fields), geometry {tiles, rows, cols}."""
+    (Cell fields), geometry {tiles, rows, cols}."""
     layers: tuple[LayerRecord, ...]
     tiles: tuple[TileRecord, ...]
     graph: bytes

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rcompile.device import PRESETS, Device, Hardware, hardware_from_dict
+from rcompile.device import PRESETS, Cell, Hardware, hardware_from_dict
 from rcompile.errors import BadDevice, BadImage
 from rcompile.image import Image, LayerRecord, SliceRecord
 from rcompile.ir import from_matrices
@@ -150,14 +150,14 @@ def check_match(
     return True
 
 
-def image_device(image: Image, image_source: str | None = None) -> Device:
+def image_device(image: Image, image_source: str | None = None) -> Cell:
     """The cell technology the image was compiled for, from ``header["device"]``."""
     name = image_name(image, image_source)
     d = image.header.get("device")
     if not isinstance(d, dict) or any(k not in d for k in _DEVICE_KEYS):
         raise BadImage(f"image {name}: header 'device' is {d!r}; expected keys {_DEVICE_KEYS}")
     try:
-        return Device(
+        return Cell(
             levels=int(d["levels"]),
             g_min_us=float(d["g_min_us"]),
             g_max_us=float(d["g_max_us"]),

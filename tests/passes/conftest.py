@@ -18,7 +18,7 @@ from rcompile.passes.place import block_q, block_weights
 
 from rcompile import api
 from rcompile import pipeline as pl
-from rcompile.device import Device, Geometry
+from rcompile.device import Cell, Geometry
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, ChipMapping, Plan, RowStats, WeightOp
 from tests.conftest import conv_bn_gemm, save
 
@@ -35,11 +35,11 @@ def plan_of(
     *mats: np.ndarray,
     tile_rows: int = 8,
     tile_cols: int = 6,
-    device: Device | None = None,
+    device: Cell | None = None,
     passes: str = "quantize,tile",
 ) -> Plan:
     """A plan of float matrices ``[groups, rows, outs]`` after the chip-independent ``passes``."""
-    device = device or Device()
+    device = device or Cell()
     arrays = tuple(np.asarray(m, np.float32) for m in mats)
     ops = tuple(weight_op(i, m) for i, m in enumerate(arrays))
     plan = Plan(
@@ -62,7 +62,7 @@ def chip_of(
     plan: Plan,
     stuck: np.ndarray,
     calib: tuple[RowStats, ...] | None = None,
-    device: Device | None = None,
+    device: Cell | None = None,
 ) -> pl.ChipContext:
     """Per-chip context of stuck levels ``[T, R, C]`` (NaN = healthy)."""
     t, r, c = stuck.shape

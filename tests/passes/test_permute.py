@@ -14,7 +14,7 @@ from rcompile.passes.pair import BlockProblem, improve_columns
 from rcompile.passes.permute import move_rows
 
 from rcompile import faultmap as fmap
-from rcompile.device import Device
+from rcompile.device import Cell
 from rcompile.ir import ChipMapping, Plan
 from rcompile.pipeline import SolverOptions
 from tests.passes.conftest import (
@@ -37,7 +37,7 @@ def test_permutation_moves_are_bijections_and_never_worsen(seed: int, rate: floa
     n, m, rows, cols = 12, 5, 16, 14
     q = rng.integers(-TOP, TOP + 1, size=(n, m))
     fm = fmap.synth(1, rows, cols, rate, (1, 1), seed)
-    codes = cell_codes(fm.stuck_levels(Device())[0])
+    codes = cell_codes(fm.stuck_levels(Cell())[0])
     bp = BlockProblem(q=q, w=np.ones((n, m)), codes=codes, top=TOP, cols=np.arange(cols))
     r0, p0, n0 = np.arange(n), np.arange(0, 2 * m, 2), np.arange(1, 2 * m, 2)
     c0 = bp.cost(r0, p0, n0)

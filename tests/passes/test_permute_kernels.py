@@ -17,7 +17,7 @@ from rcompile.passes.permute import solve_block
 
 from rcompile import api
 from rcompile import faultmap as fmap
-from rcompile.device import Device
+from rcompile.device import Cell
 from rcompile.solvers import assign_from
 
 TOP = 15
@@ -49,7 +49,7 @@ def _block(seed: int, rate: float) -> BlockProblem:
     fm = fmap.synth(1, rows, cols, rate, (1, 1), seed)
     return BlockProblem(q=rng.integers(-TOP, TOP + 1, size=(n, m)),
                         w=rng.uniform(0.1, 2.0, (n, m)),
-                        codes=cell_codes(fm.stuck_levels(Device())[0]), top=TOP,
+                        codes=cell_codes(fm.stuck_levels(Cell())[0]), top=TOP,
                         cols=np.arange(cols))
 
 

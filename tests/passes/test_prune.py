@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from rcompile.passes.prune import Prune
 
 from rcompile import pipeline as pl
-from rcompile.device import Device
+from rcompile.device import Cell
 from tests.passes.conftest import plan_of
 
-CTX = pl.PlanContext(8, 6, Device())
+CTX = pl.PlanContext(8, 6, Cell())
 
 
 def pruned(w: np.ndarray, mode: str, amount: float) -> tuple[np.ndarray, float]:

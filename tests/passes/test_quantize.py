@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 from rcompile.passes.quantize import Quantize
 
 from rcompile import pipeline as pl
-from rcompile.device import Device
+from rcompile.device import Cell
 from rcompile.ir import Plan
 from tests.passes.conftest import plan_of
 
 
-def quantised(device: Device, *mats: np.ndarray) -> tuple[Plan, Plan, float]:
+def quantised(device: Cell, *mats: np.ndarray) -> tuple[Plan, Plan, float]:
     before = plan_of(*mats, device=device, passes="")
     after, stats = Quantize().run(before, pl.PlanContext(8, 6, device))
     return before, after, float(stats["rel_quant_error"])
@@ -29,7 +29,7 @@ def test_levels_are_bounded_and_every_outputs_largest_weight_is_exact(
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(groups, rows, outs)) * 10.0 ** rng.uniform(-4, 2, size=(groups, 1, outs))
     w[:, :, rng.random(outs) < zero_frac] = 0.0  # all-zero outputs (pruned)
-    before, after, rel = quantised(Device(levels=levels), w, w[:1, :, ::-1])
+    before, after, rel = quantised(Cell(levels=levels), w, w[:1, :, ::-1])
     top = levels - 1
     assert len(after.layers) == len(after.ops) == 2
     for op, layer, wf in zip(after.ops, after.layers, before.float_mats, strict=True):
@@ -56,7 +56,7 @@ def test_levels_are_bounded_and_every_outputs_largest_weight_is_exact(
 
 def test_biases_are_carried_over_and_the_input_left_alone() -> None:
     w = np.arange(12, dtype=np.float32).reshape(1, 4, 3) - 6
-    before, after, _ = quantised(Device(), w)
+    before, after, _ = quantised(Cell(), w)
     np.testing.assert_array_equal(after.layers[0].bias, before.biases[0])
     assert after.layers[0].bias.dtype == np.float32 and not before.layers
     np.testing.assert_array_equal(after.layers[0].q[0, :, 2], [-12, -3, 6, 15])  # -4,-1,2,5 / (1/3)
@@ -67,7 +67,7 @@ def test_biases_are_carried_over_and_the_input_left_alone() -> None:
                    "a largest weight of +1 becomes q = -1")
 def test_a_256_level_device_keeps_its_largest_weight() -> None:
     w = np.array([[[1.0], [0.5]]])
-    _, after, _ = quantised(Device(levels=256), w)
+    _, after, _ = quantised(Cell(levels=256), w)
     assert int(after.layers[0].q[0, 0, 0]) == 255
 
 

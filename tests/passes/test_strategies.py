@@ -7,7 +7,7 @@ import pytest
 
 from rcompile import api
 from rcompile import faultmap as fmap
-from rcompile.device import Device
+from rcompile.device import Cell
 from rcompile.ir import Plan
 
 #: Per-level RMS programming error of the neurosim preset (level steps), rounded.
@@ -15,7 +15,7 @@ NEUROSIM_RMS = (0, .35, .40, .50, .65, .85, 1.0, 1.09, 1.08, 1.06, .92, .83, .61
 
 
 def realised_weights(plan: Plan, res: api.BuildResult, fm: fmap.FaultMap) -> list[np.ndarray]:
-    st_ = fm.stuck_levels(Device())
+    st_ = fm.stuck_levels(Cell())
     out = [np.zeros(layer.q.shape) for layer in plan.layers]
     for pl in res.mapping.placements:
         blk = plan.blocks[pl.block]
@@ -77,7 +77,7 @@ def test_noise_options_change_nothing_without_an_error_table(
 @pytest.mark.parametrize("strategy", ["full", "mt"])
 def test_partners_mode_equals_plain_on_a_healthy_chip(tiny_model: str, strategy: str) -> None:
     """Only partners of stuck cells weigh programming error, so a fault-free chip is unchanged."""
-    dev = Device(levels=16, level_rms_error=NEUROSIM_RMS)
+    dev = Cell(levels=16, level_rms_error=NEUROSIM_RMS)
     plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6, device=dev)
     fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.0, (1, 1), 0)
     pipes = {

@@ -13,7 +13,7 @@ from rcompile.passes.place import block_q, block_weights
 
 from rcompile import api
 from rcompile import faultmap as fmap
-from rcompile.device import Device
+from rcompile.device import Cell
 from tests.passes.conftest import chip_of, plan_of, random_stuck, run_chip
 
 TOP = 15
@@ -44,7 +44,7 @@ def test_each_output_takes_the_least_cost_transform_and_pairs_are_assigned_exact
     rng = np.random.default_rng(seed)
     pairs = m + spare
     plan = plan_of(rng.normal(size=(1, 5, m)), tile_rows=6, tile_cols=2 * pairs)
-    device = Device(level_rms_error=NEUROSIM_RMS)
+    device = Cell(level_rms_error=NEUROSIM_RMS)
     sq = np.asarray(NEUROSIM_RMS) ** 2
     ctx = chip_of(plan, random_stuck(1, 6, 2 * pairs, rate, seed), device=device)
     placed, _ = run_chip(plan, ctx, "place")
@@ -84,7 +84,7 @@ def test_a_stuck_on_idle_cell_is_absorbed_by_the_high_common_mode() -> None:
 
 def test_mt_weighs_programming_error_by_default_on_a_device(tiny_model: str) -> None:
     """With an error table, transform's default is noise=all; noise=off switches it off."""
-    dev = Device(levels=16, level_rms_error=NEUROSIM_RMS)
+    dev = Cell(levels=16, level_rms_error=NEUROSIM_RMS)
     plan, _ = api.make_plan(tiny_model, tile_rows=16, tile_cols=6, device=dev)
     fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.3, (5, 1), 2)
     mt = "place{{order=assign}},transform{},program{{scheme=transform}}"
