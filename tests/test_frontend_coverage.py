@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rcompile import api, runtime
 from rcompile import faultmap as fmap
 from rcompile.data import Dataset
+from rcompile.device import Cell
 from rcompile.errors import BadModel
 from rcompile.frontend import Frontend, load_model
 from rcompile.ir import from_matrices, to_matrices
@@ -38,6 +39,10 @@ def vi(name: str, shape: Sequence[int | str] | None, elem: int = F32) -> onnx.Va
 
 def arr(*shape: int, dtype: type = np.float32) -> np.ndarray:
     return RNG.normal(size=shape).astype(dtype)
+
+
+def normal(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.normal(size=shape).astype(np.float32)
 
 
 def init(name: str, value: np.ndarray) -> onnx.TensorProto:
@@ -493,7 +498,12 @@ def test_integer_matmul_stays_digital(tmp_path: object) -> None:
 
 
 def test_unusual_forms_compile_and_emulate(tmp_path: object) -> None:
-    """Left MatMul, float16, Gemm with a digital C: plan, build, calibrate and emulate."""
+    """Left MatMul, float16, Gemm with a digital C: plan, build, calibrate and emulate.
+
+    A 128-level cell keeps the quantisation error of three random layers small, so a wrong
+    mapping shows; the weights come from the test's own seed, not the module's shared stream
+    (which made the result depend on which tests ran before)."""
+    rng = np.random.default_rng(7)
     nodes = [
         helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
         helper.make_node("Conv", ["x16", "w"], ["c"], name="conv"),
@@ -503,14 +513,15 @@ def test_unusual_forms_compile_and_emulate(tmp_path: object) -> None:
         helper.make_node("Flatten", ["t"], ["f"]),
         helper.make_node("Gemm", ["f", "wg", "cmn"], ["y"], name="fc"),
     ]
-    inits = [init("w", arr(8, 3, 3, 3, dtype=np.float16)),
+    inits = [init("w", rng.normal(size=(8, 3, 3, 3)).astype(np.float16)),
              init("shape", np.array([0, 8, 9], np.int64)),
-             init("wl", arr(6, 8)), init("wg", arr(54, 4)), init("cmn", arr(2, 4))]
+             init("wl", normal(rng, 6, 8)), init("wg", normal(rng, 54, 4)),
+             init("cmn", normal(rng, 2, 4))]
     model = make(nodes, [vi("x", [2, 3, 5, 5])], [vi("y", [2, 4])], inits)
     path = save(model, os.path.join(str(tmp_path), "odd.onnx"))
-    x = arr(16, 3, 5, 5)
+    x = normal(rng, 16, 3, 5, 5)
     calib = {"x": x[:2]}
-    plan, _ = api.make_plan(path)
+    plan, _ = api.make_plan(path, device=Cell(levels=128))
     stats = api.calib_stats(plan.model, plan.ops, calib, "calib")
     assert [s.power.shape for s in stats] == [(1, 27), (1, 8), (1, 54)]
     fm = fmap.synth(plan.tiles_needed(), 128, 128, 0.0)
@@ -520,7 +531,7 @@ def test_unusual_forms_compile_and_emulate(tmp_path: object) -> None:
     got = runtime.run(emu, ds)[0]
     want = np.concatenate([outputs_of(model, {"x": x[i:i + 2]})[0] for i in range(0, 16, 2)])
     cos = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-    assert cos.min() > 0.98
+    assert cos.min() > 0.995  # 0.9989-0.9998 over seeds 0-3; 16 levels gave 0.957
 
 
 # --------------------------------------------------------------------------- bad input
