@@ -56,7 +56,8 @@ class LayerRecord:
 
     op: WeightOp
     bias: np.ndarray  # float32 [n_out] digital bias (after calibration)
-    q: np.ndarray  # int8 [groups, rows, outs] intended levels difference (fault-free chip)
+    q: np.ndarray  # int8 [groups, rows, outs] intended levels difference (fault-free chip);
+    # int16 when the device has more than 128 levels (rcompile.ir.q_dtype)
     scale: np.ndarray  # float32 [groups, outs] intended scale
 
 
@@ -125,6 +126,8 @@ LAYER_ARRAYS = (
     ("q", np.dtype(np.int8)),
     ("scale", np.dtype(np.float32)),
 )
+"""The arrays of a LAYR record; ``q`` is int16 instead when ``device.levels > 128``
+(:func:`rcompile.ir.q_dtype`)."""
 LEVELS_DTYPE = np.dtype(np.uint8)
 
 
