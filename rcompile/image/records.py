@@ -64,8 +64,10 @@ class LayerRecord:
 @dataclass(frozen=True)
 class Image:
     header: dict[str, Any]
-    """chip_id, faultmap_sha256, model_sha256, compiler_version, strategy, options, device
-    (Cell fields), geometry {tiles, rows, cols}."""
+    """The HEAD record's header object as read (any writer's: unknown keys kept, only
+    ``geometry`` required). The compiler writes :meth:`rcompile.image.ImageHeader.to_dict`:
+    chip_id, faultmap_sha256, model_sha256, compiler_version, strategy, pipeline,
+    plan_pipeline, options, device (Cell fields), geometry {tiles, rows, cols}, hardware."""
     layers: tuple[LayerRecord, ...]
     tiles: tuple[TileRecord, ...]
     graph: bytes
