@@ -231,7 +231,6 @@ class ChipMapping:
     """Physical tile -> uint8 ``[R, C]`` target level of every cell (set by ``program``)."""
     bias: tuple[np.ndarray, ...] = ()
     """Per layer float32 ``[n_out]`` trained digital bias."""
-    stats: dict[str, Any] = field(default_factory=dict)
     blocks: tuple[Block, ...] = ()
     """The chip's own blocks when a per-chip pass re-cut the plan's (logical rows moved between
     the tiles of a column strip, a block split over a spare tile); placements then index these.

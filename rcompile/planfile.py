@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 
 FORMAT = "rcompile-plan"
 VERSION = 2
-SUFFIX = ".rplan"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 Calib = tuple[RowStats, ...]

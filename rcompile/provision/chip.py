@@ -29,7 +29,6 @@ class LotState:
     strategy: str = api.DEFAULT_STRATEGY
     solver: SolverOptions = field(default_factory=SolverOptions)
     verify: Dataset | None = None
-    out_dir: str = "."
     hardware: Hardware | None = None
     """The chips' device model (``--device``): recorded in every image, emulated by verify."""
     done: Mapping[str, dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)

@@ -184,7 +184,7 @@ def provision(
     report = os.path.join(out_dir, REPORT)
     previous = read_report(report)
     done = {k: v for k, v in previous.items() if v.get("status") in ("ok", "skipped")}
-    state = LotState(saved, strategy, solver, verify, out_dir, hardware, done,
+    state = LotState(saved, strategy, solver, verify, hardware, done,
                      lot_key(saved, strategy, solver, hardware),
                      None if verify is None else verify_key(verify, hardware, mode, noise_seed),
                      model, mode, noise_seed)
