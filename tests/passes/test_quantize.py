@@ -34,7 +34,8 @@ def test_levels_are_bounded_and_every_outputs_largest_weight_is_exact(
     assert len(after.layers) == len(after.ops) == 2
     for op, layer, wf in zip(after.ops, after.layers, before.float_mats, strict=True):
         q, scale = layer.q.astype(np.int64), layer.scale.astype(np.float64)
-        assert layer.op is op and layer.q.dtype == (np.int8 if levels <= 128 else np.int16) and layer.scale.dtype == np.float32
+        assert layer.op is op and layer.scale.dtype == np.float32
+        assert layer.q.dtype == (np.int8 if levels <= 128 else np.int16)
         assert layer.q.shape == wf.shape and layer.scale.shape == (wf.shape[0], wf.shape[2])
         assert np.abs(q).max() <= top
         # the rule: q is the nearest level step, so no weight is off by more than half a step
