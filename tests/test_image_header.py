@@ -18,15 +18,12 @@ from tests.conftest import ROOT
 COMPAT = os.path.join(ROOT, "tests", "data", "compat", "sk_mlp_classifier-skl2onnx13-dynamic.onnx")
 
 
-@pytest.mark.parametrize("device", [None, "neurosim"])
-@pytest.mark.parametrize("which", ["tiny", "compat"])
+@pytest.mark.parametrize(("which", "device"), [("tiny", None), ("compat", "neurosim")])
 def test_the_header_is_the_images_json_object_both_ways(
         tiny_model: str, which: str, device: str | None) -> None:
     model = tiny_model if which == "tiny" else COMPAT
     hw = None if device is None else replace(PRESETS[device], tile_rows=16, tile_cols=8)
-    rows, cols = (16, 8) if device else (128, 128)
-    tiles = api.tiles_needed(model, rows, cols) + 1
-    fm = fmap.synth(tiles, rows, cols, 0.1, (5, 1), 4)
+    fm = fmap.synth(api.tiles_needed(model, 16, 8) + 1, 16, 8, 0.1, (5, 1), 4)
     res = api.compile_chip(model, fm, hardware=hw)
     back = rimg.decode(rimg.encode(res.image)).header
     assert res.header.to_dict() == res.image.header == back
