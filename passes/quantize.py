@@ -2,7 +2,8 @@
 
 Rule: for each output ``j`` of each group, ``scale_j = max_i |W_ij| / (L-1)`` and
 ``q_ij = round(W_ij / scale_j)``, so ``|q| <= L-1`` and the largest weight of every output is
-exact. An all-zero output gets scale 1 and q = 0.
+exact. An all-zero output gets scale 1 and q = 0. ``q`` is int8 up to 128 levels and int16
+above (:func:`rcompile.ir.q_dtype`), so a 256-level cell keeps ``q = 255``.
 Requires: the plan's float matrices. Guarantees: ``layers`` set, one per op, same order.
 """
 
@@ -13,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rcompile.ir import Layer, Plan
+from rcompile.ir import Layer, Plan, q_dtype
 from rcompile.pipeline import PLAN, PlanContext, register
 
 
@@ -27,13 +28,14 @@ class Quantize:
 
     def run(self, plan: Plan, ctx: PlanContext) -> tuple[Plan, dict[str, Any]]:
         top = ctx.device.max_level
+        dtype = q_dtype(ctx.device.levels)
         layers = []
         err = 0.0
         total = 0.0
         for op, w, b in zip(plan.ops, plan.float_mats, plan.biases, strict=True):
             peak = np.abs(w).max(axis=1)  # [groups, outs]
             scale = np.where(peak > 0, peak / top, 1.0).astype(np.float32)
-            q = np.clip(np.rint(w / scale[:, None, :]), -top, top).astype(np.int8)
+            q = np.clip(np.rint(w / scale[:, None, :]), -top, top).astype(dtype)
             layers.append(Layer(op=op, q=q, scale=scale, bias=b.astype(np.float32)))
             err += float(np.sum((q * scale[:, None, :] - w) ** 2))
             total += float(np.sum(w.astype(np.float64) ** 2))

@@ -28,7 +28,7 @@ from rcompile.device import Cell, Geometry, Hardware
 from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
-from rcompile.image import Image, LayerRecord, SliceRecord, TileRecord
+from rcompile.image import BuildOptions, Image, ImageHeader, LayerRecord, SliceRecord, TileRecord
 from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, RowStats, chip_view, to_matrices
 
 #: Strategies by name: the per-chip pipeline each runs.
@@ -54,6 +54,19 @@ def plan_pipeline(prune: str | None = None) -> str:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Where one chip's compile spent its wall time."""
+
+    plan_seconds: float = 0.0
+    """The chip-independent stage, seconds (0 when a lot's plan was reused)."""
+    chip_seconds: float = 0.0
+    """The per-chip stage and the image assembly, seconds (0 from :func:`build` alone)."""
+    passes: tuple[pl.PassTiming, ...] = ()
+    """Every pass that ran, in order (chip-independent ones first when the plan was made
+    here)."""
+
+
+@dataclass(frozen=True)
 class BuildResult:
     """One chip's compile: its image, the mapping behind it, and what happened."""
 
@@ -61,15 +74,24 @@ class BuildResult:
     mapping: ChipMapping
     log: list[dict[str, Any]]
     """One entry per pass that ran (chip-independent ones first when the plan was made here):
-    ``pass``, ``seconds`` and the pass's own statistics."""
+    ``pass``, ``seconds`` and the pass's own statistics (the build report's ``passes``)."""
     warnings: list[str]
     """What an operator should know; the image is valid regardless."""
+    header: ImageHeader
+    """The image's header as typed values (``image.header`` is its JSON object)."""
     plan: Plan | None = None
     """The plan the chip was compiled against."""
-    plan_seconds: float = 0.0
-    """Time of the chip-independent stage (0 when a lot's plan was reused)."""
-    chip_seconds: float = 0.0
-    """Time of the per-chip stage and the image assembly."""
+    timing: Timing = Timing()
+
+    @property
+    def plan_seconds(self) -> float:
+        """Time of the chip-independent stage (:attr:`Timing.plan_seconds`)."""
+        return self.timing.plan_seconds
+
+    @property
+    def chip_seconds(self) -> float:
+        """Time of the per-chip stage and the image assembly (:attr:`Timing.chip_seconds`)."""
+        return self.timing.chip_seconds
 
 
 @dataclass(frozen=True)
@@ -164,8 +186,10 @@ def compile_chip(
     res = build(lot.plan, fm, strategy=strategy, pipeline=pipeline, solver=solver,
                 calib=lot.calib, hardware=None if hardware is None else hardware.to_dict(),
                 passes=passes)                                 # per-chip passes and the image
-    return replace(res, log=[*lot.log, *res.log], plan=lot.plan, plan_seconds=lot.seconds,
-                   chip_seconds=time.perf_counter() - t0)
+    log = [*lot.log, *res.log]
+    timing = Timing(plan_seconds=lot.seconds, chip_seconds=time.perf_counter() - t0,
+                    passes=pl.pass_timings(log))
+    return replace(res, log=log, plan=lot.plan, timing=timing)
 
 
 def utilisation(plan: Plan, image: Image) -> list[dict[str, Any]]:
@@ -303,27 +327,27 @@ def build(
     )
     _, mapping, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
     assert mapping is not None
-    header = {
-        "chip_id": fm.chip_id,
-        "faultmap_sha256": fm.digest(),
-        "model_sha256": plan.model_sha256,
-        "compiler_version": rcompile.__version__,
-        "strategy": strategy if pipeline is None else "custom",
-        "pipeline": pl.render(passes),
-        "plan_pipeline": plan.options.get("plan_pipeline", PLAN_PIPELINE),
-        "options": {
-            "solver_time_limit_s": solver.time_limit_s,
-            "solver_workers": solver.workers,
-            "solver_seed": solver.seed,
-            "calibrated": seen is not None and seen.read,
-        },
-        "device": device.to_dict(),
-        "geometry": {"tiles": geo.tiles, "rows": geo.rows, "cols": geo.cols},
-    }
-    if hardware is not None:
-        header["hardware"] = hardware
-    image = to_image(chip_view(plan, mapping), mapping, header)
-    return BuildResult(image, mapping, log, _warnings(mapping, log, ctx))
+    header = ImageHeader(
+        chip_id=fm.chip_id,
+        faultmap_sha256=fm.digest(),
+        model_sha256=plan.model_sha256,
+        compiler_version=rcompile.__version__,
+        strategy=strategy if pipeline is None else "custom",
+        pipeline=pl.render(passes),
+        plan_pipeline=plan.options.get("plan_pipeline", PLAN_PIPELINE),
+        options=BuildOptions(
+            solver_time_limit_s=solver.time_limit_s,
+            solver_workers=solver.workers,
+            solver_seed=solver.seed,
+            calibrated=seen is not None and seen.read,
+        ),
+        device=device,
+        geometry=geo,
+        hardware=hardware,
+    )
+    image = to_image(chip_view(plan, mapping), mapping, header.to_dict())
+    return BuildResult(image, mapping, log, _warnings(mapping, log, ctx), header,
+                       timing=Timing(passes=pl.pass_timings(log)))
 
 
 class _ReadTracking(tuple):  # type: ignore[type-arg]
@@ -469,6 +493,7 @@ def calib_stats(
 __all__ = [
     "STRATEGIES",
     "BuildResult",
+    "Timing",
     "Geometry",
     "LotPlan",
     "build",

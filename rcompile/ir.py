@@ -105,13 +105,22 @@ def from_matrices(op: WeightOp, mats: np.ndarray) -> np.ndarray:
     return mats.reshape(op.shape).copy()
 
 
+def q_dtype(levels: int | None) -> np.dtype[Any]:
+    """The dtype of quantised weights ``q`` for a cell of ``levels`` levels: the narrowest
+    signed integer that holds ``|q| <= levels - 1`` (int8 up to 128 levels, int16 up to 256).
+    Unknown levels (an image without ``device.levels``) mean int8, the type of every cell up
+    to 128 levels, so plan files and images of those cells keep their bytes."""
+    return np.dtype(np.int8) if levels is None or levels <= 128 else np.dtype(np.int16)
+
+
 @dataclass(frozen=True)
 class Layer:
     """A crossbar layer after quantisation."""
 
     op: WeightOp
     q: np.ndarray
-    """int8 ``[groups, rows, outs]``: weight in level steps, ``|q| <= L-1``."""
+    """``[groups, rows, outs]`` of :func:`q_dtype` of the cell's levels: weight in level
+    steps, ``|q| <= L-1``."""
     scale: np.ndarray
     """float32 ``[groups, outs]``: weight = scale * q (per output)."""
     bias: np.ndarray
@@ -222,7 +231,6 @@ class ChipMapping:
     """Physical tile -> uint8 ``[R, C]`` target level of every cell (set by ``program``)."""
     bias: tuple[np.ndarray, ...] = ()
     """Per layer float32 ``[n_out]`` trained digital bias."""
-    stats: dict[str, Any] = field(default_factory=dict)
     blocks: tuple[Block, ...] = ()
     """The chip's own blocks when a per-chip pass re-cut the plan's (logical rows moved between
     the tiles of a column strip, a block split over a spare tile); placements then index these.

@@ -47,6 +47,21 @@ class SolverOptions:
 
 
 @dataclass(frozen=True)
+class PassTiming:
+    """The wall time of one pass that ran."""
+
+    name: str
+    """The pass's spec name (``permute``)."""
+    seconds: float
+    """Its wall time, seconds."""
+
+
+def pass_timings(log: list[dict[str, Any]]) -> tuple[PassTiming, ...]:
+    """The timing of every entry of a :func:`run` log, in order."""
+    return tuple(PassTiming(str(e["pass"]), float(e["seconds"])) for e in log)
+
+
+@dataclass(frozen=True)
 class PlanContext:
     """What a chip-independent pass may see: the chip family, never one chip."""
 

@@ -16,7 +16,8 @@ member                 content
 ``L<i>.float``         float32 ``[groups, rows, outs]``: trained weights of layer ``i``
 ``L<i>.fbias``         float32 ``[n_out]``: its trained bias
 ``L<i>.bias``          float32 ``[n_out]``: its digital bias
-``L<i>.q``             int8 ``[groups, rows, outs]``: quantised levels difference
+``L<i>.q``             int8 ``[groups, rows, outs]``: quantised levels difference (int16
+                       for a cell of more than 128 levels, :func:`rcompile.ir.q_dtype`)
 ``L<i>.scale``         float32 ``[groups, outs]``: weight per level step
 ``L<i>.power``,        float32 ``[groups, rows]``: ``E[x^2]`` and ``E[x]`` of every row on the
 ``L<i>.mean``          calibration data (only in a plan made with ``--calib``)
@@ -54,7 +55,7 @@ from rcompile.device import Cell
 from rcompile.errors import BadPlan, RcompileError
 from rcompile.faultmap import FaultMap
 from rcompile.fileio import atomic_write
-from rcompile.ir import Block, Layer, Plan, RowStats, WeightOp
+from rcompile.ir import Block, Layer, Plan, RowStats, WeightOp, q_dtype
 from rcompile.npzio import read_npz
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
 
 FORMAT = "rcompile-plan"
 VERSION = 2
-SUFFIX = ".rplan"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 Calib = tuple[RowStats, ...]
@@ -82,7 +82,8 @@ _DTYPES: dict[str, type] = {
     "blocks.outs": np.int64, "blocks.row_ix": np.int32, "blocks.out_ix": np.int32,
     "blocks.bin": np.int32,
 }
-"""The dtype of each member (``L<i>.*`` by suffix)."""
+"""The dtype of each member (``L<i>.*`` by suffix); ``q`` may also be int16, when the plan's
+cell has more than 128 levels (checked against them in :func:`_rebuild`)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def encode(plan: Plan, calib: Calib | None = None) -> bytes:
             (f"L{i}.float", fm.astype(np.float32)),
             (f"L{i}.fbias", fb.astype(np.float32)),
             (f"L{i}.bias", layer.bias.astype(np.float32)),
-            (f"L{i}.q", layer.q.astype(np.int8)),
+            (f"L{i}.q", layer.q.astype(q_dtype(plan.device.levels))),
             (f"L{i}.scale", layer.scale.astype(np.float32)),
         ]
         if calib is not None:
@@ -188,7 +189,7 @@ def decode(data: bytes, src: str = "<bytes>") -> SavedPlan:
         raise BadPlan(f"{src}: not an rcompile plan (no 'meta' member); {hint}")
     for key, a in arrays.items():
         want = _DTYPES[key.rpartition(".")[2] if key.startswith("L") else key]
-        if a.dtype != want:
+        if a.dtype != want and not (key.endswith(".q") and a.dtype == np.int16):
             raise BadPlan(f"{src}: {key}: dtype {a.dtype}; expected {np.dtype(want)}")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise BadPlan(f"{src}: {key}: holds NaN or Inf; expected finite numbers")
@@ -221,9 +222,13 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
     n = int(meta["layers"])
     if n != len(ops):
         raise ValueError(f"{n} layers but {len(ops)} ops")
+    q_type = q_dtype(int(meta["device"]["levels"]))
+    for i in range(n):
+        if a[f"L{i}.q"].dtype != q_type:
+            raise ValueError(f"layer {i}: q is {a[f'L{i}.q'].dtype}, a plan for "
+                             f"{meta['device']['levels']} levels stores {q_type}")
     layers = tuple(
-        Layer(op=ops[i], q=a[f"L{i}.q"].astype(np.int8), scale=a[f"L{i}.scale"],
-              bias=a[f"L{i}.bias"])
+        Layer(op=ops[i], q=a[f"L{i}.q"], scale=a[f"L{i}.scale"], bias=a[f"L{i}.bias"])
         for i in range(n)
     )
     for i, op in enumerate(ops):

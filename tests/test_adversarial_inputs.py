@@ -779,6 +779,7 @@ PLAN: list[Case] = [
     plan_case("plan-scale-nan", scale_nan),
     plan_case("plan-q-wrong-dtype", plan_array("L0.q", np.zeros((1, 36, 8), np.float32))),
     plan_case("plan-q-wrong-shape", plan_array("L0.q", np.zeros((1, 3, 8), np.int8))),
+    plan_case("plan-q-int16-for-16-levels", plan_array("L0.q", np.zeros((1, 36, 8), np.int16))),
     plan_case("plan-block-out-of-range",
               plan_array("blocks.row_ix", np.full(1000, 10**6, np.int32))),
     plan_case("plan-bins-gap", plan_array("blocks.bin", np.full(1, 5, np.int32))),

@@ -22,7 +22,7 @@ from rcompile import image as rimg
 from rcompile.errors import BadImage
 from rcompile.image import MAGIC, VERSION, Image, LayerRecord, SliceRecord, TileRecord
 from rcompile.image.container import _encode_record
-from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp
+from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp, q_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "read_image_standalone.py"
@@ -72,12 +72,13 @@ def make_image(
     layers = []
     for i in range(n_layers):
         op = make_op(rng, i)
-        top = min(levels - 1, 127)
+        top = levels - 1
         layers.append(
             LayerRecord(
                 op=op,
                 bias=rng.standard_normal(op.n_out).astype(np.float32),
-                q=rng.integers(-top, top + 1, (op.groups, op.rows, op.outs)).astype(np.int8),
+                q=rng.integers(-top, top + 1, (op.groups, op.rows, op.outs)).astype(
+                    q_dtype(levels)),
                 scale=rng.random((op.groups, op.outs)).astype(np.float32),
             )
         )

@@ -15,7 +15,7 @@ from rcompile import api, planfile
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.errors import BadPlan
-from tests.conftest import CALIB, MODEL
+from tests.conftest import CALIB, MODEL, ROOT, TEST_DATA
 from tests.conftest import rcompile as run_cli
 
 
@@ -158,3 +158,29 @@ def test_cli_refusals(tmp_path) -> None:
     r = run_cli("plan", MODEL, "-o", plan, "--cols", "63")
     assert r.returncode == 2 and "odd" in r.stderr
     assert rcompile.__version__  # the version the refusal messages name
+
+
+@pytest.mark.parametrize("model", [MODEL, os.path.join(
+    ROOT, "tests", "data", "compat", "gru_classifier-dynamo18-fixed.onnx")],
+    ids=["mnist", "gru"])
+def test_a_256_level_cell_plans_builds_and_verifies(model: str, tmp_path) -> None:
+    """Past 128 levels ``q`` is int16 in the plan and the image: plan -> build -> verify, and
+    the fault-free chip reproduces the largest weight of every output (q = +-255)."""
+    plan, chip, image = (str(tmp_path / n) for n in ("m.rplan", "chip.npz", "chip.rimg"))
+    assert run_cli("plan", model, "-o", plan, "--levels", "256").returncode == 0
+    assert run_cli("faultmap", "synth", "--like", model, "--rate", "0", "-o", chip).returncode == 0
+    r = run_cli("build", model, "--plan", plan, "--faultmap", chip, "-o", image)
+    assert r.returncode == 0, r.stderr
+    saved, img = planfile.read(plan), rimg.read(image)
+    for w, layer, rec in zip(saved.plan.float_mats, saved.plan.layers, img.layers, strict=True):
+        assert layer.q.dtype == rec.q.dtype == np.int16
+        assert np.array_equal(layer.q, rec.q) and int(np.abs(rec.q).max()) == 255
+        step = rec.scale[:, None, :].astype(np.float64)
+        assert np.all(np.abs(rec.q * step - w) <= step / 2 * (1 + 1e-5))  # no level wrapped
+    data = model[:-5] + ".npz" if "compat" in model else TEST_DATA
+    r = run_cli("verify", image, "--faultmap", chip, "--data", data, "--model", model, "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert all(la["weight_rel_error"] == 0.0 for la in rep["layers"]) and rep["agreement"] == 1.0
+    if rep["float_accuracy"] is not None:  # MNIST: 256 levels lose nothing against float
+        assert rep["accuracy"] >= rep["float_accuracy"] - 0.005

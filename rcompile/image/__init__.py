@@ -21,6 +21,7 @@ defect becomes one :class:`~rcompile.errors.BadImage` line naming the file and t
 """
 
 from rcompile.image.container import decode, encode, read, write
+from rcompile.image.header import BuildOptions, ImageHeader
 from rcompile.image.records import (
     ALIGN,
     DIGEST_BYTES,
@@ -46,6 +47,6 @@ from rcompile.image.summary import describe, summary_dict, used_mask
 __all__ = [
     "ALIGN", "DIGEST_BYTES", "MAGIC", "MAX_IMAGE_BYTES", "MAX_JSON_BYTES", "PREAMBLE",
     "SECTION_HEAD", "TAGS", "TAG_END", "TAG_GRPH", "TAG_HEAD", "TAG_LAYR", "TAG_TILE", "VERSION",
-    "Image", "LayerRecord", "SliceRecord", "TileRecord", "decode", "describe", "encode", "read",
-    "summary_dict", "used_mask", "write",
+    "BuildOptions", "Image", "ImageHeader", "LayerRecord", "SliceRecord", "TileRecord",
+    "decode", "describe", "encode", "read", "summary_dict", "used_mask", "write",
 ]

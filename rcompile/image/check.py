@@ -15,7 +15,7 @@ from rcompile.image.records import (
     Image,
     is_int,
 )
-from rcompile.ir import LAYOUT_CONV, LAYOUT_KN
+from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, q_dtype
 
 
 def _geometry(header: dict[str, Any], fail: Callable[[str], BadImage]) -> tuple[int, int, int]:
@@ -79,7 +79,7 @@ def check_image(image: Image, source: str) -> None:
             raise fail(f"{where}: weight shape {list(op.shape)} does not fit layout {op.layout!r}")
         if op.groups < 1 or op.n_out % op.groups:
             raise fail(f"{where}: {op.n_out} outputs do not split into {op.groups} groups")
-        _expect(rec.q, np.dtype(np.int8), (op.groups, op.rows, op.outs), f"{where} q", fail)
+        _expect(rec.q, q_dtype(levels), (op.groups, op.rows, op.outs), f"{where} q", fail)
         _expect(rec.scale, np.dtype(np.float32), (op.groups, op.outs), f"{where} scale", fail)
         _expect(rec.bias, np.dtype(np.float32), (op.n_out,), f"{where} bias", fail)
         _finite(rec.scale, f"{where} scale", fail)

@@ -46,7 +46,7 @@ from rcompile.image.records import (
     canonical_json,
     is_int,
 )
-from rcompile.ir import WeightOp
+from rcompile.ir import WeightOp, q_dtype
 
 # --------------------------------------------------------------------------------------------
 # Encoding
@@ -119,6 +119,13 @@ def _slice_arrays(k: int, s: SliceRecord) -> list[tuple[str, np.ndarray]]:
     return [(f"s{k}.{name}", getattr(s, name)) for name, _ in SLICE_ARRAYS]
 
 
+def _levels(header: dict[str, Any]) -> int | None:
+    """The header's ``device.levels`` when it is an integer (:func:`check_image` judges it)."""
+    dev = header.get("device")
+    levels = dev.get("levels") if isinstance(dev, dict) else None
+    return int(levels) if isinstance(levels, int | np.integer) else None
+
+
 def _normalised(image: Image) -> Image:
     """``image`` with a JSON-native header and every array in its documented dtype."""
 
@@ -126,11 +133,12 @@ def _normalised(image: Image) -> Image:
         a = {n: _coerce(getattr(s, n), dt, f"tile {t} slice {k} {n}") for n, dt in SLICE_ARRAYS}
         return SliceRecord(layer=int(s.layer), group=int(s.group), **a)
 
+    q_type = q_dtype(_levels(image.header))
     layers = tuple(
         LayerRecord(
             op=rec.op,
             bias=_coerce(rec.bias, np.dtype(np.float32), f"layer {i} bias"),
-            q=_coerce(rec.q, np.dtype(np.int8), f"layer {i} q"),
+            q=_coerce(rec.q, q_type, f"layer {i} q"),
             scale=_coerce(rec.scale, np.dtype(np.float32), f"layer {i} scale"),
         )
         for i, rec in enumerate(image.layers)

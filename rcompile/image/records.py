@@ -56,15 +56,18 @@ class LayerRecord:
 
     op: WeightOp
     bias: np.ndarray  # float32 [n_out] digital bias (after calibration)
-    q: np.ndarray  # int8 [groups, rows, outs] intended levels difference (fault-free chip)
+    q: np.ndarray  # int8 [groups, rows, outs] intended levels difference (fault-free chip);
+    # int16 when the device has more than 128 levels (rcompile.ir.q_dtype)
     scale: np.ndarray  # float32 [groups, outs] intended scale
 
 
 @dataclass(frozen=True)
 class Image:
     header: dict[str, Any]
-    """chip_id, faultmap_sha256, model_sha256, compiler_version, strategy, options, device
-    (Cell fields), geometry {tiles, rows, cols}."""
+    """The HEAD record's header object as read (any writer's: unknown keys kept, only
+    ``geometry`` required). The compiler writes :meth:`rcompile.image.ImageHeader.to_dict`:
+    chip_id, faultmap_sha256, model_sha256, compiler_version, strategy, pipeline,
+    plan_pipeline, options, device (Cell fields), geometry {tiles, rows, cols}, hardware."""
     layers: tuple[LayerRecord, ...]
     tiles: tuple[TileRecord, ...]
     graph: bytes
@@ -125,6 +128,8 @@ LAYER_ARRAYS = (
     ("q", np.dtype(np.int8)),
     ("scale", np.dtype(np.float32)),
 )
+"""The arrays of a LAYR record; ``q`` is int16 instead when ``device.levels > 128``
+(:func:`rcompile.ir.q_dtype`)."""
 LEVELS_DTYPE = np.dtype(np.uint8)
 
 

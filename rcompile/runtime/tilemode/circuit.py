@@ -304,10 +304,10 @@ def _dac(g: GraphWriter, layer: TileLayer, dac_max_outputs: list[str]
     else:
         codes = layer.dac_codes
         if s.dac_calibrated:
-            v = g.op("Mul", [x, g.const("q", codes / layer.dac_full_scale)], "v")
+            v = g.op("Mul", [x, g.const("dac_gain", codes / layer.dac_full_scale)], "v")
         else:
             dac_scale = dynamic_scale(g, x, axes)
-            v = g.op("Mul", [x, g.op("Div", [g.const("q", codes), dac_scale])], "v")
+            v = g.op("Mul", [x, g.op("Div", [g.const("dac_codes", codes), dac_scale])], "v")
         v = g.clip_round(v, -codes, codes, "v")
         v2 = sum_squares(g, v, conv, spatial, k, scale=1.0 / codes)
     probe = Probes(v2=v2, in_shape=g.row(g.op("Shape", [x]), TensorProto.FLOAT),

@@ -173,7 +173,7 @@ class GraphWriter:
         wide = self.op("Concat", [self.const("n", [16], np.int64), self.op("Shape", [x])], hint,
                        axis=0)
         total = self.reduce("ReduceSum", self._bits(wide, seed), [0], 0, hint=hint)
-        return self.op("Sub", [self.op("Mul", [total, self.const("q", 0.5)], hint),
+        return self.op("Sub", [self.op("Mul", [total, self.const("half", 0.5)], hint),
                                self.const("mean", 4.0)], hint)
 
     def dims(self, x: str, lo: int, hi: int | None = None) -> str:
