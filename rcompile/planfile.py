@@ -282,21 +282,33 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
 
 
 def _check_graph(model: onnx.ModelProto, ops: tuple[WeightOp, ...]) -> None:
-    """ValueError unless ``model`` is the graph of ``ops``: every op is a node of its type that
-    reads its weight and bias, and the weight initializer has the op's shape."""
+    """ValueError unless ``model`` is the graph of ``ops``: every op is a node that reads its
+    weight initializer, of the op's shape, and its bias is read by that node or by a node that
+    reads its output. The node's type is not compared: the front end maps some ops onto another
+    crossbar node (a LinearClassifier's scores are a Gemm, a ConvTranspose's a 1x1 Conv) and
+    moves some biases onto an Add after the node."""
     nodes = {n.name: n for n in model.graph.node}
     inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
     if not nodes:
         raise ValueError("the model member holds no graph")
     for op in ops:
         node = nodes.get(op.node)
-        if node is None or node.op_type != op.op_type or not {op.weight, op.bias} <= set(
-            node.input
-        ):
+        if node is None or op.weight not in node.input:
             raise ValueError(f"op {op.node!r} ({op.op_type}) is not in the saved graph")
         if inits.get(op.weight) != tuple(op.shape):
             raise ValueError(f"op {op.node!r}: weight {op.weight!r} is not a {list(op.shape)} "
                              "initializer of the saved graph")
+        if op.bias and not _reads_bias(model, node, op.bias):
+            raise ValueError(f"op {op.node!r}: bias {op.bias!r} is not read after the op in "
+                             "the saved graph")
+
+
+def _reads_bias(model: onnx.ModelProto, node: onnx.NodeProto, bias: str) -> bool:
+    """Whether ``node`` or a node reading one of its outputs reads ``bias``."""
+    if bias in node.input:
+        return True
+    outs = set(node.output)
+    return any(bias in n.input and outs & set(n.input) for n in model.graph.node)
 
 
 def check_chip(saved: SavedPlan | LotPlan, fm: FaultMap) -> None:

@@ -65,3 +65,19 @@ def test_graph_builds_verifies_and_stays_close_to_float(name: str, tmp_path: str
     pairs = [(a, b) for a, b in zip(chip_out, float_out, strict=True)
              if np.issubdtype(b.dtype, np.floating)]  # skl2onnx classifiers: label, scores
     assert _cosine(*pairs[0]) >= 0.99
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_a_saved_plan_builds_the_same_image(name: str, tmp_path: str) -> None:
+    """``plan`` then ``build --plan`` gives the image ``build`` gives, also where the front end
+    rewrote the graph (a LinearClassifier's Gemm, a ConvTranspose's 1x1 Conv, a bias moved onto
+    an Add): the saved plan's graph check must accept its own plan."""
+    model = os.path.join(DATA, name + ".onnx")
+    chip, plan = os.path.join(tmp_path, "chip.npz"), os.path.join(tmp_path, "model.plan")
+    _invoke("faultmap", "synth", "--like", model, "--rate", "0.05", "-o", chip)
+    _invoke("plan", model, "-o", plan)
+    images = [os.path.join(tmp_path, f"{k}.rimg") for k in ("planned", "direct")]
+    _invoke("build", model, "--faultmap", chip, "--plan", plan, "-o", images[0])
+    _invoke("build", model, "--faultmap", chip, "-o", images[1])
+    with open(images[0], "rb") as a, open(images[1], "rb") as b:
+        assert a.read() == b.read()
