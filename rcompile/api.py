@@ -24,6 +24,7 @@ import onnx
 
 import rcompile
 from rcompile import pipeline as pl
+from rcompile import slicing
 from rcompile.device import Cell, Geometry, Hardware
 from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
@@ -283,8 +284,8 @@ def build(
             f"{fm.source}: tiles are {geo.rows}x{geo.cols} but the plan was tiled for "
             f"{plan.tile_rows}x{plan.tile_cols}"
         )
-    if len(plan.bins()) > geo.tiles:
-        raise DoesNotFit(f"{fm.source}: the model needs {len(plan.bins())} tiles of "
+    if plan.tiles_needed() > geo.tiles:  # bit-sliced weights need a tile per slice of a bin
+        raise DoesNotFit(f"{fm.source}: the model needs {plan.tiles_needed()} tiles of "
                          f"{geo.rows}x{geo.cols} but chip {fm.chip_id} has {geo.tiles}")
     if strategy not in STRATEGIES and pipeline is None:
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -301,8 +302,12 @@ def build(
         solver=solver,
         calib=seen,
     )
-    _, mapping, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
-    assert mapping is not None
+    if slicing.is_sliced(plan):  # the passes on one digit of every weight at a time
+        mapping, log = slicing.run_chip(passes, plan, ctx)
+    else:
+        _, out, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
+        assert out is not None
+        mapping = out
     header = {
         "chip_id": fm.chip_id,
         "faultmap_sha256": fm.digest(),
@@ -379,6 +384,7 @@ def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:
                 neg=p.neg.astype(np.int32),
                 scale=p.scale.astype(np.float32),
                 offset=p.offset.astype(np.float32),
+                digit=blk.digit,
             )
         )
     tiles = tuple(

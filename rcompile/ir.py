@@ -133,6 +133,10 @@ class Block:
     """int32 logical (matrix) row indices, in increasing order."""
     outs: np.ndarray
     """int32 output indices within the group, in increasing order."""
+    digit: int = 0
+    """Which slice of a bit-sliced weight the block holds (significance ``base^digit``,
+    docs/slicing.md); 0 for a weight on one cell per polarity. Only a chip's own blocks of a
+    sliced plan (:attr:`ChipMapping.blocks`) carry other digits."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,10 @@ class Plan:
         return out
 
     def tiles_needed(self) -> int:
-        return max(self.bin_of) + 1 if self.bin_of else len(self.blocks)
+        """Physical tiles the plan fills: one a bin, times the slices of a bit-sliced weight
+        (every slice of a block is a block of its own on a tile of its own)."""
+        bins = max(self.bin_of) + 1 if self.bin_of else len(self.blocks)
+        return bins * self.device.n_slices
 
 
 @dataclass(frozen=True, eq=False)

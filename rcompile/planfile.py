@@ -16,7 +16,8 @@ member                 content
 ``L<i>.float``         float32 ``[groups, rows, outs]``: trained weights of layer ``i``
 ``L<i>.fbias``         float32 ``[n_out]``: its trained bias
 ``L<i>.bias``          float32 ``[n_out]``: its digital bias
-``L<i>.q``             int8 ``[groups, rows, outs]``: quantised levels difference
+``L<i>.q``             int8 ``[groups, rows, outs]``: quantised levels difference (int16 when the
+                       cell is bit-sliced and the weights do not fit int8)
 ``L<i>.scale``         float32 ``[groups, outs]``: weight per level step
 ``L<i>.power``,        float32 ``[groups, rows]``: ``E[x^2]`` and ``E[x]`` of every row on the
 ``L<i>.mean``          calibration data (only in a plan made with ``--calib``)
@@ -85,6 +86,11 @@ _DTYPES: dict[str, type] = {
 """The dtype of each member (``L<i>.*`` by suffix)."""
 
 
+def _q_dtype(q: np.ndarray) -> type:
+    """int8, or int16 for the wide weights of a bit-sliced plan (``Cell.weight_bits``)."""
+    return np.int8 if q.dtype.itemsize == 1 else np.int16
+
+
 @dataclass(frozen=True)
 class SavedPlan:
     """A plan as read back: the plan itself and the calibration statistics made with it."""
@@ -129,7 +135,7 @@ def encode(plan: Plan, calib: Calib | None = None) -> bytes:
             (f"L{i}.float", fm.astype(np.float32)),
             (f"L{i}.fbias", fb.astype(np.float32)),
             (f"L{i}.bias", layer.bias.astype(np.float32)),
-            (f"L{i}.q", layer.q.astype(np.int8)),
+            (f"L{i}.q", layer.q.astype(_q_dtype(layer.q))),
             (f"L{i}.scale", layer.scale.astype(np.float32)),
         ]
         if calib is not None:
@@ -188,6 +194,8 @@ def decode(data: bytes, src: str = "<bytes>") -> SavedPlan:
         raise BadPlan(f"{src}: not an rcompile plan (no 'meta' member); {hint}")
     for key, a in arrays.items():
         want = _DTYPES[key.rpartition(".")[2] if key.startswith("L") else key]
+        if key.endswith(".q") and a.dtype == np.int16:  # a bit-sliced plan's wide weights
+            want = np.int16
         if a.dtype != want:
             raise BadPlan(f"{src}: {key}: dtype {a.dtype}; expected {np.dtype(want)}")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -222,7 +230,7 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
     if n != len(ops):
         raise ValueError(f"{n} layers but {len(ops)} ops")
     layers = tuple(
-        Layer(op=ops[i], q=a[f"L{i}.q"].astype(np.int8), scale=a[f"L{i}.scale"],
+        Layer(op=ops[i], q=a[f"L{i}.q"].astype(_q_dtype(a[f"L{i}.q"])), scale=a[f"L{i}.scale"],
               bias=a[f"L{i}.bias"])
         for i in range(n)
     )
