@@ -36,6 +36,8 @@ from rcompile.image.records import (
     TAG_TILE,
     TAGS,
     VERSION,
+    VERSIONS,
+    SLICED_VERSION,
     Image,
     LayerRecord,
     SliceRecord,
@@ -46,6 +48,7 @@ from rcompile.image.summary import describe, summary_dict, used_mask
 __all__ = [
     "ALIGN", "DIGEST_BYTES", "MAGIC", "MAX_IMAGE_BYTES", "MAX_JSON_BYTES", "PREAMBLE",
     "SECTION_HEAD", "TAGS", "TAG_END", "TAG_GRPH", "TAG_HEAD", "TAG_LAYR", "TAG_TILE", "VERSION",
+    "SLICED_VERSION", "VERSIONS",
     "Image", "LayerRecord", "SliceRecord", "TileRecord", "decode", "describe", "encode", "read",
     "summary_dict", "used_mask", "write",
 ]
