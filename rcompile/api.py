@@ -120,6 +120,10 @@ def plan_lot(
             raise BadPlan(f"{plan_path}: plan is quantised for {saved.plan.device.levels} levels "
                           f"but device {hardware.name} has {hardware.cell.levels}: make a plan "
                           f"with --levels {hardware.cell.levels}")
+        if hardware is not None and _slicing_of(hardware.cell) != _slicing_of(saved.plan.device):
+            raise BadPlan(f"{plan_path}: plan is quantised for {_slicing_of(saved.plan.device)} "
+                          f"but device {hardware.name} has {_slicing_of(hardware.cell)}: make "
+                          "the plan for that cell (docs/slicing.md)")
         plan = saved.plan
         if hardware is not None:  # one cell for the whole image: the device's, as without a plan
             cell = compiler_device(hardware)
@@ -134,6 +138,13 @@ def plan_lot(
                           pipeline=plan_pipeline(prune))
     calib = None if calib_path is None else load_calib_stats(plan, calib_path)
     return LotPlan(plan, calib, tuple(log), f"plan of {model_path}", time.perf_counter() - t0)
+
+
+def _slicing_of(cell: Cell) -> str:
+    """A cell's weight precision in words, for errors (``weight_bits`` over ``cell_bits``)."""
+    if cell.n_slices == 1 and not cell.weight_bits:
+        return "one cell per weight polarity"
+    return f"{cell.weight_bits}-bit weights on {cell.n_slices} cells of {cell.slice_bits} bits"
 
 
 def compile_chip(

@@ -233,3 +233,22 @@ def test_third_party_mlp_on_sliced_cells_is_closer_to_float(tmp_path: str) -> No
         errors[label] = float(np.linalg.norm(scores[0] - scores[1]) / np.linalg.norm(scores[1]))
     assert errors["sliced"] < errors["plain"] / 4, errors
 
+
+
+def test_a_sliced_plan_file_round_trips_and_refuses_an_unsliced_device(tmp_path: str) -> None:
+    from rcompile import planfile
+    from rcompile.device import PRESETS
+    from rcompile.errors import BadPlan
+
+    model = save(conv_bn_gemm(seed=5), os.path.join(tmp_path, "m.onnx"))
+    family = FaultMap(np.zeros((1, 128, 128), np.uint8), chip_id="family")
+    hw = PRESETS["ideal"].with_cell(SLICED)
+    lot = api.plan_lot(model, family, hardware=hw)
+    path = os.path.join(tmp_path, "p.rplan")
+    planfile.write(path, lot.plan)
+    back = planfile.read(path).plan
+    assert back.device.weight_bits == 8 and back.layers[0].q.dtype == np.int16
+    np.testing.assert_array_equal(back.layers[0].q, lot.plan.layers[0].q)
+    with pytest.raises(BadPlan, match="8-bit weights on 2 cells of 4 bits but device ideal has "
+                                      "one cell per weight polarity"):
+        api.plan_lot(model, family, hardware=PRESETS["ideal"], plan_path=path)
