@@ -26,8 +26,8 @@ from dataclasses import replace
 from typing import Any
 
 from rcompile import solvers
-from rcompile.sweep import run_sweep
 from rcompile.device import PRESETS, Cell, Hardware
+from rcompile.sweep import run_sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {

@@ -29,7 +29,7 @@ class Quantize:
 
     def run(self, plan: Plan, ctx: PlanContext) -> tuple[Plan, dict[str, Any]]:
         top = ctx.device.weight_top  # the cell's top level, or 2^weight_bits - 1 when sliced
-        qtype = np.int8 if top <= np.iinfo(np.int8).max else np.int16
+        qtype: type[np.signedinteger[Any]] = np.int8 if top <= 127 else np.int16
         layers = []
         err = 0.0
         total = 0.0

@@ -26,11 +26,10 @@ At the end every chip block goes back to its real layer with its ``digit``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
-
-import time
 
 import numpy as np
 
@@ -289,7 +288,7 @@ def fold(view: Plan, mapping: ChipMapping, n: int) -> ChipMapping:
     digit ``v % n``, every layer's bias the sum of its digit layers' (digit 0 holds it)."""
     blocks = tuple(replace(b, layer=b.layer // n, digit=b.layer % n)
                    for b in chip_view(view, mapping).blocks)
-    bias = tuple(sum(mapping.bias[li * n + k] for k in range(n)).astype(np.float32)
-                 for li in range(len(mapping.bias) // n))
+    bias = tuple(np.asarray(np.sum([mapping.bias[li * n + k] for k in range(n)], axis=0),
+                            np.float32) for li in range(len(mapping.bias) // n))
     return replace(mapping, blocks=blocks, bias=bias,
                    stats={**mapping.stats, "slices_per_weight": n})
