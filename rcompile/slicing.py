@@ -142,10 +142,11 @@ class _DigitCalib(tuple):  # type: ignore[type-arg]
 
 
 def run_chip(
-    passes: Sequence[Any], plan: Plan, ctx: pl.ChipContext
+    passes: Sequence[Any], plan: Plan, ctx: pl.ChipContext, *, compensate_digits: bool = True
 ) -> tuple[ChipMapping, list[dict[str, Any]]]:
     """The per-chip ``passes`` on the sliced view of ``plan``, with the two slice-aware steps
-    (module docstring); returns the mapping folded back to ``plan``'s layers."""
+    (module docstring); returns the mapping folded back to ``plan``'s layers.
+    ``compensate_digits=False`` leaves out the compensation (to measure what it buys)."""
     n, base = _origin(plan)
     view = chip_plan(plan)
     vctx = replace(ctx, calib=None if ctx.calib is None else _DigitCalib(ctx.calib, n))
@@ -161,7 +162,7 @@ def run_chip(
         assert out is not None
         mapping = out
         log += entry
-        if p.name == "program" and getattr(p, "scheme", "") == "compensate":
+        if compensate_digits and p.name == "program" and getattr(p, "scheme", "") == "compensate":
             t0 = time.perf_counter()
             view, mapping, stats = compensate(view, mapping, vctx, p, n, base)
             log.append({"pass": "slice-compensate", "seconds": time.perf_counter() - t0,
