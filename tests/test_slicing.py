@@ -252,3 +252,14 @@ def test_a_sliced_plan_file_round_trips_and_refuses_an_unsliced_device(tmp_path:
     with pytest.raises(BadPlan, match="8-bit weights on 2 cells of 4 bits but device ideal has "
                                       "one cell per weight polarity"):
         api.plan_lot(model, family, hardware=PRESETS["ideal"], plan_path=path)
+
+
+@pytest.mark.parametrize("strategy", sorted(api.STRATEGIES))
+def test_every_strategy_builds_a_sliced_chip_the_runtime_rebuilds(strategy: str) -> None:
+    plan = _plan(6)
+    healthy, faulty = _chip(plan, 0.0, 6), _chip(plan, 0.1, 6)
+    exact = api.build(plan, healthy, strategy=strategy).image
+    assert _weight_error(plan, rimg.decode(rimg.encode(exact)), healthy) < 1e-10
+    image = rimg.decode(rimg.encode(api.build(plan, faulty, strategy=strategy).image))
+    assert {s.digit for t in image.tiles for s in t.slices} == {0, 1}
+    assert np.isfinite(_weight_error(plan, image, faulty))
