@@ -155,7 +155,8 @@ def run_chip(
     for p in passes:
         t0 = time.perf_counter()
         if p.name == "calibrate":
-            mapping, stats = calibrate(plan, view, mapping, ctx, gain=p.gain, bias=p.bias)
+            mapping, stats = _guarded("calibrate", log, calibrate, plan, view, mapping, ctx,
+                                      gain=p.gain, bias=p.bias)
             log.append({"pass": "calibrate", "seconds": time.perf_counter() - t0, **stats})
             continue
         _, out, entry = pl.run([p], view, vctx, mapping)
@@ -164,10 +165,24 @@ def run_chip(
         log += entry
         if compensate_digits and p.name == "program" and getattr(p, "scheme", "") == "compensate":
             t0 = time.perf_counter()
-            view, mapping, stats = compensate(view, mapping, vctx, p, n, base)
+            view, mapping, stats = _guarded("slice-compensate", log, compensate, view, mapping,
+                                            vctx, p, n, base)
             log.append({"pass": "slice-compensate", "seconds": time.perf_counter() - t0,
                         **stats})
     return fold(view, mapping, n), log
+
+
+def _guarded(name: str, log: list[dict[str, Any]], step: Any, *args: Any, **kwargs: Any) -> Any:
+    """``step(*args, **kwargs)``, a failure becoming :class:`pipeline.PassFailed` naming the
+    step and the passes already run, as ``pipeline.run`` reports a failing pass."""
+    try:
+        return step(*args, **kwargs)
+    except pl.RcompileError:
+        raise
+    except Exception as exc:
+        ran = ", ".join(e["pass"] for e in log) or "none"
+        raise pl.PassFailed(f"pass {name!r} failed ({type(exc).__name__}: {exc}); passes "
+                            f"already run: {ran}") from exc
 
 
 def _digit_maps(view: Plan, mapping: ChipMapping, ctx: pl.ChipContext, v: int
