@@ -55,7 +55,7 @@ def test_split_refuses_a_weight_wider_than_its_digits() -> None:
 STUCK = st.one_of(st.just(np.nan), st.sampled_from([0.0, 15.0]), st.floats(0, 15))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.integers(-255, 255), STUCK, STUCK, STUCK, STUCK)
 def test_compensated_pair_is_never_further_from_the_weight(
     q: int, hi_p: float, hi_n: float, lo_p: float, lo_n: float
