@@ -13,8 +13,9 @@ import numpy as np
 
 def sections(f):
     """Yield (tag, payload) of every section, checking magic, version, framing and checksums."""
-    if f.read(12) != b"RCIMG\x00\r\n" + struct.pack("<I", 1):
-        sys.exit("not an rcompile image of format version 1")
+    magic, version = struct.unpack("<8sI", f.read(12).ljust(12, b"\0"))
+    if magic != b"RCIMG\x00\r\n" or version not in (1, 2):  # 2: bit-sliced, same levels
+        sys.exit("not an rcompile image of format version 1 or 2")
     while True:
         head = f.read(12)
         if len(head) < 12:

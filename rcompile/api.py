@@ -24,6 +24,7 @@ import onnx
 
 import rcompile
 from rcompile import pipeline as pl
+from rcompile import slicing
 from rcompile.device import Cell, Geometry, Hardware
 from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
@@ -141,6 +142,10 @@ def plan_lot(
             raise BadPlan(f"{plan_path}: plan is quantised for {saved.plan.device.levels} levels "
                           f"but device {hardware.name} has {hardware.cell.levels}: make a plan "
                           f"with --levels {hardware.cell.levels}")
+        if hardware is not None and _slicing_of(hardware.cell) != _slicing_of(saved.plan.device):
+            raise BadPlan(f"{plan_path}: plan is quantised for {_slicing_of(saved.plan.device)} "
+                          f"but device {hardware.name} has {_slicing_of(hardware.cell)}: make "
+                          "the plan for that cell (docs/slicing.md)")
         plan = saved.plan
         if hardware is not None:  # one cell for the whole image: the device's, as without a plan
             cell = compiler_device(hardware)
@@ -155,6 +160,13 @@ def plan_lot(
                           pipeline=plan_pipeline(prune))
     calib = None if calib_path is None else load_calib_stats(plan, calib_path)
     return LotPlan(plan, calib, tuple(log), f"plan of {model_path}", time.perf_counter() - t0)
+
+
+def _slicing_of(cell: Cell) -> str:
+    """A cell's weight precision in words, for errors (``weight_bits`` over ``cell_bits``)."""
+    if cell.n_slices == 1 and not cell.weight_bits:
+        return "one cell per weight polarity"
+    return f"{cell.weight_bits}-bit weights on {cell.n_slices} cells of {cell.slice_bits} bits"
 
 
 def compile_chip(
@@ -307,8 +319,8 @@ def build(
             f"{fm.source}: tiles are {geo.rows}x{geo.cols} but the plan was tiled for "
             f"{plan.tile_rows}x{plan.tile_cols}"
         )
-    if len(plan.bins()) > geo.tiles:
-        raise DoesNotFit(f"{fm.source}: the model needs {len(plan.bins())} tiles of "
+    if plan.tiles_needed() > geo.tiles:  # bit-sliced weights need a tile per slice of a bin
+        raise DoesNotFit(f"{fm.source}: the model needs {plan.tiles_needed()} tiles of "
                          f"{geo.rows}x{geo.cols} but chip {fm.chip_id} has {geo.tiles}")
     if strategy not in STRATEGIES and pipeline is None:
         raise ValueError(f"unknown strategy {strategy!r}")
@@ -325,8 +337,12 @@ def build(
         solver=solver,
         calib=seen,
     )
-    _, mapping, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
-    assert mapping is not None
+    if slicing.is_sliced(plan):  # the passes on one digit of every weight at a time
+        mapping, log = slicing.run_chip(passes, plan, ctx)
+    else:
+        _, out, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
+        assert out is not None
+        mapping = out
     header = ImageHeader(
         chip_id=fm.chip_id,
         faultmap_sha256=fm.digest(),
@@ -403,6 +419,7 @@ def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:
                 neg=p.neg.astype(np.int32),
                 scale=p.scale.astype(np.float32),
                 offset=p.offset.astype(np.float32),
+                digit=blk.digit,
             )
         )
     tiles = tuple(

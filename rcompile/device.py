@@ -109,6 +109,13 @@ class Cell:
     :func:`rcompile.programming.level_error_table`). Empty: every level is programmed exactly.
     The compiler weighs its objective by it (:meth:`expected_sq_error`), so levels it cannot
     program reliably are not counted on where another choice exists."""
+    weight_bits: int = 0
+    """Bits of a weight's magnitude (per polarity). 0: what one cell holds (``levels - 1``
+    steps), one cell per polarity. Wider than one slice: every weight is *bit-sliced* over
+    ``ceil(weight_bits / slice_bits)`` cells per polarity (docs/slicing.md)."""
+    cell_bits: int = 0
+    """Bits one slice of a sliced weight holds, ``2^cell_bits <= levels``; 0: ``log2(levels)``
+    rounded down."""
 
     _SECTION: ClassVar[str] = "cell"
     _RULES: ClassVar[dict[str, _Rule]] = {
@@ -116,11 +123,18 @@ class Cell:
         "g_min_us": _Rule(float, 0),
         "g_max_us": _Rule(float, 0, lo_open=True),
         "read_v": _Rule(float, 0, 10, lo_open=True),
+        "weight_bits": _Rule(int, 0, 16),
+        "cell_bits": _Rule(int, 0, 8),
     }
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"weight_bits", "cell_bits"})
+    """Fields a device file without ``base`` may leave out (their defaults: no slicing)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_rms_error", tuple(float(e) for e in self.level_rms_error))
         _validate(self)
+        if self.cell_bits and 2**self.cell_bits > self.levels:
+            raise _bad("cell", "cell_bits", self.cell_bits,
+                       f"an integer with 2^cell_bits <= levels ({self.levels})")
         if not self.g_max_us > self.g_min_us:
             raise _bad("cell", "g_max_us", self.g_max_us, f"> g_min_us ({self.g_min_us})")
         err = self.level_rms_error
@@ -135,6 +149,22 @@ class Cell:
     def max_level(self) -> int:
         """Highest level index, ``levels - 1``."""
         return self.levels - 1
+
+    @property
+    def slice_bits(self) -> int:
+        """Bits one slice holds: ``cell_bits``, or ``log2(levels)`` rounded down."""
+        return self.cell_bits or self.levels.bit_length() - 1
+
+    @property
+    def n_slices(self) -> int:
+        """Cells per weight polarity: ``ceil(weight_bits / slice_bits)`` (1 without slicing)."""
+        return max(1, -(-self.weight_bits // self.slice_bits)) if self.weight_bits else 1
+
+    @property
+    def weight_top(self) -> int:
+        """Largest weight magnitude in level steps of the least significant slice: ``levels - 1``
+        without ``weight_bits``, else ``2^weight_bits - 1``."""
+        return 2**self.weight_bits - 1 if self.weight_bits else self.max_level
 
     @property
     def step_us(self) -> float:
@@ -164,6 +194,9 @@ class Cell:
         }
         if self.level_rms_error:
             d["level_rms_error"] = list(self.level_rms_error)
+        for name in sorted(self._OPTIONAL):  # only when set: unsliced images keep their header
+            if getattr(self, name):
+                d[name] = getattr(self, name)
         return d
 
 
@@ -583,7 +616,7 @@ def _section(section: str, cls: type, table: dict[str, Any], base: Any) -> Any:
             if rule is not None and not rule.ok(v):
                 raise _bad(section, n, v, rule.text())
             kwargs[n] = v
-        elif base is None:
+        elif base is None and n not in getattr(cls, "_OPTIONAL", ()):
             hint = rule.text() if rule is not None else "a value"
             extra = " or on_off_ratio" if n == "g_min_us" else ""
             raise BadDevice(

@@ -105,12 +105,11 @@ def from_matrices(op: WeightOp, mats: np.ndarray) -> np.ndarray:
     return mats.reshape(op.shape).copy()
 
 
-def q_dtype(levels: int | None) -> np.dtype[Any]:
-    """The dtype of quantised weights ``q`` for a cell of ``levels`` levels: the narrowest
-    signed integer that holds ``|q| <= levels - 1`` (int8 up to 128 levels, int16 up to 256).
-    Unknown levels (an image without ``device.levels``) mean int8, the type of every cell up
-    to 128 levels, so plan files and images of those cells keep their bytes."""
-    return np.dtype(np.int8) if levels is None or levels <= 128 else np.dtype(np.int16)
+def q_dtype(top: int) -> np.dtype[Any]:
+    """The dtype of quantised weights ``q`` with ``|q| <= top`` (``Cell.weight_top``: the
+    cell's top level, or ``2^weight_bits - 1`` for a bit-sliced cell): int8 up to 127 (every
+    cell of up to 128 levels, whose plans and images keep their bytes), else int16."""
+    return np.dtype(np.int8) if top <= 127 else np.dtype(np.int16)
 
 
 @dataclass(frozen=True)
@@ -142,6 +141,10 @@ class Block:
     """int32 logical (matrix) row indices, in increasing order."""
     outs: np.ndarray
     """int32 output indices within the group, in increasing order."""
+    digit: int = 0
+    """Which slice of a bit-sliced weight the block holds (significance ``base^digit``,
+    docs/slicing.md); 0 for a weight on one cell per polarity. Only a chip's own blocks of a
+    sliced plan (:attr:`ChipMapping.blocks`) carry other digits."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,10 @@ class Plan:
         return out
 
     def tiles_needed(self) -> int:
-        return max(self.bin_of) + 1 if self.bin_of else len(self.blocks)
+        """Physical tiles the plan fills: one a bin, times the slices of a bit-sliced weight
+        (every slice of a block is a block of its own on a tile of its own)."""
+        bins = max(self.bin_of) + 1 if self.bin_of else len(self.blocks)
+        return bins * self.device.n_slices
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,8 +16,8 @@ member                 content
 ``L<i>.float``         float32 ``[groups, rows, outs]``: trained weights of layer ``i``
 ``L<i>.fbias``         float32 ``[n_out]``: its trained bias
 ``L<i>.bias``          float32 ``[n_out]``: its digital bias
-``L<i>.q``             int8 ``[groups, rows, outs]``: quantised levels difference (int16
-                       for a cell of more than 128 levels, :func:`rcompile.ir.q_dtype`)
+``L<i>.q``             int8 ``[groups, rows, outs]``: quantised levels difference (int16 when the
+                       cell is bit-sliced and the weights do not fit int8)
 ``L<i>.scale``         float32 ``[groups, outs]``: weight per level step
 ``L<i>.power``,        float32 ``[groups, rows]``: ``E[x^2]`` and ``E[x]`` of every row on the
 ``L<i>.mean``          calibration data (only in a plan made with ``--calib``)
@@ -83,7 +83,7 @@ _DTYPES: dict[str, type] = {
     "blocks.bin": np.int32,
 }
 """The dtype of each member (``L<i>.*`` by suffix); ``q`` may also be int16, when the plan's
-cell has more than 128 levels (checked against them in :func:`_rebuild`)."""
+weights exceed int8 (:func:`rcompile.ir.q_dtype`, checked in :func:`_rebuild`)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def encode(plan: Plan, calib: Calib | None = None) -> bytes:
             (f"L{i}.float", fm.astype(np.float32)),
             (f"L{i}.fbias", fb.astype(np.float32)),
             (f"L{i}.bias", layer.bias.astype(np.float32)),
-            (f"L{i}.q", layer.q.astype(q_dtype(plan.device.levels))),
+            (f"L{i}.q", layer.q.astype(q_dtype(plan.device.weight_top))),
             (f"L{i}.scale", layer.scale.astype(np.float32)),
         ]
         if calib is not None:
@@ -189,7 +189,9 @@ def decode(data: bytes, src: str = "<bytes>") -> SavedPlan:
         raise BadPlan(f"{src}: not an rcompile plan (no 'meta' member); {hint}")
     for key, a in arrays.items():
         want = _DTYPES[key.rpartition(".")[2] if key.startswith("L") else key]
-        if a.dtype != want and not (key.endswith(".q") and a.dtype == np.int16):
+        if key.endswith(".q") and a.dtype == np.int16:  # a bit-sliced plan's wide weights
+            want = np.int16
+        if a.dtype != want:
             raise BadPlan(f"{src}: {key}: dtype {a.dtype}; expected {np.dtype(want)}")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise BadPlan(f"{src}: {key}: holds NaN or Inf; expected finite numbers")
@@ -222,11 +224,12 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
     n = int(meta["layers"])
     if n != len(ops):
         raise ValueError(f"{n} layers but {len(ops)} ops")
-    q_type = q_dtype(int(meta["device"]["levels"]))
+    device = Cell(**meta["device"])
+    q_type = q_dtype(device.weight_top)
     for i in range(n):
         if a[f"L{i}.q"].dtype != q_type:
-            raise ValueError(f"layer {i}: q is {a[f'L{i}.q'].dtype}, a plan for "
-                             f"{meta['device']['levels']} levels stores {q_type}")
+            raise ValueError(f"layer {i}: q is {a[f'L{i}.q'].dtype}, a plan for weights up to "
+                             f"{device.weight_top} level steps stores {q_type}")
     layers = tuple(
         Layer(op=ops[i], q=a[f"L{i}.q"], scale=a[f"L{i}.scale"], bias=a[f"L{i}.bias"])
         for i in range(n)
@@ -266,7 +269,7 @@ def _rebuild(meta: dict[str, Any], a: dict[str, np.ndarray]) -> tuple[Plan, Cali
         model_sha256=str(meta["model_sha256"]),
         tile_rows=int(meta["tile_rows"]),
         tile_cols=int(meta["tile_cols"]),
-        device=Cell(**meta["device"]),
+        device=device,
         ops=ops,
         float_mats=tuple(a[f"L{i}.float"] for i in range(n)),
         biases=tuple(a[f"L{i}.fbias"] for i in range(n)),

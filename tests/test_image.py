@@ -78,7 +78,7 @@ def make_image(
                 op=op,
                 bias=rng.standard_normal(op.n_out).astype(np.float32),
                 q=rng.integers(-top, top + 1, (op.groups, op.rows, op.outs)).astype(
-                    q_dtype(levels)),
+                    q_dtype(top)),
                 scale=rng.random((op.groups, op.outs)).astype(np.float32),
             )
         )
@@ -398,8 +398,10 @@ def test_wrong_magic_version_and_trailing_bytes(img: Image) -> None:
     data = rimg.encode(img)
     bad(b"PK\x03\x04" + data[4:], r"not an rcompile image")
     bad(b"\x89PNG", r"not an rcompile image")
-    v2 = data[:8] + struct.pack("<I", 2) + data[12:]
-    bad(v2, r"unsupported image version 2; this rcompile reads version 1")
+    v3 = data[:8] + struct.pack("<I", 3) + data[12:]
+    bad(v3, r"unsupported image version 3; this rcompile reads versions 1, 2")
+    v2 = data[:8] + struct.pack("<I", 2) + data[12:]  # a version-1 body: no digit, int8 q
+    bad(v2, r"TILE\[0\]: meta must be .*'digit'.* \(version 2\)")
     bad(data + b"\x00garbage", r"8 trailing bytes after the END\. section")
 
 

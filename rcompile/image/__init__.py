@@ -30,6 +30,7 @@ from rcompile.image.records import (
     MAX_JSON_BYTES,
     PREAMBLE,
     SECTION_HEAD,
+    SLICED_VERSION,
     TAG_END,
     TAG_GRPH,
     TAG_HEAD,
@@ -37,6 +38,7 @@ from rcompile.image.records import (
     TAG_TILE,
     TAGS,
     VERSION,
+    VERSIONS,
     Image,
     LayerRecord,
     SliceRecord,
@@ -47,6 +49,7 @@ from rcompile.image.summary import describe, summary_dict, used_mask
 __all__ = [
     "ALIGN", "DIGEST_BYTES", "MAGIC", "MAX_IMAGE_BYTES", "MAX_JSON_BYTES", "PREAMBLE",
     "SECTION_HEAD", "TAGS", "TAG_END", "TAG_GRPH", "TAG_HEAD", "TAG_LAYR", "TAG_TILE", "VERSION",
+    "SLICED_VERSION", "VERSIONS",
     "BuildOptions", "Image", "ImageHeader", "LayerRecord", "SliceRecord", "TileRecord",
     "decode", "describe", "encode", "read", "summary_dict", "used_mask", "write",
 ]

@@ -11,11 +11,14 @@ import numpy as np
 from rcompile.errors import BadImage
 from rcompile.image.records import (
     LEVELS_DTYPE,
+    MAX_DIGIT,
     SLICE_ARRAYS,
+    VERSION,
     Image,
     is_int,
+    q_dtype,
 )
-from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, q_dtype
+from rcompile.ir import LAYOUT_CONV, LAYOUT_KN
 
 
 def _geometry(header: dict[str, Any], fail: Callable[[str], BadImage]) -> tuple[int, int, int]:
@@ -64,8 +67,9 @@ def _finite(a: np.ndarray, what: str, fail: Callable[[str], BadImage]) -> None:
         raise fail(f"{what}{list(at)} is {a[at]}; expected finite numbers")
 
 
-def check_image(image: Image, source: str) -> None:
-    """Every invariant a reader relies on; raises :class:`BadImage` naming ``source``."""
+def check_image(image: Image, source: str, version: int = VERSION) -> None:
+    """Every invariant a reader relies on in an image of format ``version``; raises
+    :class:`BadImage` naming ``source``."""
 
     def fail(msg: str) -> BadImage:
         return BadImage(f"{source}: {msg}")
@@ -79,7 +83,7 @@ def check_image(image: Image, source: str) -> None:
             raise fail(f"{where}: weight shape {list(op.shape)} does not fit layout {op.layout!r}")
         if op.groups < 1 or op.n_out % op.groups:
             raise fail(f"{where}: {op.n_out} outputs do not split into {op.groups} groups")
-        _expect(rec.q, q_dtype(levels), (op.groups, op.rows, op.outs), f"{where} q", fail)
+        _expect(rec.q, q_dtype(version), (op.groups, op.rows, op.outs), f"{where} q", fail)
         _expect(rec.scale, np.dtype(np.float32), (op.groups, op.outs), f"{where} scale", fail)
         _expect(rec.bias, np.dtype(np.float32), (op.n_out,), f"{where} bias", fail)
         _finite(rec.scale, f"{where} scale", fail)
@@ -105,6 +109,10 @@ def check_image(image: Image, source: str) -> None:
             if not 0 <= s.layer < len(image.layers):
                 raise fail(f"{sw}: layer {s.layer} out of range 0..{len(image.layers) - 1}")
             op = image.layers[s.layer].op
+            top_digit = 0 if version == VERSION else MAX_DIGIT
+            if not (is_int(s.digit) and 0 <= s.digit <= top_digit):
+                raise fail(f"{sw}: digit {s.digit!r} out of range 0..{top_digit} "
+                           f"(version {version})")
             if not 0 <= s.group < op.groups:
                 raise fail(f"{sw}: group {s.group} out of range 0..{op.groups - 1}")
             for name, dt in SLICE_ARRAYS:

@@ -38,6 +38,7 @@ from rcompile.image.records import (
     TAG_TILE,
     TAGS,
     VERSION,
+    VERSIONS,
     Image,
     LayerRecord,
     SliceRecord,
@@ -45,8 +46,10 @@ from rcompile.image.records import (
     align,
     canonical_json,
     is_int,
+    q_dtype,
+    version_of,
 )
-from rcompile.ir import WeightOp, q_dtype
+from rcompile.ir import WeightOp
 
 # --------------------------------------------------------------------------------------------
 # Encoding
@@ -119,26 +122,24 @@ def _slice_arrays(k: int, s: SliceRecord) -> list[tuple[str, np.ndarray]]:
     return [(f"s{k}.{name}", getattr(s, name)) for name, _ in SLICE_ARRAYS]
 
 
-def _levels(header: dict[str, Any]) -> int | None:
-    """The header's ``device.levels`` when it is an integer (:func:`check_image` judges it)."""
-    dev = header.get("device")
-    levels = dev.get("levels") if isinstance(dev, dict) else None
-    return int(levels) if isinstance(levels, int | np.integer) else None
+def _slice_meta(s: SliceRecord, version: int) -> dict[str, int]:
+    """A slice's entry in its TILE record's ``meta.slices``; ``digit`` from version 2 on."""
+    meta = {"layer": s.layer, "group": s.group}
+    return meta if version == VERSION else {**meta, "digit": s.digit}
 
 
-def _normalised(image: Image) -> Image:
+def _normalised(image: Image, version: int) -> Image:
     """``image`` with a JSON-native header and every array in its documented dtype."""
 
     def slice_(t: int, k: int, s: SliceRecord) -> SliceRecord:
         a = {n: _coerce(getattr(s, n), dt, f"tile {t} slice {k} {n}") for n, dt in SLICE_ARRAYS}
-        return SliceRecord(layer=int(s.layer), group=int(s.group), **a)
+        return SliceRecord(layer=int(s.layer), group=int(s.group), digit=int(s.digit), **a)
 
-    q_type = q_dtype(_levels(image.header))
     layers = tuple(
         LayerRecord(
             op=rec.op,
             bias=_coerce(rec.bias, np.dtype(np.float32), f"layer {i} bias"),
-            q=_coerce(rec.q, q_type, f"layer {i} q"),
+            q=_coerce(rec.q, q_dtype(version), f"layer {i} q"),
             scale=_coerce(rec.scale, np.dtype(np.float32), f"layer {i} scale"),
         )
         for i, rec in enumerate(image.layers)
@@ -162,13 +163,14 @@ def encode(image: Image) -> bytes:
     refused) and the image is checked as :func:`decode` would check it, so nothing written here
     fails to read back. Raises ``ValueError`` for an image the compiler should never build.
     """
-    img = _normalised(image)
+    version = version_of(image)
+    img = _normalised(image, version)
     try:
-        check_image(img, "image to encode")
+        check_image(img, "image to encode", version)
     except BadImage as e:
         raise ValueError(str(e)) from None
     n_layers, n_tiles = len(img.layers), len(img.tiles)
-    parts = [PREAMBLE.pack(MAGIC, VERSION)]
+    parts = [PREAMBLE.pack(MAGIC, version)]
     head = {"header": img.header, "layers": n_layers, "tiles": n_tiles}
     parts.append(_section(TAG_HEAD, _encode_record(head, [])))
     parts.append(_section(TAG_GRPH, img.graph))
@@ -177,7 +179,7 @@ def encode(image: Image) -> bytes:
         arrays = [("bias", rec.bias), ("q", rec.q), ("scale", rec.scale)]
         parts.append(_section(TAG_LAYR, _encode_record(meta, arrays)))
     for t in img.tiles:
-        meta = {"tile": t.tile, "slices": [{"layer": s.layer, "group": s.group} for s in t.slices]}
+        meta = {"tile": t.tile, "slices": [_slice_meta(s, version) for s in t.slices]}
         arrays = [("levels", t.levels)]
         for k, s in enumerate(t.slices):
             arrays += _slice_arrays(k, s)
@@ -222,8 +224,9 @@ def _sections(buf: memoryview, fail: Callable[[str], BadImage]) -> Iterator[_Sec
             f"{size} present"
         )
     _, version = PREAMBLE.unpack_from(buf, 0)
-    if version != VERSION:
-        raise fail(f"unsupported image version {version}; this rcompile reads version {VERSION}")
+    if version not in VERSIONS:
+        raise fail(f"unsupported image version {version}; this rcompile reads versions "
+                   f"{', '.join(map(str, VERSIONS))} (docs/image-format.md §8)")
     pos = PREAMBLE.size
     prev: bytes | None = None
     seen: dict[bytes, int] = {}
@@ -366,15 +369,17 @@ def _decode_layer(i: int, sec: _Section, fail: Callable[[str], BadImage]) -> Lay
     return LayerRecord(op=op, bias=bias, q=q, scale=scale)
 
 
-def _decode_tile(sec: _Section, fail: Callable[[str], BadImage]) -> TileRecord:
+def _decode_tile(sec: _Section, fail: Callable[[str], BadImage], version: int) -> TileRecord:
     meta, arrays = _decode_record(sec, fail)
     where = f"section {sec.label}"
     tile, slices = meta.get("tile"), meta.get("slices")
+    keys = ("layer", "group") if version == VERSION else ("layer", "group", "digit")
     ok = isinstance(slices, list) and all(
-        isinstance(s, dict) and is_int(s.get("layer")) and is_int(s.get("group")) for s in slices
+        isinstance(s, dict) and all(is_int(s.get(k)) for k in keys) for s in slices
     )
     if not (is_int(tile) and ok):
-        raise fail(f'{where}: meta must be {{"tile": int, "slices": [{{"layer", "group"}}, ...]}}')
+        raise fail(f'{where}: meta must be {{"tile": int, "slices": [{{'
+                   f'{", ".join(repr(k) for k in keys)}}}, ...]}} (version {version})')
     assert isinstance(slices, list) and isinstance(tile, int)
     if len(slices) > len(arrays):  # cheap bound before the array names are listed
         raise fail(f"{where}: {len(slices)} slices need {1 + len(SLICE_ARRAYS) * len(slices)} "
@@ -396,6 +401,7 @@ def _decode_tile(sec: _Section, fail: Callable[[str], BadImage]) -> TileRecord:
                 neg=neg,
                 scale=scale,
                 offset=offset,
+                digit=int(s.get("digit", 0)) if version != VERSION else 0,
             )
         )
     return TileRecord(tile=tile, levels=got[0], slices=tuple(recs))
@@ -429,13 +435,14 @@ def decode(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> Ima
             f"section HEAD declares {meta.get('layers')!r} layers and {meta.get('tiles')!r} "
             f"tiles, the file holds {counts['LAYR']} and {counts['TILE']}"
         )
+    version = int(PREAMBLE.unpack_from(buf, 0)[1])
     image = Image(
         header=header,
         layers=tuple(_decode_layer(i, s, fail) for i, s in enumerate(layer_secs)),
-        tiles=tuple(_decode_tile(s, fail) for s in tile_secs),
+        tiles=tuple(_decode_tile(s, fail, version) for s in tile_secs),
         graph=bytes(graph_sec.payload),
     )
-    check_image(image, source)
+    check_image(image, source, version)
     return image
 
 

@@ -13,6 +13,13 @@ from rcompile.ir import WeightOp
 
 MAGIC = b"RCIMG\x00\r\n"
 VERSION = 1
+"""Format of every image whose weights sit on one cell pair each."""
+SLICED_VERSION = 2
+"""Format of an image with bit-sliced weights (a slice ``digit`` > 0, or a layer ``q`` beyond
+int8): ``q`` is int16 and every slice names its digit (docs/image-format.md §8)."""
+VERSIONS = (VERSION, SLICED_VERSION)
+MAX_DIGIT = 15
+"""Highest slice digit an image may name (16 slices per weight polarity)."""
 
 MAX_IMAGE_BYTES = 1 << 31
 """Largest image file :func:`read` accepts (2 GiB, the protobuf limit of the graph it carries)."""
@@ -39,6 +46,9 @@ class SliceRecord:
     neg: np.ndarray  # int32 [m]  physical column of G-
     scale: np.ndarray  # float32 [m]  weight units per level step
     offset: np.ndarray  # float32 [m]  digital correction added to each output (calibration)
+    digit: int = 0
+    """Which slice of a bit-sliced weight this is (significance ``base^digit``, already in
+    ``scale``); 0 on one cell per polarity. Recorded from version 2 on."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,7 @@ class LayerRecord:
     op: WeightOp
     bias: np.ndarray  # float32 [n_out] digital bias (after calibration)
     q: np.ndarray  # int8 [groups, rows, outs] intended levels difference (fault-free chip);
-    # int16 when the device has more than 128 levels (rcompile.ir.q_dtype)
+    # int16 in a version-2 image (bit-sliced, or weights beyond int8: more than 128 levels)
     scale: np.ndarray  # float32 [groups, outs] intended scale
 
 
@@ -128,9 +138,25 @@ LAYER_ARRAYS = (
     ("q", np.dtype(np.int8)),
     ("scale", np.dtype(np.float32)),
 )
-"""The arrays of a LAYR record; ``q`` is int16 instead when ``device.levels > 128``
-(:func:`rcompile.ir.q_dtype`)."""
+"""The arrays of a LAYR record; ``q`` is int16 instead in a version-2 image (:func:`q_dtype`)."""
 LEVELS_DTYPE = np.dtype(np.uint8)
+
+
+def q_dtype(version: int) -> np.dtype[Any]:
+    """dtype of a layer's ``q`` in an image of ``version``: int8; int16 in version 2 (sliced
+    images and weights beyond int8, e.g. a 256-level cell)."""
+    return np.dtype(np.int8) if version == VERSION else np.dtype(np.int16)
+
+
+def version_of(image: Image) -> int:
+    """The format version ``image`` needs: :data:`SLICED_VERSION` when a slice holds a digit
+    above 0 or a layer's ``q`` leaves int8, else :data:`VERSION` (so unsliced images keep
+    their bytes)."""
+    lim = np.iinfo(np.int8)
+    wide = any(r.q.size and (int(np.min(r.q)) < lim.min or int(np.max(r.q)) > lim.max)
+               for r in image.layers)
+    sliced = any(s.digit for t in image.tiles for s in t.slices)
+    return SLICED_VERSION if wide or sliced else VERSION
 
 
 def align(n: int) -> int:

@@ -66,6 +66,7 @@ def test_biases_are_carried_over_and_the_input_left_alone() -> None:
 def test_a_256_level_device_keeps_its_largest_weight() -> None:
     w = np.array([[[1.0], [0.5]]])
     _, after, _ = quantised(Cell(levels=256), w)
+    assert after.layers[0].q.dtype == np.int16  # beyond int8: stored wide, not wrapped
     assert int(after.layers[0].q[0, 0, 0]) == 255
 
 

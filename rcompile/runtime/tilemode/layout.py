@@ -184,6 +184,9 @@ class LayerLayout:
         place = out4[0, 0]
         if not (out4 == place).all():
             return None
+        held = place[place >= 0]
+        if np.unique(held).size != held.size:  # an output in two places (bit-sliced weights)
+            return None
         where = np.full(self.n_out, -1, np.int64)
         where[place[place >= 0]] = np.flatnonzero(place >= 0)
         pads = np.flatnonzero(place < 0)
