@@ -14,6 +14,7 @@ import click
 
 from rcompile import faultmap as fmap
 from rcompile.clikit import emit, option
+from rcompile.cliprogress import progress_options, reporter
 from rcompile.fileio import refuse_overwrite
 
 
@@ -179,17 +180,20 @@ def synth_cmd(
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), required=True, help="Fault map to write."
 )
+@progress_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the show --json "
               "document of the written map).")
 def import_cmd(
     csv_path: str, tiles: int, rows: int, cols: int, chip_id: str | None, output: str,
-    as_json: bool,
+    quiet: bool, verbose: bool, as_json: bool,
 ) -> None:
     """Convert a tester CSV (header tile,row,col,state; state 0/1/2 or SA0/SA1) to .npz."""
+    shown = reporter("faultmap import", quiet, verbose)
     _check_even_cols(cols)
     refuse_overwrite([("-o", output)], [("CSV", csv_path)])
-    fm = fmap.import_csv(csv_path, tiles, rows, cols, chip_id=chip_id)
-    fmap.save(fm, output)
+    with shown:
+        fm = fmap.import_csv(csv_path, tiles, rows, cols, chip_id=chip_id, progress=shown)
+        fmap.save(fm, output)
     if as_json:
         emit({"output": output, **summary_json(fmap.load(output))}, {"csv": csv_path})
         return
