@@ -1,8 +1,9 @@
 """Progress on stderr for the long commands: one status line on a terminal, ``--verbose`` lines.
 
 Every long command (``build``, ``plan``, ``verify``, ``sweep``, ``provision``, ``faultmap
-import``) takes ``-q/--quiet`` and ``-v/--verbose`` (:func:`progress_options`) and hands a
-:class:`Reporter` to the library as its :data:`~rcompile.progress.ProgressFn`:
+import``, ``faultmap synth``) takes ``-q/--quiet`` and ``-v/--verbose``
+(:func:`progress_options`) and hands a :class:`Reporter` to the library as its
+:data:`~rcompile.progress.ProgressFn`:
 
 - on a terminal, and unless ``--quiet``, one status line on stderr, redrawn in place twice a
   second so the elapsed time moves during a long pass: the command's outer unit (sweep points,
@@ -36,8 +37,9 @@ OUTER = ("sweep", "provision", "import")
 RESUMED = {"sweep": "points"}
 REDRAW_S = 0.5
 """Seconds between two redraws of the status line."""
-#: The commands that take ``--quiet``/``--verbose`` (``faultmap import`` by its last word).
-LONG_COMMANDS = ("build", "plan", "verify", "sweep", "provision", "import")
+#: The commands that take ``--quiet``/``--verbose`` (``faultmap import`` by its last word;
+#: ``synth`` only plans with ``--like``, but says so at once all the same).
+LONG_COMMANDS = ("build", "plan", "verify", "sweep", "provision", "import", "synth")
 _ANNOUNCED: dict[str, float] = {}
 """The line :func:`announce` drew (``width``) and when (``t0``): the first :class:`Reporter`
 draws over it and counts its clock from then."""
