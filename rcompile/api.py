@@ -210,7 +210,10 @@ def make_plan(
 
     Returns the plan and the log of its passes."""
     device = device or Cell()
+    notify(progress, Event("model", "load", 0, 1))
+    t0 = time.perf_counter()
     fe = load_model(model_path)
+    notify(progress, Event("model", "load", 1, 1, time.perf_counter() - t0))
     mats = tuple(to_matrices(op, w) for op, w in zip(fe.ops, fe.weights, strict=True))
     plan = Plan(
         model=fe.model,

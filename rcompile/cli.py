@@ -168,8 +168,11 @@ def build(ctx: click.Context, model: str, faultmap_path: str, output: str | None
     if pipeline is not None:
         api.chip_pipeline(pipeline)  # a bad pipeline string fails before any file is read
     hw = _load_device(device_spec)
-    fm = fmap.load(faultmap_path)
     with shown, solvers.limited(jobs):
+        shown(Event("read", "fault map", 0, 1))
+        t0 = time.perf_counter()
+        fm = fmap.load(faultmap_path)
+        shown(Event("read", "fault map", 1, 1, time.perf_counter() - t0))
         res = api.compile_chip(model, fm, plan_path=plan_path, calib_path=calib, prune=prune,
                                strategy=strategy, pipeline=pipeline, hardware=hw, progress=shown,
                                solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed))

@@ -47,8 +47,9 @@ def test_build_verbose_names_every_pass_quiet_is_silent_stdout_unchanged(
     assert runs["quiet"].stderr == "" and runs["plain"].stderr == ""  # not a terminal: silent
     lines = runs["verbose"].stderr.splitlines()
     passes = [line.split()[1:3] for line in lines]
-    assert passes == [["plan", "quantize"], ["plan", "tile"], ["plan", "pack"],
-                      ["chip", "place"], ["chip", "program"]], lines
+    assert passes == [["read", "fault"], ["model", "load"], ["plan", "quantize"],
+                      ["plan", "tile"], ["plan", "pack"], ["chip", "place"],
+                      ["chip", "program"]], lines
     assert all(TIMING.search(line) for line in lines)
     outs = {TIMING.sub("T", r.stdout) for r in runs.values()}
     assert len(outs) == 1  # the same report, timings aside
