@@ -107,6 +107,17 @@ def duration(seconds: float) -> str:
     return f"{seconds:.2f} s" if seconds < 60 else clock(seconds)
 
 
+def eta_seconds(t0: float, done0: int, last: float, done: int, total: int,
+                now: float) -> float | None:
+    """Seconds left at this run's own pace: the units finished since ``t0`` (when ``done0``
+    were done, e.g. resumed from a file, which never count) took ``last - t0``; the rest take
+    as long each, less the time already spent since the last one finished. None before a unit
+    finished in this run, or when none is left."""
+    if done <= done0 or done >= total:
+        return None
+    return max(0.0, (last - t0) / (done - done0) * (total - done) - (now - last))
+
+
 class Reporter:
     """A :data:`~rcompile.progress.ProgressFn` that draws progress on ``stream``.
 
@@ -175,14 +186,11 @@ class Reporter:
             self.stream.flush()
 
     def eta(self, stage: str, now: float) -> float | None:
-        """Seconds left in ``stage`` at this run's own pace (finished units since its first
-        event, resumed ones not counted), or None before one unit finished."""
+        """Seconds left in ``stage`` (:func:`eta_seconds`), None before a unit finished here."""
         if stage not in self._origin or stage not in self._stages:
             return None
-        (t0, done0), (event, _) = self._origin[stage], self._stages[stage]
-        if event.done <= done0:
-            return None
-        return (now - t0) / (event.done - done0) * (event.total - event.done)
+        (t0, done0), (event, last) = self._origin[stage], self._stages[stage]
+        return eta_seconds(t0, done0, last, event.done, event.total, now)
 
     # ------------------------------------------------------------------------ drawing
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rcompile import faultmap as fmap
-from rcompile.cliprogress import Reporter, announce, clock, erase_announcement
+from rcompile.cliprogress import Reporter, announce, clock, erase_announcement, eta_seconds
 from rcompile.progress import Event
 from tests.conftest import MODEL, ROOT, TEST_DATA, rcompile
 
@@ -89,10 +89,13 @@ def test_status_line_on_a_terminal_is_drawn_and_erased() -> None:
         rep(Event("sweep", "start", 2, 6))
         rep(Event("chip", "permute", 1, 4))
         assert "sweep 2/6" in rep.status(1e9) and "chip 2/4 permute" in rep.status(1e9)
-        t0 = rep._origin["sweep"][0]
         rep(Event("sweep", "p=1% 5:1 seed 0", 4, 6, 3.0))
-        # two points measured in this run since its start: 2 more take as long again
-        assert rep.eta("sweep", t0 + 10.0) == pytest.approx(10.0)
+        assert rep.eta("sweep", 1e9) == 0.0 and "sweep 4/6 ETA 00:00:00" in rep.status(1e9)
+    # two points measured in 10 s since the start (2 resumed ones do not count): the last 2 take
+    # as long again, less the 3 s already spent since the last one finished
+    assert eta_seconds(100.0, 2, 110.0, 4, 6, 113.0) == pytest.approx(7.0)
+    assert eta_seconds(100.0, 2, 100.0, 2, 6, 113.0) is None  # nothing measured here yet
+    assert eta_seconds(100.0, 2, 110.0, 6, 6, 113.0) is None  # finished
     text = term.getvalue()
     assert "resuming: 2 of 6 points already done" in text  # resumed units never count in the ETA
     assert "\r" in text and text.endswith("\r") and text.rstrip("\r ").count("\n") == 1
