@@ -31,6 +31,7 @@ from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import BuildOptions, Image, ImageHeader, LayerRecord, SliceRecord, TileRecord
 from rcompile.ir import LAYOUT_CONV, ChipMapping, Plan, RowStats, chip_view, to_matrices
+from rcompile.progress import Event, ProgressFn, notify
 
 #: Strategies by name: the per-chip pipeline each runs.
 STRATEGIES: dict[str, str] = {
@@ -120,11 +121,13 @@ def plan_lot(
     plan_path: str | None = None,
     calib_path: str | None = None,
     prune: str | None = None,
+    progress: ProgressFn | None = None,
 ) -> LotPlan:
     """The chip-independent stage for chips like ``fm``: read from ``plan_path`` (checked
     against the model, ``hardware``'s cell and, unless ``fm`` is None, the chip's geometry and
     levels), or made from the model for ``fm``'s tile geometry and levels and ``hardware``'s
-    cell; with ``calib_path``, the calibration statistics of its data."""
+    cell; with ``calib_path``, the calibration statistics of its data. ``progress`` hears of
+    every plan pass and of the calibration statistics (:mod:`rcompile.progress`)."""
     from rcompile import planfile
     from rcompile.programming import compiler_device
 
@@ -157,8 +160,13 @@ def plan_lot(
     geo = fm.geometry
     plan, log = make_plan(model_path, tile_rows=geo.rows, tile_cols=geo.cols,
                           device=fm.device(compiler_device(hardware)),
-                          pipeline=plan_pipeline(prune))
-    calib = None if calib_path is None else load_calib_stats(plan, calib_path)
+                          pipeline=plan_pipeline(prune), progress=progress)
+    calib = None
+    if calib_path is not None:
+        notify(progress, Event("calib", "statistics", 0, 1))
+        t1 = time.perf_counter()
+        calib = load_calib_stats(plan, calib_path)
+        notify(progress, Event("calib", "statistics", 1, 1, time.perf_counter() - t1))
     return LotPlan(plan, calib, tuple(log), f"plan of {model_path}", time.perf_counter() - t0)
 
 
@@ -181,23 +189,26 @@ def compile_chip(
     pipeline: str | None = None,
     solver: pl.SolverOptions | None = None,
     hardware: Hardware | None = None,
+    progress: ProgressFn | None = None,
 ) -> BuildResult:
     """Compile the model at ``model_path`` for the chip whose fault map is ``fm``.
 
     ``lot`` is a plan made once for a whole lot (:func:`plan_lot`); without it the plan is made
     here (or read from ``plan_path``). ``hardware`` is the device model the chip is made in:
-    the plan quantises for its cell and the image records it, so ``verify`` emulates it."""
+    the plan quantises for its cell and the image records it, so ``verify`` emulates it.
+    ``progress`` hears of every pass as it starts and finishes (:mod:`rcompile.progress`)."""
     if pipeline is None and strategy not in STRATEGIES:
         raise pl.BadPipeline(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     passes = chip_pipeline(pipeline or STRATEGIES[strategy])   # checked before any work
     if hardware is not None:                                   # the device's tiles are the chip's
         hardware.check_tiles(fm.geometry.rows, fm.geometry.cols, fm.source)
     lot = lot or plan_lot(model_path, fm, hardware=hardware, plan_path=plan_path,
-                          calib_path=calib_path, prune=prune)  # chip-independent stage
+                          calib_path=calib_path, prune=prune,
+                          progress=progress)                   # chip-independent stage
     t0 = time.perf_counter()
     res = build(lot.plan, fm, strategy=strategy, pipeline=pipeline, solver=solver,
                 calib=lot.calib, hardware=None if hardware is None else hardware.to_dict(),
-                passes=passes)                                 # per-chip passes and the image
+                passes=passes, progress=progress)              # per-chip passes and the image
     log = [*lot.log, *res.log]
     timing = Timing(plan_seconds=lot.seconds, chip_seconds=time.perf_counter() - t0,
                     passes=pl.pass_timings(log))
@@ -229,12 +240,16 @@ def make_plan(
     tile_cols: int = 128,
     device: Cell | None = None,
     pipeline: str = PLAN_PIPELINE,
+    progress: ProgressFn | None = None,
 ) -> tuple[Plan, list[dict[str, Any]]]:
     """Chip-independent stage: load and normalise the model, quantise, tile, pack.
 
     Returns the plan and the log of its passes."""
     device = device or Cell()
+    notify(progress, Event("model", "load", 0, 1))
+    t0 = time.perf_counter()
     fe = load_model(model_path)
+    notify(progress, Event("model", "load", 1, 1, time.perf_counter() - t0))
     mats = tuple(to_matrices(op, w) for op, w in zip(fe.ops, fe.weights, strict=True))
     plan = Plan(
         model=fe.model,
@@ -250,7 +265,7 @@ def make_plan(
     )
     ctx = pl.PlanContext(tile_rows, tile_cols, device)
     passes = pl.parse(pipeline, stage=pl.PLAN, have=frozenset())
-    plan, _, log = pl.run(passes, plan, ctx)
+    plan, _, log = pl.run(passes, plan, ctx, progress=progress)
     return plan, log
 
 
@@ -306,12 +321,14 @@ def build(
     calib: Calib | None = None,
     hardware: dict[str, Any] | None = None,
     passes: list[pl.ChipPass] | None = None,
+    progress: ProgressFn | None = None,
 ) -> BuildResult:
     """Per-chip stage: place, pair, permute, program and calibrate for one fault map.
 
     ``hardware`` (a :class:`rcompile.device.Hardware` as a dict) is recorded in the image header
     so that ``verify`` emulates the same device by default. ``passes``: the already checked
-    passes of ``pipeline`` or ``strategy`` (:func:`chip_pipeline`).
+    passes of ``pipeline`` or ``strategy`` (:func:`chip_pipeline`). ``progress``: as in
+    :func:`compile_chip`.
     """
     geo = fm.geometry
     if (geo.rows, geo.cols) != (plan.tile_rows, plan.tile_cols):
@@ -338,9 +355,9 @@ def build(
         calib=seen,
     )
     if slicing.is_sliced(plan):  # the passes on one digit of every weight at a time
-        mapping, log = slicing.run_chip(passes, plan, ctx)
+        mapping, log = slicing.run_chip(passes, plan, ctx, progress=progress)
     else:
-        _, out, log = pl.run(passes, plan, ctx, ChipMapping(placements=()))
+        _, out, log = pl.run(passes, plan, ctx, ChipMapping(placements=()), progress=progress)
         assert out is not None
         mapping = out
     header = ImageHeader(

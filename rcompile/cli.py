@@ -10,7 +10,6 @@ and the JSON envelope every ``--json`` document carries: :mod:`rcompile.clikit`.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from rcompile import __version__, api, interrupts, runtime, solvers
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.clikit import emit, error_json, exit_code_table, option
+from rcompile.cliprogress import erase_announcement, progress_options, reporter
 from rcompile.data import load_data
 from rcompile.errors import RcompileError
 from rcompile.faultmap_cli import RATIO, faultmap
@@ -30,6 +30,7 @@ from rcompile.fileio import refuse_overwrite
 from rcompile.pipeline import SolverOptions
 from rcompile.pipeline import parse as parse_pipeline
 from rcompile.plot_cli import plot_cmd
+from rcompile.progress import Event
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=exit_code_table())
@@ -144,13 +145,15 @@ def _load_device(spec: str | None) -> Any:
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
               help="Reuse a saved plan of MODEL (from 'rcompile plan') instead of re-planning.")
 @_jobs_option("for the solver passes")
+@progress_options
 @_json_option
 @click.pass_context
 def build(ctx: click.Context, model: str, faultmap_path: str, output: str | None, strategy: str,
           pipeline: str | None, calib: str | None, prune: str | None, time_limit: float,
           solver_seed: int, device_spec: str | None, plan_path: str | None, jobs: int,
-          as_json: bool) -> None:
+          quiet: bool, verbose: bool, as_json: bool) -> None:
     """Compile MODEL for one chip and write its programming image."""
+    shown = reporter("build", quiet, verbose)
     if pipeline is not None and ctx.get_parameter_source("strategy") not in (
             click.core.ParameterSource.DEFAULT, None):
         raise click.BadParameter("--pipeline replaces --strategy; give one of them",
@@ -165,12 +168,15 @@ def build(ctx: click.Context, model: str, faultmap_path: str, output: str | None
     if pipeline is not None:
         api.chip_pipeline(pipeline)  # a bad pipeline string fails before any file is read
     hw = _load_device(device_spec)
-    fm = fmap.load(faultmap_path)
-    with solvers.limited(jobs):
+    with shown, solvers.limited(jobs):
+        shown(Event("read", "fault map", 0, 1))
+        t0 = time.perf_counter()
+        fm = fmap.load(faultmap_path)
+        shown(Event("read", "fault map", 1, 1, time.perf_counter() - t0))
         res = api.compile_chip(model, fm, plan_path=plan_path, calib_path=calib, prune=prune,
-                               strategy=strategy, pipeline=pipeline, hardware=hw,
+                               strategy=strategy, pipeline=pipeline, hardware=hw, progress=shown,
                                solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed))
-    rimg.write(res.image, out)
+        rimg.write(res.image, out)
     for w in res.warnings:
         click.echo(f"rcompile: warning: {w}", err=True)
     plan, geo = res.plan, fm.geometry
@@ -242,25 +248,16 @@ def build(ctx: click.Context, model: str, faultmap_path: str, output: str | None
               help="Accept a fault map of the same chip that differs from the compiled one.")
 @_device_option
 @_mode_options
+@progress_options
 @_json_option
 def verify(image: str, faultmap_path: str, data_path: str, model_path: str | None,
            allow_remeasured: bool, device_spec: str | None, mode: str, noise_seed: int,
-           as_json: bool) -> None:
+           quiet: bool, verbose: bool, as_json: bool) -> None:
     """Emulate the programmed chip and report how well it does."""
-    hw = _load_device(device_spec)
-    img = rimg.read(image)
-    fm = fmap.load(faultmap_path)
-    data = load_data(data_path, runtime.image_input_specs(img))
-    ref = None
-    if model_path is not None:
-        from rcompile.frontend import load_model
-
-        fe = load_model(model_path)
-        if fe.sha256 != img.header.get("model_sha256"):
-            raise RcompileError(f"{model_path}: not the model image {image} was compiled from")
-        ref = fe.model
-    rep = runtime.verify(img, fm, data, allow_remeasured=allow_remeasured, reference_model=ref,
-                         image_source=image, hardware=hw, mode=mode, noise_seed=noise_seed)
+    shown = reporter("verify", quiet, verbose)
+    with shown:
+        rep = _verify(image, faultmap_path, data_path, model_path, allow_remeasured,
+                      _load_device(device_spec), mode, noise_seed, shown)
     d = rep.to_dict()
     if as_json:
         emit(d, {"image": image, "faultmap": faultmap_path, "data": data_path,
@@ -297,6 +294,32 @@ def verify(image: str, faultmap_path: str, data_path: str, model_path: str | Non
     t = rep.timing
     click.echo(f"  emulation {t['emulated_s']:.3f} s vs plain onnxruntime {t['reference_s']:.3f} s "
                f"({t['emulation_ratio'] or 0:.2f}x)")
+
+
+def _verify(image: str, faultmap_path: str, data_path: str, model_path: str | None,
+            allow_remeasured: bool, hw: Any, mode: str, noise_seed: int,
+            shown: Any) -> runtime.Report:
+    """Read the inputs of ``verify`` and emulate the chip, telling ``shown`` of each step."""
+    shown(Event("verify", "read inputs", 0, 2))
+    t0 = time.perf_counter()
+    img = rimg.read(image)
+    fm = fmap.load(faultmap_path)
+    data = load_data(data_path, runtime.image_input_specs(img))
+    ref = None
+    if model_path is not None:
+        from rcompile.frontend import load_model
+
+        fe = load_model(model_path)
+        if fe.sha256 != img.header.get("model_sha256"):
+            raise RcompileError(f"{model_path}: not the model image {image} was compiled from")
+        ref = fe.model
+    shown(Event("verify", "read inputs", 1, 2, time.perf_counter() - t0))
+    shown(Event("verify", "emulate", 1, 2))
+    t0 = time.perf_counter()
+    rep = runtime.verify(img, fm, data, allow_remeasured=allow_remeasured, reference_model=ref,
+                         image_source=image, hardware=hw, mode=mode, noise_seed=noise_seed)
+    shown(Event("verify", "emulate", 2, 2, time.perf_counter() - t0))
+    return rep
 
 
 @cli.command()
@@ -352,15 +375,24 @@ def _csv(kind: type) -> Any:
               help="Emulation mode of every verification (see verify --mode).")
 @_solver_options
 @_jobs_option("for the solver passes")
-@click.option("--plot", type=click.Path(dir_okay=False), help="Write accuracy vs fault rate PNG.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Write accuracy vs fault rate (PNG or SVG by extension).")
+@click.option("--results", type=click.Path(dir_okay=False),
+              help="Keep every finished point in this JSON-lines file; a rerun with the same "
+              "arguments skips them (resumes) [default: PLOT's name with .points.jsonl, "
+              "with --plot].")
+@progress_options
 @_json_option
 def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[float, float]],
           strategies: list[str], seeds: int, spare: float, rows: int, cols: int,
           calib: str | None, pattern: str, pipelines: tuple[str, ...], prune: str | None,
           device_spec: str | None, mode: str, time_limit: float, solver_seed: int, jobs: int,
-          plot: str | None, as_json: bool) -> None:
-    """Accuracy against fault rate for several strategies on synthetic chips."""
+          plot: str | None, results: str | None, quiet: bool, verbose: bool,
+          as_json: bool) -> None:
+    """Accuracy against fault rate for several strategies on synthetic chips; resumable."""
     from rcompile.sweep import render_plot, run_sweep, table
+
+    shown = reporter("sweep", quiet, verbose)
 
     custom: dict[str, str] = {}
     for item in pipelines:
@@ -376,18 +408,22 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
     for s in strategies:
         if s not in api.STRATEGIES and s not in custom:
             raise click.BadParameter(f"unknown strategy {s!r}; known: {sorted(api.STRATEGIES)}")
-    refuse_overwrite([("--plot", plot)], [("MODEL", model), ("--data", data_path),
-                                          ("--calib", calib),
-                                          ("--device", _device_file(device_spec))])
+    if results is None and plot is not None:
+        results = os.path.splitext(plot)[0] + ".points.jsonl"
+    inputs = [("MODEL", model), ("--data", data_path), ("--calib", calib),
+              ("--device", _device_file(device_spec))]
+    refuse_overwrite([("--plot", plot), ("--results", results)], inputs)
+    if plot is not None and results is not None and os.path.abspath(plot) == os.path.abspath(
+            results):
+        raise click.BadParameter("--results and --plot name the same file",
+                                 param_hint="'--results'")
     hw = _load_device(device_spec)
-    total = len(rates) * len(ratios) * seeds
-    sink = sys.stderr if not as_json and sys.stderr.isatty() else io.StringIO()  # quiet in scripts
     solver = SolverOptions(time_limit_s=time_limit, seed=solver_seed)
-    with click.progressbar(length=total, label="sweep", file=sink) as bar, solvers.limited(jobs):
+    with shown, solvers.limited(jobs):
         result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
                            seeds=seeds, spare=spare, rows=rows, cols=cols, calib_path=calib,
-                           prune=prune, progress=lambda done, n: bar.update(1), hardware=hw,
-                           mode=mode, pattern=pattern, pipelines=custom, solver=solver)
+                           prune=prune, progress=shown, hardware=hw, mode=mode,
+                           pattern=pattern, pipelines=custom, solver=solver, results=results)
     if plot:
         render_plot(result, plot)
     if as_json:  # fault_free_accuracy: verify's name; quantised_accuracy kept one release
@@ -411,22 +447,31 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz): its row statistics are saved with the plan.")
 @_prune_option
+@progress_options
 @_json_option
 def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: str | None,
-             prune: str | None, as_json: bool) -> None:
+             prune: str | None, quiet: bool, verbose: bool, as_json: bool) -> None:
     """Make MODEL's chip-independent plan once, for 'build --plan' and 'provision --plan'."""
     from rcompile import planfile
     from rcompile.device import Cell
+
+    shown = reporter("plan", quiet, verbose)
 
     if cols % 2:
         raise click.BadParameter(f"{cols} is odd; expected an even column count "
                                  "(differential pairs)", param_hint="'--cols'")
     refuse_overwrite([("-o", output)], [("MODEL", model), ("--calib", calib)])
     t0 = time.perf_counter()
-    plan, log = api.make_plan(model, tile_rows=rows, tile_cols=cols,
-                                 device=Cell(levels=levels), pipeline=api.plan_pipeline(prune))
-    stats = None if calib is None else api.load_calib_stats(plan, calib)
-    planfile.write(output, plan, stats)
+    with shown:
+        plan, log = api.make_plan(model, tile_rows=rows, tile_cols=cols, progress=shown,
+                                  device=Cell(levels=levels), pipeline=api.plan_pipeline(prune))
+        stats = None
+        if calib is not None:
+            shown(Event("calib", "statistics", 0, 1))
+            t1 = time.perf_counter()
+            stats = api.load_calib_stats(plan, calib)
+            shown(Event("calib", "statistics", 1, 1, time.perf_counter() - t1))
+        planfile.write(output, plan, stats)
     size = os.path.getsize(output)
     info: dict[str, Any] = {"plan": output, "model_sha256": plan.model_sha256, "tile_rows": rows,
             "tile_cols": cols, "levels": levels, "crossbar_ops": len(plan.ops),
@@ -465,16 +510,20 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
 @_solver_options
 @_device_option
 @_mode_options
+@progress_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON summary at the end (errors: one JSON object on stderr).")
 def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy: str,
               plan_path: str | None, calib: str | None, verify_data: str | None,
               min_accuracy: float | None, executor: str,
               scheduler: str | None, time_limit: float, solver_seed: int,
-              device_spec: str | None, mode: str, noise_seed: int, as_json: bool) -> None:
+              device_spec: str | None, mode: str, noise_seed: int, quiet: bool, verbose: bool,
+              as_json: bool) -> None:
     """Compile every chip of a lot: plan once, chips in parallel, resumable, one report line
     per chip in OUTDIR/report.jsonl."""
     from rcompile import provision as prov
+
+    shown = reporter("provision", quiet, verbose)
 
     if executor == "dask" and not scheduler:
         raise click.BadParameter("--executor dask needs --scheduler ADDRESS",
@@ -493,13 +542,20 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
     hw = _load_device(device_spec)
     prov.check_writable(out_dir)  # fail before the progress bar starts
     total = len(maps)
-    with click.progressbar(length=total, label="provisioning", file=sys.stderr,
-                           show_pos=True) as bar:
+    finished = [0]
+
+    def chip_done(line: dict[str, Any]) -> None:
+        finished[0] += 1
+        shown(Event("provision", f"{line['faultmap']} {line['status']}", finished[0], total,
+                    float(line.get("seconds", 0.0))))
+
+    with shown:
+        shown(Event("provision", "start", 0, total))
         summary = prov.provision(
             model, faultmaps_dir, out_dir, jobs=jobs, strategy=strategy, plan_path=plan_path,
             calib_path=calib, verify_data=verify_data, executor=executor, scheduler=scheduler,
             solver=SolverOptions(time_limit_s=time_limit, seed=solver_seed),
-            progress=lambda line: bar.update(1), hardware=hw, mode=mode, noise_seed=noise_seed,
+            progress=chip_done, hardware=hw, mode=mode, noise_seed=noise_seed,
             min_accuracy=min_accuracy,
         )
     if as_json:
@@ -544,7 +600,10 @@ def _run(argv: list[str] | None) -> None:
         sys.exit(code)
 
     try:
-        cli.main(args=argv, prog_name="rcompile", standalone_mode=False)
+        try:
+            cli.main(args=argv, prog_name="rcompile", standalone_mode=False)
+        finally:  # a command that failed before its progress began: errors start at the margin
+            erase_announcement(sys.stderr)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:

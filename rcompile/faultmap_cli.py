@@ -14,6 +14,7 @@ import click
 
 from rcompile import faultmap as fmap
 from rcompile.clikit import emit, option
+from rcompile.cliprogress import progress_options, reporter
 from rcompile.fileio import refuse_overwrite
 
 
@@ -127,6 +128,7 @@ def faultmap() -> None:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), required=True, help="Fault map to write."
 )
+@progress_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the show --json "
               "document of the written map).")
 @click.pass_context
@@ -143,9 +145,12 @@ def synth_cmd(
     seed: int,
     chip_id: str | None,
     output: str,
+    quiet: bool,
+    verbose: bool,
     as_json: bool,
 ) -> None:
     """Write a synthetic fault map, sized by --tiles or by a model (--like)."""
+    shown = reporter("faultmap synth", quiet, verbose)
     _check_even_cols(cols)
     refuse_overwrite([("-o", output)], [("--like", model)])
     spare_given = ctx.get_parameter_source("spare") is not click.core.ParameterSource.DEFAULT
@@ -158,9 +163,11 @@ def synth_cmd(
     else:
         if tiles is not None:
             raise click.UsageError("--like and --tiles are mutually exclusive; give one of them")
-        from rcompile.api import spare_tiles, tiles_needed
+        from rcompile.api import make_plan, spare_tiles
 
-        needed = tiles_needed(model, rows, cols)
+        with shown:  # the model's plan says how many tiles it needs
+            needed = make_plan(model, tile_rows=rows, tile_cols=cols,
+                               progress=shown)[0].tiles_needed()
         tiles = spare_tiles(needed, spare)
         note = f" ({needed} tiles needed by {model}, +{spare:.0%} spare)"
     fm = fmap.synth(tiles, rows, cols, rate, ratio=ratio, seed=seed, kind=kind, chip_id=chip_id)
@@ -179,17 +186,20 @@ def synth_cmd(
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), required=True, help="Fault map to write."
 )
+@progress_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the show --json "
               "document of the written map).")
 def import_cmd(
     csv_path: str, tiles: int, rows: int, cols: int, chip_id: str | None, output: str,
-    as_json: bool,
+    quiet: bool, verbose: bool, as_json: bool,
 ) -> None:
     """Convert a tester CSV (header tile,row,col,state; state 0/1/2 or SA0/SA1) to .npz."""
+    shown = reporter("faultmap import", quiet, verbose)
     _check_even_cols(cols)
     refuse_overwrite([("-o", output)], [("CSV", csv_path)])
-    fm = fmap.import_csv(csv_path, tiles, rows, cols, chip_id=chip_id)
-    fmap.save(fm, output)
+    with shown:
+        fm = fmap.import_csv(csv_path, tiles, rows, cols, chip_id=chip_id, progress=shown)
+        fmap.save(fm, output)
     if as_json:
         emit({"output": output, **summary_json(fmap.load(output))}, {"csv": csv_path})
         return

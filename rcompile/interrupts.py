@@ -175,6 +175,9 @@ def main() -> None:
     """Console entry point: the signals are taken first, then the command line is imported."""
     try:
         with catching():
+            from rcompile.cliprogress import announce
+
+            announce(sys.argv[1:], sys.stderr)  # before the slow imports
             from rcompile.cli import main as cli_main
 
             cli_main()

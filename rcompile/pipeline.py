@@ -29,6 +29,7 @@ import numpy as np
 from rcompile.device import Cell, Geometry
 from rcompile.errors import RcompileError
 from rcompile.ir import ChipMapping, Plan, RowStats, chip_view
+from rcompile.progress import Event, ProgressFn, notify
 
 PLAN = "chip-independent"
 CHIP = "per-chip"
@@ -297,13 +298,15 @@ def run(
     plan: Plan,
     ctx: PlanContext | ChipContext,
     mapping: ChipMapping | None = None,
+    progress: ProgressFn | None = None,
 ) -> tuple[Plan, ChipMapping | None, list[dict[str, Any]]]:
     """Run the passes of one stage in order: chip-independent ones on ``plan`` with a
     :class:`PlanContext`, per-chip ones on ``mapping`` with a :class:`ChipContext`.
 
     Before each pass its ``requires`` must hold; after it its ``ensures`` and the stage
     invariants (:func:`check_plan`, :func:`check_mapping`) are checked; each pass is timed. A
-    failure names the pass and the passes that already ran."""
+    failure names the pass and the passes that already ran. ``progress`` hears of every pass
+    as it starts and as it finishes (stage ``plan`` or ``chip``, :mod:`rcompile.progress`)."""
     log: list[dict[str, Any]] = []
     facts = plan_facts(plan) | _mapping_facts(plan, mapping)
     for p in passes:
@@ -311,6 +314,8 @@ def run(
         if missing:
             raise BadPipeline(_failure(p, log, f"requires {', '.join(sorted(missing))}, "
                                        "which no earlier pass ensured"))
+        stage = "plan" if p.stage == PLAN else "chip"
+        notify(progress, Event(stage, p.name, len(log), len(passes)))
         t0 = time.perf_counter()
         try:
             if p.stage == PLAN:
@@ -335,7 +340,9 @@ def run(
         except Exception as exc:
             raise PassFailed(_failure(p, log, f"{type(exc).__name__}: {exc}")) from exc
         facts |= p.ensures
-        log.append({"pass": p.name, "seconds": time.perf_counter() - t0, **stats})
+        seconds = time.perf_counter() - t0
+        log.append({"pass": p.name, "seconds": seconds, **stats})
+        notify(progress, Event(stage, p.name, len(log), len(passes), seconds))
     return plan, mapping, log
 
 

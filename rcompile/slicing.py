@@ -35,6 +35,7 @@ import numpy as np
 
 from rcompile import pipeline as pl
 from rcompile.ir import Block, ChipMapping, Layer, Plan, RowStats, chip_view
+from rcompile.progress import ProgressFn
 
 # --------------------------------------------------------------------------- digits
 
@@ -142,11 +143,13 @@ class _DigitCalib(tuple):  # type: ignore[type-arg]
 
 
 def run_chip(
-    passes: Sequence[Any], plan: Plan, ctx: pl.ChipContext, *, compensate_digits: bool = True
+    passes: Sequence[Any], plan: Plan, ctx: pl.ChipContext, *, compensate_digits: bool = True,
+    progress: ProgressFn | None = None,
 ) -> tuple[ChipMapping, list[dict[str, Any]]]:
     """The per-chip ``passes`` on the sliced view of ``plan``, with the two slice-aware steps
     (module docstring); returns the mapping folded back to ``plan``'s layers.
-    ``compensate_digits=False`` leaves out the compensation (to measure what it buys)."""
+    ``compensate_digits=False`` leaves out the compensation (to measure what it buys);
+    ``progress`` hears of each pipeline pass as :func:`rcompile.pipeline.run` reports it."""
     n, base = _origin(plan)
     view = chip_plan(plan)
     vctx = replace(ctx, calib=None if ctx.calib is None else _DigitCalib(ctx.calib, n))
@@ -159,7 +162,7 @@ def run_chip(
                                       gain=p.gain, bias=p.bias)
             log.append({"pass": "calibrate", "seconds": time.perf_counter() - t0, **stats})
             continue
-        _, out, entry = pl.run([p], view, vctx, mapping)
+        _, out, entry = pl.run([p], view, vctx, mapping, progress=progress)
         assert out is not None
         mapping = out
         log += entry

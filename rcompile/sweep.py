@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,8 @@ from rcompile import pipeline as pl
 from rcompile.data import input_specs, load_data
 from rcompile.device import Hardware
 from rcompile.errors import BadData
+from rcompile.progress import Event, ProgressFn, notify
+from rcompile.sweepstore import Point, SweepStore, arguments
 
 
 def run_sweep(
@@ -44,69 +45,82 @@ def run_sweep(
     cols: int = 128,
     calib_path: str | None = None,
     prune: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
     hardware: Hardware | None = None,
     mode: str = "auto",
     pattern: str = "uniform",
     pipelines: dict[str, str] | None = None,
     solver: pl.SolverOptions | None = None,
+    results: str | None = None,
 ) -> dict[str, Any]:
     """``hardware`` (a device model) is what the compiler quantises for and what every chip is
     verified on, in ``mode``; the programming noise seed is the fault-map seed. None: the ideal
-    cell, as before device models existed. ``progress(done, total)`` is called after every
-    point (a fault map compiled for every strategy and verified). ``pattern`` is the fault-map
+    cell, as before device models existed. ``progress`` hears of the plan's passes, of every
+    build's passes and verification, and of every point (a fault map compiled for every
+    strategy and verified; stage ``sweep``), :mod:`rcompile.progress`. ``pattern`` is the fault-map
     kind of :func:`rcompile.faultmap.synth` (uniform, clustered, lines). ``pipelines`` names
     custom per-chip pipelines (name -> pipeline string); a strategy of that name runs its
     pipeline on the same chips as the named strategies.
-    ``solver``: the options of every solver call (time limit, seed)."""
+    ``solver``: the options of every solver call (time limit, seed). ``results``: the file
+    that keeps every finished measurement (:mod:`rcompile.sweepstore`); those already in it
+    are not measured again, so a stopped sweep resumes."""
     pipelines = pipelines or {}
+    solver = solver or pl.SolverOptions()
     family = fmap.FaultMap(np.zeros((1, rows, cols), np.uint8), chip_id="family",
                            source="sweep chip family")
     lot = api.plan_lot(model_path, family, hardware=hardware, calib_path=calib_path,
-                       prune=prune)
+                       prune=prune, progress=progress)
     plan, plan_log = lot.plan, list(lot.log)
     data = load_data(data_path, input_specs(plan.model))
     if data.labels is None:
         raise BadData(f"{data_path}: sweep needs 'labels' to measure accuracy")
+    store = SweepStore(results, arguments(model_path, data_path, calib_path, prune, hardware,
+                                          mode, pattern, rows, cols, spare, solver))
     float_out = runtime.run(onnx.load(model_path), data)[0]
     float_acc = float(np.mean(np.argmax(float_out.reshape(len(float_out), -1), 1) == data.labels))
     tiles = api.spare_tiles(plan.tiles_needed(), spare)
+    chips = _Chips(model_path, lot, data, hardware, mode, solver, progress)
     points = [(r, a, s) for r in rates for a in ratios for s in range(seeds)]
-    raw: dict[tuple[str, float, str], list[tuple[float, float, float, float]]] = {}
-    fault_free: list[float] = []
+
+    def keys(rate: float, ratio: tuple[float, float], seed: int) -> list[Point]:
+        text = f"{ratio[0]:g}:{ratio[1]:g}"
+        return [(rate, text, seed, s, pipelines.get(s, api.STRATEGIES.get(s, "")))
+                for s in strategies]
+
     device_fault_free: list[float] = []
     if hardware is not None:  # the device's own noise floor: a fault-free chip per noise seed
-        healthy = fmap.synth(tiles, rows, cols, 0.0, (1.0, 1.0), 0)
-        image = api.compile_chip(model_path, healthy, lot=lot, strategy="two-column",
-                                 solver=solver).image
-        for seed in range(seeds):
-            rep = runtime.verify(image, healthy, data, hardware=hardware, mode=mode,
-                                 noise_seed=seed)
-            assert rep.accuracy is not None
-            device_fault_free.append(rep.accuracy)
-    for done, (rate, ratio, seed) in enumerate(points, 1):
+        missing = [seed for seed in range(seeds) if seed not in store.floors]
+        if missing:
+            healthy = fmap.synth(tiles, rows, cols, 0.0, (1.0, 1.0), 0)
+            image = api.compile_chip(model_path, healthy, lot=lot, strategy="two-column",
+                                     solver=solver, progress=progress).image
+            for seed in missing:
+                store.add_floor(seed, chips.floor(image, healthy, seed))
+        device_fault_free = [store.floors[seed] for seed in range(seeds)]
+    finished = sum(all(store.point(k) for k in keys(*p)) for p in points)
+    notify(progress, Event("sweep", "start", finished, len(points)))
+    for rate, ratio, seed in points:
+        todo = [k for k in keys(rate, ratio, seed) if store.point(k) is None]
+        if not todo:
+            continue
+        t0 = time.perf_counter()
         fm = fmap.synth(tiles, rows, cols, rate, ratio, seed, kind=pattern)
-        for strategy in strategies:
-            t0 = time.perf_counter()
-            res = api.compile_chip(model_path, fm, lot=lot, strategy=strategy,
-                                   pipeline=pipelines.get(strategy), solver=solver)
-            seconds = time.perf_counter() - t0
-            rep = runtime.verify(res.image, fm, data, hardware=hardware, mode=mode,
-                                 noise_seed=seed)
-            assert rep.accuracy is not None
-            ideal = rep.accuracy
-            if hardware is not None:
-                ideal_rep = runtime.verify(res.image, fm, data, mode="ideal")
-                assert ideal_rep.accuracy is not None
-                ideal = ideal_rep.accuracy
-            key = (strategy, rate, f"{ratio[0]:g}:{ratio[1]:g}")
-            raw.setdefault(key, []).append(
-                (rep.accuracy, seconds, rep.energy_per_inference_j or 0.0, ideal)
-            )
-            if rep.fault_free_accuracy is not None:
-                fault_free.append(rep.fault_free_accuracy)
-        if progress is not None:
-            progress(done, len(points))
+        for key in todo:
+            store.add_point(key, chips.measure(fm, key[3], pipelines.get(key[3]), seed))
+        finished += 1
+        label = f"p={100 * rate:g}% {ratio[0]:g}:{ratio[1]:g} seed {seed}"
+        notify(progress, Event("sweep", label, finished, len(points), time.perf_counter() - t0))
+    raw: dict[tuple[str, float, str], list[tuple[float, float, float, float]]] = {}
+    fault_free: list[float] = []
+    for point in points:  # in sweep order, however the measurements were made or resumed
+        for key in keys(*point):
+            got = store.point(key)
+            assert got is not None
+            raw.setdefault((key[3], key[0], key[1]), []).append(
+                (got["accuracy"], got["seconds"], got["energy_per_inference_j"],
+                 got["ideal_accuracy"]))
+            if got["fault_free_accuracy"] is not None:
+                fault_free.append(got["fault_free_accuracy"])
     rowsout = []
     for (strategy, rate, ratio_text), vals in raw.items():
         accs = np.array([v[0] for v in vals])
@@ -149,6 +163,50 @@ def run_sweep(
         )
     result["tolerated"] = tolerated(result)
     return result
+
+
+class _Chips:
+    """Compiles and verifies the chips of one sweep (everything but the chip is fixed)."""
+
+    def __init__(self, model_path: str, lot: api.LotPlan, data: Any, hardware: Hardware | None,
+                 mode: str, solver: pl.SolverOptions, progress: ProgressFn | None) -> None:
+        self.model_path, self.lot, self.data = model_path, lot, data
+        self.hardware, self.mode, self.solver, self.progress = hardware, mode, solver, progress
+
+    def floor(self, image: Any, healthy: fmap.FaultMap, seed: int) -> float:
+        """Accuracy of the fault-free ``image`` on the device with noise seed ``seed``."""
+        rep = self._verify(f"fault-free seed {seed}", image, healthy, hardware=self.hardware,
+                           mode=self.mode, noise_seed=seed)
+        assert rep.accuracy is not None
+        return rep.accuracy
+
+    def measure(self, fm: fmap.FaultMap, strategy: str, pipeline: str | None,
+                seed: int) -> dict[str, Any]:
+        """Compile ``strategy`` for ``fm`` and verify it (on the device and, with one, on the
+        ideal cell too): what one point of the sweep keeps."""
+        t0 = time.perf_counter()
+        res = api.compile_chip(self.model_path, fm, lot=self.lot, strategy=strategy,
+                               pipeline=pipeline, solver=self.solver, progress=self.progress)
+        seconds = time.perf_counter() - t0
+        rep = self._verify(strategy, res.image, fm, hardware=self.hardware, mode=self.mode,
+                           noise_seed=seed)
+        assert rep.accuracy is not None
+        ideal = rep.accuracy
+        if self.hardware is not None:
+            ideal_rep = self._verify(f"{strategy} ideal", res.image, fm, mode="ideal")
+            assert ideal_rep.accuracy is not None
+            ideal = ideal_rep.accuracy
+        return {"accuracy": rep.accuracy, "seconds": seconds,
+                "energy_per_inference_j": rep.energy_per_inference_j or 0.0,
+                "ideal_accuracy": ideal, "fault_free_accuracy": rep.fault_free_accuracy}
+
+    def _verify(self, what: str, image: Any, fm: fmap.FaultMap,
+                **options: Any) -> runtime.Report:
+        notify(self.progress, Event("verify", what, 0, 1))
+        t0 = time.perf_counter()
+        rep = runtime.verify(image, fm, self.data, **options)
+        notify(self.progress, Event("verify", what, 1, 1, time.perf_counter() - t0))
+        return rep
 
 
 def tolerated(

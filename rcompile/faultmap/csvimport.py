@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +20,10 @@ from rcompile.faultmap.format import (
     FaultMap,
     check_geometry,
 )
+from rcompile.progress import Event, ProgressFn, notify
 
+PROGRESS_LINES = 1 << 16
+"""Lines between two progress events of :func:`import_csv`."""
 MAX_CSV_BYTES = 1 << 30
 """Largest tester CSV :func:`import_csv` reads (1 GiB, about 60 million listed cells)."""
 
@@ -34,7 +38,8 @@ _CSV_STATES: Mapping[str, int] = {
 
 
 def import_csv(
-    path: str | os.PathLike[str], tiles: int, rows: int, cols: int, chip_id: str | None = None
+    path: str | os.PathLike[str], tiles: int, rows: int, cols: int, chip_id: str | None = None,
+    progress: ProgressFn | None = None,
 ) -> FaultMap:
     """Build a fault map from a tester CSV: header ``tile,row,col,state``, one row per cell.
 
@@ -43,7 +48,8 @@ def import_csv(
     most :data:`MAX_CSV_BYTES` bytes, the geometry at most :data:`MAX_CELLS` cells.
     A cell listed twice must carry the same state both times. Blank lines and lines starting
     with ``#`` are skipped. Errors raise :class:`~rcompile.errors.BadFaultMap` as
-    ``"<path>:<line>: <column>: ..."``. ``chip_id`` defaults to the file's stem.
+    ``"<path>:<line>: <column>: ..."``. ``chip_id`` defaults to the file's stem. ``progress``
+    hears how many lines were read every :data:`PROGRESS_LINES` lines (stage ``import``).
     """
     src = str(path)
     check_geometry(src, tiles, rows, cols)
@@ -67,9 +73,13 @@ def import_csv(
         raise BadFaultMap(f"{src}: not UTF-8 text ({e.reason}); expected a CSV file") from e
     reader = csv.reader(io.StringIO(text, newline=""))
     header_seen = False
+    lines = text.count("\n") + 1
+    t0 = time.perf_counter()
     try:
         for record in reader:
             line = reader.line_num
+            if progress is not None and line % PROGRESS_LINES == 0:
+                progress(Event("import", "CSV lines", line, lines))
             if not record or all(not f.strip() for f in record):
                 continue
             if record[0].lstrip().startswith("#"):
@@ -112,5 +122,6 @@ def import_csv(
         raise BadFaultMap(f"{src}:{reader.line_num}: malformed CSV ({e})") from e
     if not header_seen:
         raise BadFaultMap(f"{src}:1: header: missing; expected 'tile,row,col,state'")
+    notify(progress, Event("import", "CSV lines", lines, lines, time.perf_counter() - t0))
     cid = chip_id if chip_id is not None else Path(path).stem
     return FaultMap(faults, chip_id=cid or "csv", source=src)
