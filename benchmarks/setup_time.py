@@ -10,15 +10,18 @@ holds them. :func:`main` builds VGG-8 (``benchmarks/models.py``) and the MNIST e
 each at p = 1 %, and prints the medians of several runs in ``ideal`` mode (the image's own
 device) and ``tile`` mode (``neurosim``).
 
-Usage: ``python benchmarks/setup_time.py [--runs N] [--models vgg8,mnist] [--modes ideal,tile]``.
+Usage: ``python benchmarks/setup_time.py [--runs N] [--models vgg8,mnist] [--modes ideal,tile]
+[--no-verify] [--json FILE]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import os
 import pstats
+import resource
 import statistics
 import sys
 import tempfile
@@ -47,22 +50,31 @@ SUBSTAGES: dict[str, tuple[str, str]] = {
 """Sub-stages read off a stage's profile: label -> (file name ending, function name)."""
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process (every thread) and of its finished children so far."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
 def _profiled(fn: Callable[[], Any]) -> tuple[Any, float, dict[str, float]]:
-    """``fn()``, its wall seconds and the cumulative seconds of every :data:`SUBSTAGES` in it."""
+    """``fn()``, its wall seconds and the cumulative seconds of every :data:`SUBSTAGES` in it
+    (and ``cpu``, its CPU seconds: on a shared machine the steadier figure)."""
     prof = cProfile.Profile()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     prof.enable()
     try:
         out = fn()
     finally:
         prof.disable()
     wall = time.perf_counter() - t0
+    cpu = cpu_seconds() - c0
     stats: Any = getattr(pstats.Stats(prof), "stats")  # noqa: B009 (untyped attribute)
     subs = dict.fromkeys(SUBSTAGES, 0.0)
     for (path, _, name), (_, _, _, cum, _) in stats.items():
         for label, (suffix, func) in SUBSTAGES.items():
             if name == func and path.endswith(suffix):
                 subs[label] += cum
+    subs["cpu"] = cpu
     return out, wall, subs
 
 
@@ -75,6 +87,7 @@ def _chip_setup(image: Any, faultmap: Any, dataset: Dataset, hw: Hardware, mode:
     def stage(name: str, fn: Callable[[], Any], subs: tuple[str, ...] = ()) -> Any:
         res, wall, found = _profiled(fn)
         out[f"{prefix}{name}"] = wall
+        out[f"{prefix}{name}.cpu"] = found["cpu"]
         for s in subs:
             out[f"{prefix}{name}.{s}"] = found[s]
         return res
@@ -106,10 +119,11 @@ def _session(model: Any, optimize: bool) -> Any:
 
 
 def setup_breakdown(image: Any, faultmap: Any, dataset: Dataset, hardware: Hardware | None = None,
-                    mode: str = "auto", noise_seed: int = 0) -> dict[str, float]:
+                    mode: str = "auto", noise_seed: int = 0, *, verify: bool = True
+                    ) -> dict[str, float]:
     """Seconds of every set-up stage of ``verify`` on one chip (see the module docstring), and
-    ``setup_s``, the report's own (``weights_s + graph_s`` of a real ``verify`` call run
-    next)."""
+    (``verify``) those of a real ``verify`` call run next: its report's ``setup_s``
+    (``weights_s + graph_s``) and the others, and its wall time."""
     out: dict[str, float] = {}
     t0 = time.perf_counter()
     runtime.check_match(image, faultmap)
@@ -122,6 +136,8 @@ def setup_breakdown(image: Any, faultmap: Any, dataset: Dataset, hardware: Hardw
         ff_image, ff_map = runtime.fault_free_chip(image, faultmap)
         out["fault_free.chip"] = time.perf_counter() - t0
         _chip_setup(ff_image, ff_map, dataset, hw, mode, noise_seed, "fault_free.", out)
+    if not verify:
+        return out
     t0 = time.perf_counter()
     rep = runtime.verify(image, faultmap, dataset, hardware=hardware, mode=mode,
                          noise_seed=noise_seed)
@@ -162,7 +178,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", default="vgg8,mnist")
     ap.add_argument("--modes", default="ideal,tile")
+    ap.add_argument("--no-verify", action="store_true", help="the stages only, no verify call")
+    ap.add_argument("--json", help="also write every run's figures to this JSON file")
     args = ap.parse_args()
+    result: dict[str, Any] = {}
     a, b, c = os.getloadavg()
     print(f"verify set-up breakdown, medians of {args.runs} runs; load average {a:.2f} {b:.2f} "
           f"{c:.2f} on {os.cpu_count()} cores")
@@ -172,7 +191,9 @@ def main() -> int:
             img, fm, data = loads[name]
             for mode in args.modes.split(","):
                 hw = PRESETS["neurosim"] if mode == "tile" else None
-                runs = [setup_breakdown(img, fm, data, hw, mode) for _ in range(args.runs)]
+                runs = [setup_breakdown(img, fm, data, hw, mode, verify=not args.no_verify)
+                        for _ in range(args.runs)]
+                result[f"{name} {mode}"] = runs
                 print(f"\n{name} {mode} ({'neurosim' if hw else 'ideal device'}), "
                       f"{data.n} samples")
                 for key in runs[0]:
@@ -180,6 +201,9 @@ def main() -> int:
                     print(f"  {key:<38} {med:8.3f} s")
     a, b, c = os.getloadavg()
     print(f"\nload average {a:.2f} {b:.2f} {c:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
     return 0
 
 
