@@ -139,9 +139,7 @@ def program_tiles(
     tgts = [np.asarray(t) for t in targets]
     if prog.ideal:
         return [t.astype(np.float64) for t in tgts]
-    f32 = np.float32
-    step, g0, g1 = cell.step_us, cell.g_min_us, cell.g_max_us
-    span = g1 - g0
+    step, g0 = cell.step_us, cell.g_min_us
     tol = prog.tolerance_levels * step
     noisy_read = read_noise_rel > 0
     sure = not noisy_read or (g0 == 0 or tol / (g0 * read_noise_rel) >= RESET_ACCEPT_SIGMAS)
@@ -151,46 +149,8 @@ def program_tiles(
     sizes = np.array([p.size for p in picked], np.int64)
     ends = np.cumsum(sizes)
     tgt = (g0 + np.concatenate([np.zeros(0, np.int64), *picked]).astype(np.float64) * step)
-    tgt = tgt.astype(f32)
-    g = np.full(tgt.shape, g0, f32)
-    ltp = _Curve(cell, prog.pulses, prog.nl_ltp)
-    ltd = _Curve(cell, prog.pulses, prog.nl_ltd)
-    pulses_per_us = f32(prog.pulses / span)
-    c2c = f32(prog.c2c_sigma * span)
-    rel = f32(read_noise_rel)
-
-    def draws(active: np.ndarray) -> np.ndarray:
-        counts = np.diff(np.searchsorted(active, ends), prepend=0)
-        return np.concatenate([np.zeros(0, f32)] + [
-            rng.standard_normal(int(c), dtype=f32) for rng, c in zip(rngs, counts, strict=True)
-        ])
-
-    # the cells still being written (indices into tgt, ascending, so grouped by generator)
-    idx, ga, ta = np.arange(tgt.size), g.copy(), tgt
-    for _ in range(prog.max_iterations):
-        if idx.size == 0:
-            break
-        err = ta - ga
-        if noisy_read:  # the verify read is a read like any other
-            err -= ga * (rel * draws(idx))
-        todo = np.abs(err) > f32(tol)
-        if not todo.all():
-            done = ~todo
-            g[idx[done]] = ga[done]
-            idx, ga, ta, err = idx[todo], ga[todo], ta[todo], err[todo]
-            if idx.size == 0:
-                break
-        n = np.rint(np.abs(err) * pulses_per_us)
-        np.maximum(n, f32(1.0), out=n)
-        up = err > 0  # potentiate along the LTP curve, else depress along the LTD one
-        new = np.empty_like(ga)
-        new[up] = ltp.after(ga[up], n[up])
-        new[~up] = ltd.after(ga[~up], -n[~up])
-        if c2c > 0:
-            np.sqrt(n, out=n)
-            new += c2c * n * draws(idx)
-        ga = np.clip(new, f32(g0), f32(g1), out=new)
-    g[idx] = ga
+    loop = _write_verify_compiled if tgt.size >= COMPILED_CELLS else _write_verify
+    g = loop(_Loop(cell, prog, read_noise_rel), tgt.astype(np.float32), ends, rngs)
     levels = (g.astype(np.float64) - g0) / step
     out = []
     for f, w, t, lo, hi in zip(flat, write, tgts, ends - sizes, ends, strict=True):
@@ -198,6 +158,122 @@ def program_tiles(
         got[w] = levels[lo:hi]
         out.append(got.reshape(t.shape))
     return out
+
+
+COMPILED_CELLS = 1 << 18
+"""Cells to write from which :func:`program_tiles` runs its loop compiled
+(:mod:`rcompile._writeverify`, the same bytes): below it, importing numba costs more than the
+loop."""
+
+
+class _Loop:
+    """The constants of one write-verify loop, in the float32 the loop computes in."""
+
+    def __init__(self, cell: Cell, prog: Programming, read_noise_rel: float) -> None:
+        f32 = np.float32
+        span = cell.g_max_us - cell.g_min_us
+        self.max_iterations = prog.max_iterations
+        self.g0, self.g1 = f32(cell.g_min_us), f32(cell.g_max_us)
+        self.tol = f32(prog.tolerance_levels * cell.step_us)
+        self.noisy = read_noise_rel > 0
+        self.rel = f32(read_noise_rel)
+        self.c2c = f32(prog.c2c_sigma * span)
+        self.pulses_per_us = f32(prog.pulses / span)
+        self.ltp = _Curve(cell, prog.pulses, prog.nl_ltp)
+        self.ltd = _Curve(cell, prog.pulses, prog.nl_ltd)
+
+
+def _fill(out: np.ndarray, active: np.ndarray, ends: np.ndarray,
+          rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """Standard normal float32 draws for the ``active`` cells (ascending indices, so grouped by
+    generator; group ``i`` ends before ``ends[i]``) into the front of ``out``: each group's
+    draws from its own generator, in order."""
+    counts = np.diff(np.searchsorted(active, ends), prepend=0)
+    start = 0
+    for rng, c in zip(rngs, counts.tolist(), strict=True):
+        if c:
+            rng.standard_normal(dtype=np.float32, out=out[start : start + c])
+            start += c
+    return out[:start]
+
+
+def _write_verify(lp: _Loop, tgt: np.ndarray, ends: np.ndarray,
+                  rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """The float32 conductances write-verify leaves in cells of targets ``tgt`` (float32 uS),
+    in whole-array NumPy operations (the module docstring)."""
+    f32 = np.float32
+    g = np.full(tgt.shape, lp.g0, f32)
+    z = np.empty(tgt.shape, f32)
+    ltp, ltd, rel, c2c = lp.ltp, lp.ltd, lp.rel, lp.c2c
+    # the cells still being written (indices into tgt, ascending, so grouped by generator)
+    idx, ga, ta = np.arange(tgt.size), g.copy(), tgt
+    for _ in range(lp.max_iterations):
+        if idx.size == 0:
+            break
+        err = ta - ga
+        if lp.noisy:  # the verify read is a read like any other
+            err -= ga * (rel * _fill(z, idx, ends, rngs))
+        todo = np.abs(err) > lp.tol
+        if not todo.all():
+            done = ~todo
+            g[idx[done]] = ga[done]
+            idx, ga, ta, err = idx[todo], ga[todo], ta[todo], err[todo]
+            if idx.size == 0:
+                break
+        n = np.rint(np.abs(err) * lp.pulses_per_us)
+        np.maximum(n, f32(1.0), out=n)
+        up = err > 0  # potentiate along the LTP curve, else depress along the LTD one
+        new = np.empty_like(ga)
+        new[up] = ltp.after(ga[up], n[up])
+        new[~up] = ltd.after(ga[~up], -n[~up])
+        if c2c > 0:
+            np.sqrt(n, out=n)
+            new += c2c * n * _fill(z, idx, ends, rngs)
+        ga = np.clip(new, lp.g0, lp.g1, out=new)
+    g[idx] = ga
+    return g
+
+
+def _write_verify_compiled(lp: _Loop, tgt: np.ndarray, ends: np.ndarray,
+                           rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """:func:`_write_verify` with each iteration's arithmetic in two compiled passes over the
+    cells still being written (:mod:`rcompile._writeverify`): the same draws, the same float32
+    operations, the same bytes."""
+    from rcompile import _writeverify as wv
+
+    f32 = np.float32
+    g = np.full(tgt.shape, lp.g0, f32)
+    idx, ga, ta = np.arange(tgt.size, dtype=np.int64), g.copy(), tgt.copy()
+    err, z = np.empty(tgt.shape, f32), np.empty(tgt.shape, f32)
+    curves = np.array([[np.nan, c.rng / c.p] if c.linear else [c.g0 + c.b, 0.0]
+                       for c in (lp.ltp, lp.ltd)], f32)
+    size = 2 * int(lp.pulses_per_us * (lp.g1 - lp.g0)) + 2  # pulse counts seen: 1 .. ~P
+    tables = _exp_tables(lp, size)
+    count = tgt.size
+    for _ in range(lp.max_iterations):
+        if count == 0:
+            break
+        if lp.noisy:
+            _fill(z, idx[:count], ends, rngs)
+        count = wv.verify_pass(idx, ga, ta, err, z, lp.noisy, lp.rel, lp.tol, g, count)
+        if count == 0:
+            break
+        if lp.c2c > 0:
+            _fill(z, idx[:count], ends, rngs)
+        while not wv.write_pass(ga, err, z, count, lp.pulses_per_us, curves, *tables, lp.c2c,
+                                lp.g0, lp.g1):  # a pulse count beyond the tables: widen them
+            size = 2 * int(np.rint(np.abs(err[:count]).max() * lp.pulses_per_us)) + 2
+            tables = _exp_tables(lp, size)
+    g[idx[:count]] = ga[:count]
+    return g
+
+
+def _exp_tables(lp: _Loop, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``exp(-n / A)`` of pulse counts ``0 .. size - 1`` along the LTP and the LTD curve."""
+    from rcompile import _writeverify as wv
+
+    return tuple(np.zeros(1, np.float32) if c.linear else wv.exp_table(c.a, sign, size)
+                 for c, sign in ((lp.ltp, 1.0), (lp.ltd, -1.0)))  # type: ignore[return-value]
 
 
 def level_error_table(

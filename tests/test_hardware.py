@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from rcompile import api, runtime
+from rcompile import api, programming, runtime
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.data import Dataset
@@ -215,19 +217,44 @@ def test_programming_a_chip_on_every_core_realises_the_same_levels(
     monkeypatch.setenv("RCOMPILE_JOBS", "1")
     one = runtime.chip_levels(image, fm, hw, noise_seed=3)
     monkeypatch.setenv("RCOMPILE_JOBS", "2")
-    monkeypatch.setattr(weights, "PARALLEL_CELLS", 0)  # fork even for this small chip
-    forked = []
-    real_fork_map = weights.fork_map
+    monkeypatch.setattr(weights, "PARALLEL_CELLS", 0)  # threads even for this small chip
+    chunks: list[list[int]] = []
+    real_chunk = weights._program_chunk
 
-    def spy(fn, shared, items, min_items=16):  # type: ignore[no-untyped-def]
-        forked.append(len(items))
-        return real_fork_map(fn, shared, items, min_items)
+    def spy(shared, chunk):  # type: ignore[no-untyped-def]
+        chunks.append(chunk)
+        return real_chunk(shared, chunk)
 
-    monkeypatch.setattr(weights, "fork_map", spy)
+    monkeypatch.setattr(weights, "_program_chunk", spy)
     two = runtime.chip_levels(image, fm, hw, noise_seed=3)
-    assert forked == [len(image.tiles)] and len(image.tiles) >= 2  # split over two workers
+    assert len(chunks) == 2 and sorted(sum(chunks, [])) == list(range(len(image.tiles)))
     assert sorted(one) == sorted(two)
     assert all(np.array_equal(one[t], two[t]) for t in one)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), nl=st.sampled_from([(4.0, -4.0), (0.0, -2.0), (1.0, 0.0)]),
+       noise=st.sampled_from([0.0, 0.0289, 0.3]), c2c=st.sampled_from([0.0, 0.035]),
+       sizes=st.lists(st.integers(0, 300), min_size=1, max_size=4))
+def test_the_compiled_write_verify_loop_gives_the_same_bytes(
+    seed: int, nl: tuple[float, float], noise: float, c2c: float, sizes: list[int]
+) -> None:
+    cell = Cell(levels=16, g_min_us=10.0, g_max_us=100.0)
+    prog = Programming(pulses=64, nl_ltp=nl[0], nl_ltd=nl[1], c2c_sigma=c2c,
+                       tolerance_levels=0.5, max_iterations=20)
+    rng = np.random.default_rng(seed)
+    targets = [rng.integers(0, 16, size=n) for n in sizes]
+
+    def write() -> list[np.ndarray]:
+        return program_tiles(targets, cell, prog,
+                             [np.random.default_rng([seed, i]) for i in range(len(sizes))], noise)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(programming, "COMPILED_CELLS", 1 << 62)
+        plain = write()
+        mp.setattr(programming, "COMPILED_CELLS", 0)
+        compiled = write()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(plain, compiled, strict=True))
 
 
 def test_fast_programming_is_seeded_per_group() -> None:

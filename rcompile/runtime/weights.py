@@ -34,17 +34,18 @@ with mismatched lengths) raises :class:`~rcompile.errors.BadImage`, never an ``I
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rcompile import solvers
 from rcompile.device import PRESETS, Cell, Hardware, hardware_from_dict
 from rcompile.errors import BadDevice, BadImage
 from rcompile.image import Image, LayerRecord, SliceRecord
 from rcompile.ir import from_matrices
 from rcompile.programming import program_tiles
-from rcompile.solvers import fork_map
 
 if TYPE_CHECKING:
     from rcompile.faultmap import FaultMap
@@ -72,9 +73,9 @@ _Programmer = Callable[[list[tuple[int, np.ndarray, np.ndarray]]], list[np.ndarr
 realised float64 levels of each tile (cells not written keep their target)."""
 
 PARALLEL_CELLS = 1 << 20
-"""Cells to write above which the programming simulation spreads the chip's tiles over every
-core (:func:`rcompile.solvers.fork_map`; same result): below it, forking costs more than it
-saves."""
+"""Cells to write from which the programming simulation spreads the chip's tiles over a thread
+per core (:func:`rcompile.solvers.jobs`; same result): below it, threads cost more than they
+save."""
 
 
 # --------------------------------------------------------------------------- image <-> fault map
@@ -299,14 +300,7 @@ def _effective(
     prog: _Programmer | None = None
     if hw is not None and not hw.programming.ideal:
         def prog(jobs: list[tuple[int, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-            # write-verify of every tile; tile t draws from its own generator, seeded
-            # (noise_seed, t), so its cells do not depend on the other tiles, nor on how the
-            # tiles are split over worker processes (large chips: every core)
-            shared, items = (jobs, hw, int(noise_seed)), list(range(len(jobs)))
-            if sum(int(m.sum()) for _, _, m in jobs) < PARALLEL_CELLS:
-                got = _program_chunk(shared, items)
-            else:
-                got = fork_map(_program_chunk, shared, items, min_items=2)
+            got = _program_jobs(jobs, hw, int(noise_seed))
             out = []
             for (_, lv, m), g in zip(jobs, got, strict=True):
                 full = lv.astype(np.float64)
@@ -323,10 +317,32 @@ def _effective(
     return _realise(image, stuck, image_source, prog, sink)
 
 
+def _program_jobs(jobs: list[tuple[int, np.ndarray, np.ndarray]], hw: Hardware,
+                  seed: int) -> list[np.ndarray]:
+    """Realised levels of the written cells of every ``(tile, levels, written)`` job.
+
+    Write-verify of every tile; tile ``t`` draws from its own generator, seeded ``(seed, t)``,
+    so its cells depend neither on the other tiles nor on how the tiles are split over threads:
+    from :data:`PARALLEL_CELLS` cells on, the tiles go in contiguous runs of about equal cells
+    to :func:`rcompile.solvers.jobs` threads (the compiled loop and NumPy's generators release
+    the GIL; threads share the targets and results, which processes would copy)."""
+    cells = np.cumsum([int(m.sum()) for _, _, m in jobs])
+    n = min(solvers.jobs(), len(jobs))
+    total = int(cells[-1]) if len(jobs) else 0
+    if total < PARALLEL_CELLS or n <= 1:
+        return _program_chunk((jobs, hw, seed), list(range(len(jobs))))
+    cuts = np.searchsorted(cells, [total * k / n for k in range(1, n)], side="right")
+    bounds = [0, *sorted({int(c) for c in cuts}), len(jobs)]
+    chunks = [list(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+        parts = list(pool.map(lambda c: _program_chunk((jobs, hw, seed), c), chunks))
+    return [g for part in parts for g in part]
+
+
 def _program_chunk(shared: tuple[list[tuple[int, np.ndarray, np.ndarray]], Hardware, int],
                    chunk: list[int]) -> list[np.ndarray]:
     """Realised levels of the written cells of tiles ``chunk`` of ``shared = (jobs, hw,
-    noise_seed)``, in one vectorised write-verify (a :func:`fork_map` worker's share)."""
+    noise_seed)``, in one vectorised write-verify (one thread's share)."""
     jobs, hw, seed = shared
     rngs = [np.random.default_rng([seed, jobs[i][0]]) for i in chunk]
     return program_tiles([jobs[i][1][jobs[i][2]] for i in chunk], hw.cell, hw.programming, rngs,
@@ -563,7 +579,8 @@ def fault_free_chip(
         for s in tile.slices:
             pr, pos, neg, hit, idx = next(it)
             if hit.any():
-                share = (want[s.layer] - held[s.layer])[idx] / np.maximum(n_hit[s.layer][idx], 1)
+                share = ((want[s.layer][idx] - held[s.layer][idx])
+                         / np.maximum(n_hit[s.layer][idx], 1))
                 scale = np.asarray(s.scale, np.float64)
                 d = np.divide(share, scale, out=np.zeros_like(share), where=scale != 0)
                 d = np.clip(np.rint(d), -max_level, max_level)
