@@ -7,8 +7,9 @@ it needs does not exist yet), with the load average before and after (docs/desig
 
 1. per-chip stage: ``full`` and ``two-column`` on one chip of MNIST and VGG-8 (p = 1 %) and of
    the dense example (``examples/dense``, p = 5 %), the median time of every pass; then the
-   same chips built by revision ``--baseline`` (exported from git, run in a subprocess in this
-   same run), per pass before -> now;
+   same chips built by revision ``--baseline`` (exported from git, ``baseline_worker.py`` in a
+   subprocess, one build after each of this tree's so both see the same load), per pass
+   before -> now;
 2. ``full`` time against weight count, VGG-8 at 1x / 4x / 16x weights: log-log slope;
 3. peak memory of planning and building VGG-8 with ``full`` in a fresh process (report only);
 4. the verifying runtime against plain onnxruntime (``runtime.verify``'s own timing): ideal
@@ -20,7 +21,9 @@ it needs does not exist yet), with the load average before and after (docs/desig
 What is trimmed to stay under 10 minutes on 2 cores: 3 runs per figure (not 5), no warm-up
 call on VGG-8 in tile mode (the MNIST calls before it warm imports and kernels; the median of
 3 drops a slow first call), VGG-8 tile mode on 256 random inputs (there is no CIFAR-10 data in
-the repository), 3 lots of 6 chips, ResNet-18 only with ``--resnet``.
+the repository), 3 lots of 6 chips, ResNet-18 only with ``--resnet``. The table's header gives
+the run's wall time and the CPU seconds of its own processes (wall time on a shared machine
+also counts the others' work).
 
 Chips are synthetic: uniform faults, SA1:SA0 = 5:1, fault-map seed 1, 10 % spare tiles.
 Workloads are written to a temporary directory (``benchmarks/models.py``), never committed.
@@ -43,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from benchmarks import models  # noqa: E402
+from benchmarks.table import Row, averages, judged, missing, print_table, reported  # noqa: E402
 from rcompile import api, runtime  # noqa: E402
 from rcompile import faultmap as fmap  # noqa: E402
 from rcompile.data import Dataset, dataset_from_arrays, input_specs, load_data  # noqa: E402
@@ -77,61 +80,8 @@ T_CHIPS_HOUR, T_SLOPE = 3600.0, 1.05
 T_TILE, T_TILE_SETUP, T_SETUP_S, T_IDEAL = 3.0, 5.0, 3.0, 1.5
 
 
-# ------------------------------------------------------------------------------ the table
-
-
-@dataclass
-class Row:
-    """One line of the closing table (and of ``--json``)."""
-
-    name: str
-    value: float | None
-    unit: str
-    target: str
-    """``<= 3``, ``>= 3600`` or empty (reported, not judged)."""
-    status: str
-    """``PASS``, ``MISS``, ``report`` (no target) or ``n/a: why``."""
-    how: str
-    """What was timed, on what, how many runs."""
-    command: str = ""
-
-
-def judged(name: str, value: float, unit: str, op: str, limit: float, how: str) -> Row:
-    ok = value <= limit if op == "<=" else value >= limit
-    return Row(name, value, unit, f"{op} {limit:g}", "PASS" if ok else "MISS", how)
-
-
-def reported(name: str, value: float, unit: str, how: str) -> Row:
-    return Row(name, value, unit, "", "report", how)
-
-
-def missing(name: str, unit: str, op: str, limit: float, why: str) -> Row:
-    return Row(name, None, unit, f"{op} {limit:g}", f"n/a: {why}", "")
-
-
-def print_table(rows: list[Row], before: tuple[float, ...], after: tuple[float, ...],
-                wall: float, cpu: float, quick: bool) -> None:
-    print(f"\ntargets{' (QUICK: smoke sizes, one run: not the targets)' if quick else ''}; "
-          f"load average before {_avg(before)}, after {_avg(after)}, {os.cpu_count()} cores; "
-          f"this run {wall:.0f} s wall, {cpu:.0f} s CPU (its own processes)")
-    print(f"  {'status':<7} {'figure':<52} {'value':>16} {'target':>12}")
-    for r in rows:
-        value = "-" if r.value is None else f"{r.value:.3g} {r.unit}"
-        status = r.status if len(r.status) <= 7 else r.status.split(":")[0]
-        target = f"{r.target} {r.unit}" if r.target else ""
-        print(f"  {status:<7} {r.name:<52} {value:>16} {target:>12}".rstrip())
-    for why in dict.fromkeys(r.status for r in rows if r.status.startswith("n/a")):
-        names = [r.name for r in rows if r.status == why]
-        print(f"  {why}: {len(names)} rows ({names[0]}, ...)" if len(names) > 1
-              else f"  {why}: {names[0]}")
-
-
-def _avg(a: tuple[float, ...]) -> str:
-    return " ".join(f"{x:.2f}" for x in a)
-
-
 def load() -> str:
-    return f"load average {_avg(os.getloadavg())} on {os.cpu_count()} cores"
+    return f"load average {averages(os.getloadavg())} on {os.cpu_count()} cores"
 
 
 # ------------------------------------------------------------------------------ 1. per chip
