@@ -33,8 +33,8 @@ lint: install  ## ruff and mypy only
 	$(BIN)/ruff check rcompile passes tests benchmarks examples
 	$(BIN)/mypy
 
-bench: install  ## speed benchmarks, ratios measured side by side
-	$(BIN)/python benchmarks/run.py
+bench: install  ## speed targets, PASS/MISS table (BENCH='--json FILE' or '--quick' passes options)
+	$(BIN)/python benchmarks/run.py $(BENCH)
 
 docs: install  ## regenerate docs/cli.md from the click commands (a test checks it is current)
 	$(BIN)/python -m rcompile.clidoc > docs/cli.md

@@ -12,10 +12,7 @@ Nothing here is committed as a model file: :func:`write_all` writes the ONNX fil
   7x7/2 stem, four stages of two basic blocks (64-128-256-512), 1x1/2 projection shortcuts,
   global average pool, FC 512 -> 1000. BatchNorm after every conv, as a trained network has.
 
-* :func:`dense_mnist` — a dense MNIST CNN of the kind users export: conv 1->16 and 16->32
-  (3x3, max-pool after each), FC 1568 -> 256 -> 10, input 1x28x28, about 408 k weights. The
-  first FC fills 52 crossbar tiles of 128x128 (121 of 128 rows, every column), the case
-  where the permutation has the least room and works hardest.
+The dense workload is the shipped ``examples/dense`` model, not one built here.
 
 Weights are He-normal (``seed``), so the quantised levels use the whole range like trained ones.
 """
@@ -144,18 +141,6 @@ def resnet18(seed: int = 0) -> tuple[onnx.ModelProto, int]:
     return b.model("resnet18", "x", (3, 224, 224), y, 1000), b.weights
 
 
-def dense_mnist(seed: int = 0) -> tuple[onnx.ModelProto, int]:
-    """Dense MNIST CNN whose first FC layer fills 52 tiles of 128x128 (see the module doc)."""
-    b = _Builder(seed)
-    x = b.op("MaxPool", [b.op("Relu", [b.conv("x", 1, 16, 3)])], kernel_shape=[2, 2],
-             strides=[2, 2])
-    x = b.op("MaxPool", [b.op("Relu", [b.conv(x, 16, 32, 3)])], kernel_shape=[2, 2],
-             strides=[2, 2])
-    x = b.op("Relu", [b.gemm(b.op("Flatten", [x]), 32 * 7 * 7, 256)])
-    y = b.gemm(x, 256, 10)
-    return b.model("dense_mnist", "x", (1, 28, 28), y, 10), b.weights
-
-
 #: The scaled family: width of VGG-8 for 1x, 4x, 16x weights (16x is the real VGG-8).
 SCALES: dict[str, float] = {"1x": 0.25, "4x": 0.5, "16x": 1.0}
 
@@ -167,14 +152,14 @@ def write(name: str, model: onnx.ModelProto, weights: int, shape: tuple[int, ...
     return Workload(name, path, weights, shape)
 
 
-def write_all(directory: str, *, resnet: bool = True, scales: dict[str, float] | None = None
+def write_all(directory: str, scales: dict[str, float] | None = None, *, resnet: bool = False
               ) -> dict[str, Workload]:
-    """Write every workload into ``directory``; returns them by name."""
+    """Write VGG-8, its scaled family (``scales``, default :data:`SCALES`) and, with
+    ``resnet``, ResNet-18 into ``directory``; returns them by name (``vgg8``, ``vgg8-1x``, ...).
+    A width of 1 is VGG-8 itself (the same file)."""
     out: dict[str, Workload] = {}
     m, n = vgg8()
     out["vgg8"] = write("vgg8", m, n, (3, 32, 32), directory)
-    m, n = dense_mnist()
-    out["dense_mnist"] = write("dense_mnist", m, n, (1, 28, 28), directory)
     if resnet:
         m, n = resnet18()
         out["resnet18"] = write("resnet18", m, n, (3, 224, 224), directory)
