@@ -26,7 +26,7 @@ import rcompile
 from rcompile import pipeline as pl
 from rcompile import slicing
 from rcompile.device import Cell, Geometry, Hardware
-from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
+from rcompile.errors import BadData, BadFaultMap, BadModel, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import BuildOptions, Image, ImageHeader, LayerRecord, SliceRecord, TileRecord
@@ -482,7 +482,7 @@ def calib_stats(
             existing.add(name)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: errors reach the user as our one line
     sess = ort.InferenceSession(free_dims(probe).SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     feeds = {i.name for i in sess.get_inputs()}
@@ -490,26 +490,28 @@ def calib_stats(
     if missing:
         raise BadData(f"{source}: calibration data lacks model input(s) {sorted(missing)}")
     names = [o.name for o in sess.get_outputs()]
-    sums: dict[str, list[np.ndarray]] = {}
     n = len(next(iter(data.values())))
     fixed = fixed_batch(input_specs(model), source)
-    for lo, hi, batch in batches({k: v for k, v in data.items() if k in feeds}, n, 256, fixed):
-        outs = {k: unpad(np.asarray(v), hi - lo, fixed)
-                for k, v in zip(names, sess.run(None, batch), strict=True)}
-        for op in ops:
-            x, node = node_input[op.node]
-            xs = np.asarray(outs[x], np.float64)
-            if op.layout == LAYOUT_CONV:
-                axes: tuple[int, ...] = tuple(i for i in range(xs.ndim) if i != 1)
-            elif node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
-                axes = (1,)
-            else:
-                axes = tuple(range(xs.ndim - 1))
-            cnt = np.prod([xs.shape[a] for a in axes])
-            acc = sums.setdefault(op.node, [0.0, 0.0, 0.0])  # type: ignore[list-item]
-            acc[0] = acc[0] + (xs**2).sum(axis=axes)
-            acc[1] = acc[1] + xs.sum(axis=axes)
-            acc[2] = acc[2] + cnt
+    inputs = {k: v for k, v in data.items() if k in feeds}
+    step = 256  # 1 for a graph that declares a free batch but fixes it at 1 inside
+    while True:
+        sums: dict[str, list[np.ndarray]] = {}
+        try:
+            for lo, hi, batch in batches(inputs, n, step, fixed):
+                try:
+                    got = sess.run(None, batch)
+                except Exception as e:
+                    raise _RunFailed(lo, hi, e) from e
+                outs = {k: unpad(np.asarray(v), hi - lo, fixed)
+                        for k, v in zip(names, got, strict=True)}
+                _accumulate(sums, outs, ops, node_input)
+            break
+        except _RunFailed as f:
+            if f.lo == 0 and f.hi > 1 and fixed is None and _runs_alone(sess, inputs):
+                step = 1
+                continue
+            raise BadModel(f"{source}: onnxruntime failed on calibration samples "
+                           f"{f.lo}..{f.hi - 1} ({str(f.error).strip().splitlines()[0]})") from f
     result = []
     for op in ops:
         p2, p1, cnt = sums[op.node]
@@ -522,6 +524,42 @@ def calib_stats(
             power, mean = power.reshape(1, -1), mean.reshape(1, -1)
         result.append(RowStats(power.astype(np.float32), mean.astype(np.float32)))
     return tuple(result)
+
+
+class _RunFailed(Exception):
+    """onnxruntime failed on calibration samples ``lo..hi-1``."""
+
+    def __init__(self, lo: int, hi: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.lo, self.hi, self.error = lo, hi, error
+
+
+def _runs_alone(sess: Any, inputs: dict[str, np.ndarray]) -> bool:
+    """Whether ``sess`` runs on the first sample alone (a graph that fixes its batch at 1)."""
+    try:
+        sess.run(None, {k: v[:1] for k, v in inputs.items()})
+    except Exception:
+        return False
+    return True
+
+
+def _accumulate(sums: dict[str, list[Any]], outs: dict[str, np.ndarray],
+                ops: tuple[Any, ...], node_input: dict[str, Any]) -> None:
+    """Add one batch's sums of ``x^2``, ``x`` and counts over each op's input rows."""
+    for op in ops:
+        x, node = node_input[op.node]
+        xs = np.asarray(outs[x], np.float64)
+        if op.layout == LAYOUT_CONV:
+            axes: tuple[int, ...] = tuple(i for i in range(xs.ndim) if i != 1)
+        elif node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
+            axes = (1,)
+        else:
+            axes = tuple(range(xs.ndim - 1))
+        cnt = np.prod([xs.shape[a] for a in axes])
+        acc = sums.setdefault(op.node, [0.0, 0.0, 0.0])
+        acc[0] = acc[0] + (xs**2).sum(axis=axes)
+        acc[1] = acc[1] + xs.sum(axis=axes)
+        acc[2] = acc[2] + cnt
 
 
 __all__ = [

@@ -268,3 +268,39 @@ def test_sweep_and_provision_run_old_opsets(tmp_path: Path, net: str, opset: int
          "--device", "neurosim")
     lines = [json.loads(x) for x in (out / "report.jsonl").read_text().splitlines()]
     assert [(x["status"], x["mode"]) for x in lines] == [("ok", "tile")] * 2, lines
+
+
+@pytest.mark.parametrize("mode", ["ideal", "tile"])
+def test_a_free_batch_fixed_at_one_inside_runs_sample_by_sample(mode: str, tmp_path: Path) -> None:
+    """Old PyTorch exports declare a free batch but flatten with ``Reshape(x, [1, -1])``: the
+    graph runs one sample at a time only. Calibration, verify and the float model all run it so,
+    with nothing from onnxruntime on stderr."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["f"]),
+             helper.make_node("Gemm", ["f", "wg", "bg"], ["y"], transB=1, name="fc")]
+    inits = {"w": rng.normal(size=(4, 1, 3, 3)).astype(np.float32),
+             "b": rng.normal(size=4).astype(np.float32), "shape": np.array([1, -1], np.int64),
+             "wg": rng.normal(size=(5, 64)).astype(np.float32),
+             "bg": rng.normal(size=5).astype(np.float32)}
+    model = _model(nodes, inits, 13, "N", [1, 6, 6], [5])
+    path, data = str(tmp_path / "flat1.onnx"), str(tmp_path / "d.npz")
+    onnx.save(model, path)
+    x = rng.normal(size=(SAMPLES, 1, 6, 6)).astype(np.float32)
+    np.savez(data, x=x, labels=rng.integers(0, 5, SAMPLES))
+    chip, image = str(tmp_path / "chip.npz"), str(tmp_path / "chip.rimg")
+    assert rcompile("faultmap", "synth", "--like", path, "--rate", "0", "-o", chip).returncode == 0
+    built = rcompile("build", path, "--faultmap", chip, "--calib", data, "-o", image)
+    assert built.returncode == 0 and built.stderr == "", built.stderr
+    device: list[str] = []
+    if mode == "tile":  # the FINE device as a file: tile mode's roundings, exact cells
+        dev = tmp_path / "fine.toml"
+        dev.write_text('name = "fine"\nbase = "ideal"\n[converters]\nadc_bits = 10\n'
+                       'dac_bits = 8\nadc_range = "dynamic"\ndac_range = "dynamic"\n')
+        device = ["--device", str(dev), "--mode", "tile"]
+    rep = rcompile("verify", image, "--faultmap", chip, "--data", data, "--model", path,
+                   "--json", *device)
+    assert rep.returncode == 0 and rep.stderr == "", rep.stderr
+    doc = json.loads(rep.stdout)
+    assert doc["n_samples"] == SAMPLES and doc["output_cosine"] > 0.99, doc

@@ -230,7 +230,7 @@ def _evaluate(gr: Graph, nodes: list[onnx.NodeProto], targets: list[str]) -> lis
     model.functions.extend(gr.model.functions)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: errors reach the user as our one line
     try:
         sess = ort.InferenceSession(model.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])

@@ -264,6 +264,10 @@ def run(
     axis at ``b`` is run ``b`` samples at a time, a short last batch padded (the padding's
     outputs dropped, :func:`rcompile.data.batches`); otherwise no batch straddles sample
     ``first`` (so per-batch outputs can be told apart for the first ``first`` samples).
+
+    A model that declares a free batch but fixes it at 1 inside (old PyTorch exports write
+    ``Reshape(x, [1, -1])``) fails on a batch of several samples; when its first batch fails
+    and one sample alone runs, the whole dataset is run one sample at a time.
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
@@ -272,7 +276,7 @@ def run(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: errors reach the user as our one line
     try:
         sess = ort.InferenceSession(
             free_dims(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
@@ -290,10 +294,41 @@ def run(
         try:
             parts.append([unpad(np.asarray(o), hi - lo, fixed) for o in sess.run(None, feed)])
         except Exception as e:
-            raise BadModel(
-                f"{source}: onnxruntime failed on samples {lo}..{hi - 1} "
-                f"of {dataset.source} ({_first_line(e)})"
-            ) from e
+            if lo == 0 and hi > 1 and fixed is None and _runs_alone(sess, inputs):
+                return _run_one_at_a_time(sess, inputs, dataset, source)
+            raise _failed(source, dataset, lo, hi, e) from e
+    return _collect(parts)
+
+
+def _run_one_at_a_time(
+    sess: ort.InferenceSession, inputs: dict[str, np.ndarray], dataset: Dataset, source: str
+) -> list[np.ndarray]:
+    """:func:`run` for a graph that only runs one sample at a time."""
+    parts = []
+    for lo, hi, feed in batches(inputs, dataset.n, 1, None):
+        try:
+            parts.append([np.asarray(o) for o in sess.run(None, feed)])
+        except Exception as e:
+            raise _failed(source, dataset, lo, hi, e) from e
+    return _collect(parts)
+
+
+def _failed(source: str, dataset: Dataset, lo: int, hi: int, e: Exception) -> BadModel:
+    return BadModel(f"{source}: onnxruntime failed on samples {lo}..{hi - 1} of "
+                    f"{dataset.source} ({_first_line(e)})")
+
+
+def _runs_alone(sess: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> bool:
+    """Whether ``sess`` runs on the first sample alone (a graph that fixes its batch at 1)."""
+    try:
+        sess.run(None, {k: v[:1] for k, v in inputs.items()})
+    except Exception:
+        return False
+    return True
+
+
+def _collect(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per-batch outputs concatenated along axis 0 (scalars stacked)."""
     outs = []
     for k in range(len(parts[0]) if parts else 0):
         chunk = [p[k] for p in parts]
