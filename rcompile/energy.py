@@ -18,8 +18,9 @@ layer needs: output positions of a Conv, rows of a MatMul, 1 for a Gemm on one s
 
 Latency: tiles work in parallel, slices sharing a tile one after another; one MVM takes the
 read pulse plus the ADC conversions of its columns, ``ceil(2m / ADCs per tile)`` of them in
-series (``ceil(m / ADCs per tile)`` with ``adc = pair``); layers run one after another, MVMs of a layer one after another (no pipelining), the
-digital work at :attr:`~rcompile.device.Costs.digital_gops`.
+series (``ceil(m / ADCs per tile)`` with ``adc = pair``); layers run one after another, MVMs of
+a layer one after another (no pipelining), the digital work at
+:attr:`~rcompile.device.Costs.digital_gops`.
 """
 
 from __future__ import annotations

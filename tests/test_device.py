@@ -69,7 +69,7 @@ BAD = [
     ('base = "ideal"\n[cell]\nlevels = 1\n', r"cell\.levels = 1 .*2\.\.256"),
     ('base = "ideal"\n[programming]\nnl_ltd = 3.0\n', r"programming\.nl_ltd = 3\.0 .*-9\.\.0"),
     ('base = "ideal"\n[converters]\nadc_range = "auto"\n', r"adc_range = 'auto' .*'dynamic'"),
-    ('base = "ideal"\n[converters]\nadc = "both"\n', r"converters\.adc = 'both' .*'column', 'pair'"),
+    ('base = "ideal"\n[converters]\nadc = "both"\n', r"adc = 'both' .*'column', 'pair'"),
     ('base = "ideal"\n[read]\nnoise_rel = "high"\n', r"read\.noise_rel = 'high' .*a number"),
     ('base = "ideal"\ntile_cols = 127\n', r"tile_cols = 127 .*even"),
     ('base = "ideal"\n[cell]\nlevelz = 4\n', r"unknown key 'levelz' in \[cell\]"),
