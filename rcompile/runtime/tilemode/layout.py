@@ -171,18 +171,17 @@ class LayerLayout:
         """Per output, the sum of ``coef * code`` over its columns, plus ``bias``:
         ``[N, n_out, *spatial]`` (Conv) or ``[rows, n_out]``. ``zp``: ``code`` is uint8 codes
         offset by ``zp`` (see :func:`_adc_codes`), read by :func:`_per_column` (None: float
-        codes). Codes are read less their :attr:`zero`: in the zero points of uint8 codes, in
-        the bias of float codes."""
+        codes). Codes are read less their :attr:`zero`: in the zero points of uint8 codes, by a
+        subtraction of float codes (exact: both are whole numbers)."""
         cols, used = self.columns, self.out_of >= 0
         k = max(1, int(np.bincount(self.out_of[used], minlength=self.n_out).max(initial=0)))
         ones = [1] * len(self._spatial())
         zps: int | np.ndarray | None = zp
         if self.zero is not None and zp is not None:
             zps = zp + self.zero.astype(np.int64)
-        elif self.zero is not None:  # float codes: sum coef * zero per output, subtracted
-            off = np.zeros(self.n_out, np.float64)
-            np.add.at(off, self.out_of[used], (self.coef * self.zero)[used])
-            bias = (np.zeros(self.n_out) if bias is None else np.asarray(bias, np.float64)) - off
+        elif self.zero is not None:  # float codes: whole numbers, so code - zero is exact
+            z = self.zero.astype(np.float32).reshape(1, -1, *ones)
+            code = g.op("Sub", [code, g.const("zero", z)], "code")
         if cols <= COMBINE_DENSE_RATIO * k:  # one dense product, the bias included
             if zps is not None:
                 code = _dequantize(g, code, zps)
