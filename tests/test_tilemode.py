@@ -33,15 +33,13 @@ def emulate(chip: tuple[object, fmap.FaultMap, object], hw: object) -> np.ndarra
     return runtime.emulate(image, fm, data, hardware=hw, mode="tile")[0]  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("device", "adc"), [("ideal", "column"), ("neurosim", "column"),
-                                             ("neurosim", "pair")])
+@pytest.mark.parametrize("device", ["ideal", "neurosim"])
 def test_the_three_column_sums_agree(chip: tuple[object, fmap.FaultMap, object], device: str,
-                                     adc: str, monkeypatch: pytest.MonkeyPatch) -> None:
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     image = chip[0]
     hw = runtime.image_hardware(image) if device == "ideal" else PRESETS["neurosim"]  # type: ignore[arg-type]
     if device == "ideal":  # ideal converters: tile mode is ideal mode
         hw = replace(hw, converters=Converters())
-    hw = replace(hw, converters=replace(hw.converters, adc=adc))
     dense = emulate(chip, hw)
     monkeypatch.setattr(layout, "COMBINE_DENSE_RATIO", 0)  # the row-block sum (fc1: 7 blocks)
     blocks = emulate(chip, hw)
