@@ -126,8 +126,8 @@ class Cell:
         "weight_bits": _Rule(int, 0, 16),
         "cell_bits": _Rule(int, 0, 8),
     }
-    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"weight_bits", "cell_bits"})
-    """Fields a device file without ``base`` may leave out (their defaults: no slicing)."""
+    _OPTIONAL: ClassVar[dict[str, Any]] = {"weight_bits": 0, "cell_bits": 0}
+    """Fields a device file without ``base`` may leave out, with their defaults (no slicing)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_rms_error", tuple(float(e) for e in self.level_rms_error))
@@ -194,8 +194,8 @@ class Cell:
         }
         if self.level_rms_error:
             d["level_rms_error"] = list(self.level_rms_error)
-        for name in sorted(self._OPTIONAL):  # only when set: unsliced images keep their header
-            if getattr(self, name):
+        for name, default in sorted(self._OPTIONAL.items()):  # unsliced: the earlier header
+            if getattr(self, name) != default:
                 d[name] = getattr(self, name)
         return d
 
@@ -295,9 +295,14 @@ IDEAL_BITS = 24
 this many bits is emulated as exact (no rounding)."""
 
 
+ADC_READS = ("column", "pair")
+"""Values of :attr:`Converters.adc`: one conversion per column, or one per column pair."""
+
+
 @dataclass(frozen=True)
 class Converters:
-    """DAC on every row, ADC on every column of a tile; digital shift-and-add after the ADC."""
+    """DAC on every row, ADC on every column (or column pair) of a tile; digital shift-and-add
+    after the ADC."""
 
     adc_bits: int = IDEAL_BITS
     """ADC resolution per column read, in bits (24 = ideal)."""
@@ -318,8 +323,16 @@ class Converters:
     room for unseen inputs; < 1 clips the largest values for finer steps)."""
     cols_per_adc: int = 8
     """Columns that share one ADC through a multiplexer (they convert one after another)."""
+    adc: str = "column"
+    """What one ADC conversion reads. ``column`` (NeuroSim): the ``+`` and the ``-`` column of a
+    pair are converted apart and subtracted digitally, two conversions per output. ``pair``: the
+    two bit-line currents are subtracted in analog and one conversion of the signed difference
+    reads the pair (one ADC input per pair, ``docs/device.md``)."""
 
     _SECTION: ClassVar[str] = "converters"
+    _OPTIONAL: ClassVar[dict[str, Any]] = {"adc": "column"}
+    """Fields a device without ``base`` may leave out (their default is every earlier
+    device's behaviour, so older files and image headers still load)."""
     _RULES: ClassVar[dict[str, _Rule]] = {
         "adc_bits": _Rule(int, 1, IDEAL_BITS),
         "dac_bits": _Rule(int, 1, IDEAL_BITS),
@@ -327,6 +340,7 @@ class Converters:
         "dac_range": _Rule(str, choices=("dynamic", "calibrated")),
         "headroom": _Rule(float, 0, 100, lo_open=True),
         "cols_per_adc": _Rule(int, 1, 4096),
+        "adc": _Rule(str, choices=ADC_READS),
     }
 
     def __post_init__(self) -> None:
@@ -335,6 +349,16 @@ class Converters:
     @property
     def ideal(self) -> bool:
         return self.adc_bits >= IDEAL_BITS and self.dac_bits >= IDEAL_BITS
+
+    @property
+    def pair(self) -> bool:
+        """One ADC conversion per column pair (the currents subtracted in analog)."""
+        return self.adc == "pair"
+
+    @property
+    def reads_per_output(self) -> int:
+        """ADC conversions that read one output of a slice: 2 (``column``) or 1 (``pair``)."""
+        return 1 if self.pair else 2
 
 
 @dataclass(frozen=True)
@@ -435,7 +459,11 @@ class Hardware:
 
 
 def _plain(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+    """The fields of one section; an optional field at its default is left out, so a device
+    that does not use it writes the header of earlier images."""
+    optional: dict[str, Any] = getattr(obj, "_OPTIONAL", {})
+    return {f.name: getattr(obj, f.name) for f in fields(obj)
+            if f.name not in optional or getattr(obj, f.name) != optional[f.name]}
 
 
 _SECTIONS: dict[str, type] = {
@@ -616,7 +644,7 @@ def _section(section: str, cls: type, table: dict[str, Any], base: Any) -> Any:
             if rule is not None and not rule.ok(v):
                 raise _bad(section, n, v, rule.text())
             kwargs[n] = v
-        elif base is None and n not in getattr(cls, "_OPTIONAL", ()):
+        elif base is None and n not in getattr(cls, "_OPTIONAL", {}):
             hint = rule.text() if rule is not None else "a value"
             extra = " or on_off_ratio" if n == "g_min_us" else ""
             raise BadDevice(

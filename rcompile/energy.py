@@ -8,16 +8,19 @@ layer needs: output positions of a Conv, rows of a MatMul, 1 for a Gemm on one s
   stuck-on cell draws ``g_max`` whatever it was meant to hold) and ``v_i`` the DAC value of row
   ``i`` relative to full scale, measured on the data (``sum over mvms of v_i^2``). Columns a
   slice does not read are not clamped and carry no current.
-* **ADC**: one conversion per sensed column per MVM (``+`` and ``-`` columns both).
+* **ADC**: one conversion per sensed column per MVM (``+`` and ``-`` columns both) with
+  ``adc = column``; one per column pair (the signed difference) with ``adc = pair``.
 * **DAC**: one conversion per driven row per MVM.
-* **digital**: per output and slice a subtraction, a scaling and an accumulation; per output the
+* **digital**: per output and slice a subtraction (``column`` only: a ``pair`` conversion is
+  the difference already), a scaling and an accumulation; per output the
   DAC rescale and the bias; plus every op of the digital graph outside the crossbars
   (:func:`periphery_ops`).
 
 Latency: tiles work in parallel, slices sharing a tile one after another; one MVM takes the
 read pulse plus the ADC conversions of its columns, ``ceil(2m / ADCs per tile)`` of them in
-series; layers run one after another, MVMs of a layer one after another (no pipelining), the
-digital work at :attr:`~rcompile.device.Costs.digital_gops`.
+series (``ceil(m / ADCs per tile)`` with ``adc = pair``); layers run one after another, MVMs of
+a layer one after another (no pipelining), the digital work at
+:attr:`~rcompile.device.Costs.digital_gops`.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ def estimate(
     if levels:
         n_adc = max(1, math.ceil(next(iter(levels.values())).shape[1] / hw.converters.cols_per_adc))
     pulse_s = hw.read.pulse_ns * 1e-9
+    reads = hw.converters.reads_per_output  # conversions per output of a slice
+    ops_per_read = 1 + reads  # (subtraction,) scaling, accumulation
     out: list[LayerCost] = []
     by_layer: dict[int, list[tuple[int, Any]]] = {}
     for tile in image.tiles:
@@ -104,10 +109,10 @@ def estimate(
             g_us = cell.g_min_us + levels[t][np.ix_(pr, cols)] * cell.step_us
             cell_j += pulse_s * cell.read_v**2 * float(v2 @ g_us.sum(axis=1)) * 1e-6
             m = len(s.outs)
-            adc_n += 2 * m * mvms
+            adc_n += reads * m * mvms
             dac_n += rows.size * mvms
-            dig += 3 * m * mvms
-            t_mvm = pulse_s + math.ceil(2 * m / n_adc) * costs.adc_time_ns * 1e-9
+            dig += ops_per_read * m * mvms
+            t_mvm = pulse_s + math.ceil(reads * m / n_adc) * costs.adc_time_ns * 1e-9
             tile_time[t] = tile_time.get(t, 0.0) + t_mvm
         dig += 2 * op.n_out * mvms
         adc_j = adc_n * costs.adc_energy_pj * 1e-12

@@ -69,6 +69,7 @@ BAD = [
     ('base = "ideal"\n[cell]\nlevels = 1\n', r"cell\.levels = 1 .*2\.\.256"),
     ('base = "ideal"\n[programming]\nnl_ltd = 3.0\n', r"programming\.nl_ltd = 3\.0 .*-9\.\.0"),
     ('base = "ideal"\n[converters]\nadc_range = "auto"\n', r"adc_range = 'auto' .*'dynamic'"),
+    ('base = "ideal"\n[converters]\nadc = "both"\n', r"adc = 'both' .*'column', 'pair'"),
     ('base = "ideal"\n[read]\nnoise_rel = "high"\n', r"read\.noise_rel = 'high' .*a number"),
     ('base = "ideal"\ntile_cols = 127\n', r"tile_cols = 127 .*even"),
     ('base = "ideal"\n[cell]\nlevelz = 4\n', r"unknown key 'levelz' in \[cell\]"),
@@ -90,6 +91,22 @@ def test_bad_device_files_name_the_field_and_its_range(
     assert msg.startswith(f"{p}: ") and "\n" not in msg
 
 
+def test_adc_is_optional_and_column_leaves_the_header_as_it_was(tmp_path: Path) -> None:
+    """A file without ``adc`` (written before it existed) reads every column apart; only a
+    ``pair`` device writes the field, so images of column devices keep their header bytes."""
+    text = open(os.path.join(DEVICES, "neurosim.toml")).read()
+    old = tmp_path / "old.toml"
+    old.write_text("".join(ln + "\n" for ln in text.splitlines() if not ln.startswith("adc =")))
+    assert replace(load_hardware(str(old)), name="neurosim") == PRESETS["neurosim"]
+    assert "adc" not in PRESETS["neurosim"].to_dict()["converters"]
+    pair = replace(PRESETS["neurosim"], converters=replace(PRESETS["neurosim"].converters,
+                                                           adc="pair"))
+    assert pair.to_dict()["converters"]["adc"] == "pair"
+    assert hardware_from_dict(pair.to_dict()) == pair
+    assert (pair.converters.reads_per_output, PRESETS["neurosim"].converters.reads_per_output
+            ) == (1, 2)
+
+
 def test_unknown_preset_and_missing_file() -> None:
     with pytest.raises(BadDevice, match="no such preset or file; expected one of ideal, neurosim"):
         load_hardware("fancy")
@@ -97,10 +114,13 @@ def test_unknown_preset_and_missing_file() -> None:
         load_hardware("/nonexistent/dev.toml")
 
 
-@pytest.mark.parametrize("command", ["verify", "build", "sweep"])
-def test_cli_rejects_a_bad_device_file_in_one_line(tmp_path: Path, command: str) -> None:
+@pytest.mark.parametrize(("command", "bad"), [
+    ("verify", "adc_bits = 0"), ("build", "adc_bits = 0"), ("sweep", "adc_bits = 0"),
+    ("verify", 'adc = "differential"'), ("build", "adc = 2")])
+def test_cli_rejects_a_bad_device_file_in_one_line(tmp_path: Path, command: str, bad: str
+                                                   ) -> None:
     p = tmp_path / "bad.toml"
-    p.write_text('base = "neurosim"\n[converters]\nadc_bits = 0\n')
+    p.write_text(f'base = "neurosim"\n[converters]\n{bad}\n')
     args = {
         "verify": ["verify", "x.rimg", "--faultmap", "x.npz", "--data", "d.npz"],
         "build": ["build", "m.onnx", "--faultmap", "x.npz"],
@@ -109,8 +129,10 @@ def test_cli_rejects_a_bad_device_file_in_one_line(tmp_path: Path, command: str)
     r = rcompile(*args, "--device", str(p), cwd=str(tmp_path))
     assert r.returncode == BadDevice.exit_code
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "converters.adc_bits = 0 is out of range" in lines[0]
-    assert "expected an integer in 1..24" in lines[0]
+    field = bad.split(" = ")[0]
+    assert len(lines) == 1 and f"converters.{field} = " in lines[0] and str(p) in lines[0]
+    assert ("expected an integer in 1..24" if field == "adc_bits"
+            else "expected one of 'column', 'pair'") in lines[0]
 
 
 # --------------------------------------------------------------------------- the cell

@@ -105,14 +105,21 @@ def faulty() -> FaultMap:
 # --------------------------------------------------------------------------- tile = ideal
 
 
+def with_adc(hw: Hardware, adc: str, **converters: object) -> Hardware:
+    """``hw`` whose ADCs read every column (``column``) or every pair (``pair``)."""
+    return replace(hw, converters=replace(hw.converters, adc=adc, **converters))
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("chip", ["healthy", "faulty"])
-def test_tile_mode_equals_ideal_mode_with_ideal_converters(case: str, chip: str) -> None:
+@pytest.mark.parametrize("adc", ["column", "pair"])
+def test_tile_mode_equals_ideal_mode_with_ideal_converters(case: str, chip: str, adc: str
+                                                           ) -> None:
     fm = healthy() if chip == "healthy" else faulty()
     image, graph = CASES[case](fm)
     data = dataset(graph, 64)
     ideal = runtime.emulate(image, fm, data, hardware=IDEAL, mode="ideal")
-    tile = runtime.emulate(image, fm, data, hardware=IDEAL, mode="tile")
+    tile = runtime.emulate(image, fm, data, hardware=with_adc(IDEAL, adc), mode="tile")
     assert tile[0].shape == ideal[0].shape
     np.testing.assert_allclose(tile[0], ideal[0], rtol=1e-4, atol=1e-4 * np.abs(ideal[0]).max())
 
@@ -135,6 +142,31 @@ def test_fine_converters_agree_and_coarse_ones_do_not(ranges: str, case: str) ->
     adc_only = Converters(adc_bits=16, adc_range=ranges, dac_range=ranges)  # ideal DAC
     got = runtime.emulate(image, fm, data, hardware=replace(IDEAL, converters=adc_only))[0]
     assert np.linalg.norm(got - ideal) / np.linalg.norm(ideal) < 1e-3
+
+
+@pytest.mark.parametrize("case", ["conv", "split"])
+def test_a_pair_adc_reads_the_difference_so_the_leak_costs_it_no_range(case: str) -> None:
+    """One conversion of ``I+ - I-`` per output: the ``g_min`` leak cancels before the ADC, so a
+    pair ADC reads a chip alike at any on/off ratio, while a column ADC spends codes on the
+    leak and loses accuracy as it grows; at a low on/off ratio the pair reads closer to ideal."""
+    fm = faulty()
+    image, graph = CASES[case](fm)
+    data = dataset(graph, 64)
+    err: dict[tuple[str, float], float] = {}
+    out: dict[tuple[str, float], np.ndarray] = {}
+    for g_min in (DEV.g_min_us, DEV.g_max_us / 10):
+        hw = replace(IDEAL, cell=replace(DEV, g_min_us=g_min))
+        ideal = runtime.emulate(image, fm, data, hardware=hw, mode="ideal")[0]
+        for adc in ("column", "pair"):
+            y = runtime.emulate(image, fm, data, mode="tile", hardware=with_adc(
+                hw, adc, adc_bits=3, adc_range="calibrated"))[0]
+            out[adc, g_min] = y
+            err[adc, g_min] = float(np.linalg.norm(y - ideal) / np.linalg.norm(ideal))
+    lo, hi = DEV.g_min_us, DEV.g_max_us / 10
+    np.testing.assert_allclose(out["pair", lo], out["pair", hi], rtol=1e-4,
+                               atol=1e-4 * np.abs(out["pair", lo]).max())
+    assert err["column", hi] > err["column", lo] > 0
+    assert err["pair", hi] < err["column", hi]
 
 
 # --------------------------------------------------------------------------- read noise
@@ -379,6 +411,19 @@ def test_energy_and_latency_of_one_gemm_by_hand() -> None:
     assert periphery["energy_j"] == 0.0  # the graph has nothing but the crossbar
     assert rep.energy_per_inference_j == pytest.approx(layer["energy_j"])
     assert rep.latency_per_inference_s == pytest.approx(layer["latency_s"])
+
+
+def test_a_pair_adc_charges_one_conversion_per_output() -> None:
+    fm = healthy()
+    image = make_image(gemm_graph(), [layer_record(GEMM_OP, 5)], fm)
+    data = Dataset(inputs={"x": np.ones((8, 6), np.float32)}, labels=None, n=8)
+    col = runtime.verify(image, fm, data, hardware=IDEAL).energy[0]
+    pair = runtime.verify(image, fm, data, hardware=with_adc(IDEAL, "pair")).energy[0]
+    assert pair["adc_conversions"] == 4 and pair["adc_j"] == pytest.approx(col["adc_j"] / 2)
+    assert (pair["cell_j"], pair["dac_j"]) == (col["cell_j"], col["dac_j"])
+    assert pair["digital_j"] == pytest.approx((2 * 4 + 2 * 4) * 0.05e-12)  # no subtraction
+    # one MVM: 10 ns read + 4 pairs over 2 ADCs at 1 ns, + 16 ops
+    assert pair["latency_s"] == pytest.approx(10e-9 + 2e-9 + 16 / 100e9)
 
 
 @pytest.fixture(scope="module")

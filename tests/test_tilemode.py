@@ -3,6 +3,7 @@ into outputs (dense product, weighted sum over row blocks, gather) compute the s
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +15,7 @@ from rcompile.data import dataset_from_arrays, input_specs, load_data
 from rcompile.device import PRESETS, Converters
 from rcompile.runtime import execute, tilemode
 from rcompile.runtime.tilemode import circuit, layout
-from tests.conftest import MODEL, TEST_DATA
+from tests.conftest import MODEL, ROOT, TEST_DATA
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,8 @@ def test_rounding_before_opset_11_is_round_half_to_even(lo: float, hi: float) ->
 def test_old_opsets_sum_the_columns_alike(combine: str, monkeypatch: pytest.MonkeyPatch,
                                           tmp_path: object) -> None:
     """The row-block sum and the gather (ReduceSum's axes an attribute before opset 13) give
-    what opset 13 gives, bit for bit."""
+    what opset 13 gives, bit for bit, reading columns or pairs (float codes before opset 13,
+    uint8 codes with the pair's zero code in their zero points from 13)."""
     import os
 
     import onnx
@@ -165,7 +167,8 @@ def test_old_opsets_sum_the_columns_alike(combine: str, monkeypatch: pytest.Monk
         image = api.build(plan, fm).image
         data = dataset_from_arrays({"x": xs}, input_specs(plan.model))
         outs[opset] = [runtime.emulate(image, fm, data, hardware=hw, mode="tile")[0]
-                       for hw in (ns, dynamic)]
+                       for hw in (ns, dynamic, *(replace(h, converters=replace(
+                           h.converters, adc="pair")) for h in (ns, dynamic)))]
     for opset in (7, 9, 12):
         for a, b in zip(outs[opset], outs[13], strict=True):
             np.testing.assert_array_equal(a, b)
@@ -222,3 +225,26 @@ def test_random_draws_without_random_generators_have_the_right_moments() -> None
     assert abs(uu.mean() - 0.5) < 0.01 and abs(uu.var() - 1 / 12) < 0.003
     assert abs(zz.mean()) < 0.02 and abs(zz.var() - 1) < 0.03
     assert abs(np.corrcoef(zz[:, 0], zz[:, 1])[0, 1]) < 0.03  # independent draws
+
+
+@pytest.fixture(scope="module")
+def unet() -> tuple[object, fmap.FaultMap, object]:
+    """A third-party graph (Conv and ConvTranspose) on a faulty chip, and its samples."""
+    path = os.path.join(ROOT, "tests", "data", "compat", "unet_convtranspose-legacy17-fixed")
+    plan, _ = api.make_plan(path + ".onnx")
+    fm = fmap.synth(api.spare_tiles(plan.tiles_needed(), 0.1), 128, 128, 0.05, (5, 1), 2)
+    return api.build(plan, fm).image, fm, load_data(path + ".npz", input_specs(plan.model))
+
+
+@pytest.mark.parametrize("adc", ["column", "pair"])
+def test_both_adc_reads_equal_ideal_mode_on_a_third_party_graph(
+        unet: tuple[object, fmap.FaultMap, object], adc: str) -> None:
+    """Ideal converters: reading each column or each pair is the ideal chip, to float32
+    rounding, on a graph nobody here trained."""
+    image, fm, data = unet
+    hw = runtime.image_hardware(image)  # type: ignore[arg-type]
+    hw = replace(hw, converters=replace(hw.converters, adc=adc))
+    ideal = runtime.emulate(image, fm, data, hardware=hw, mode="ideal")  # type: ignore[arg-type]
+    tile = runtime.emulate(image, fm, data, hardware=hw, mode="tile")  # type: ignore[arg-type]
+    for a, b in zip(tile, ideal, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())

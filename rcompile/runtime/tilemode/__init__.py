@@ -28,13 +28,18 @@ no Python loop over samples. For one crossbar node with input ``x``:
    Draws come from a seeded bank of per-inference patterns (an initializer, at most
    :data:`NOISE_BANK_FLOATS` values a layer) picked at random per inference, so a batch costs a
    gather, not a random generator call per value.
-4. **ADC** per column, ``2^adc_bits`` codes, rounding to the nearest code, over ``[lo, hi]``:
+   With ``adc = pair`` the product has one output per column pair, ``I+ - I-`` (weights
+   ``G+ - G-``; with read noise, ``G+`` on the ``+`` noisy copy and ``-G-`` on the ``-`` one).
+4. **ADC** per column (``pair``: per pair), ``2^adc_bits`` codes, rounding to the nearest code,
+   over ``[lo, hi]``:
    ``dynamic``, ``min(0, min I)`` to ``max I`` of this inference and slice; ``calibrated``, the
    extremes of a calibration batch (times ``headroom``), with currents beyond clipped at both
    ends. A calibrated ADC's step and offset are folded into the product's weights and bias, its
    clip into the product (onnxruntime's ``FusedConv`` with a ``Clip`` activation), and its
-   rounding is a QuantizeLinear to uint8: the codes stay bytes until step 5 reads them.
-5. **Digital.** ``+`` code minus ``-`` code, times the ADC step and
+   rounding is a QuantizeLinear to uint8: the codes stay bytes until step 5 reads them. A pair
+   ADC's range is signed, ``[min(0, lo), max(0, hi)]``, with zero current a code.
+5. **Digital.** ``+`` code minus ``-`` code (``pair``: the code less the code of zero current,
+   in the read-back's zero points), times the ADC step and
    ``scale / (read_v * step * Q)``, summed over slices, times the DAC full scale, plus the
    chip's digital bias. uint8 codes are read back by a DequantizeLinear whose per-column scale
    is that coefficient (one pass). The sum is one dense product over all columns when the

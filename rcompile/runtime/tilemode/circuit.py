@@ -381,14 +381,14 @@ def _crossbar(g: GraphWriter, layer: TileLayer, v: str, current_outputs: list[st
     vin = src
     if not np.array_equal(rows, np.arange(lay.channels)):
         vin = g.op("Gather", [src, g.const("rows", rows, np.int64)], "vin", axis=1)
-    groups = lay.groups
-    if s.noise_rel > 0:  # each group's input twice, for its + and its - columns, each noisy
+    groups, noisy = lay.groups, s.noise_rel > 0
+    if noisy:  # each group's input twice, for its + and its - columns, each noisy
         vin = _noisy_rows(g, layer, vin)
-        groups = 2 * lay.groups
+        groups = lay.signs * lay.groups  # a pair's group reads both copies
     max_code = layer.adc_max_code
     clipped = False  # the ADC's clip to [0, max_code] steps done by the product itself
     if conv:
-        w_ins = [vin, g.const("w", lay.weights())]
+        w_ins = [vin, g.const("w", lay.weights(noisy))]
         if layer.adc_bias is not None:
             w_ins.append(g.const("b", layer.adc_bias))
         if layer.adc_in_steps and s.adc_bits <= 8:  # onnxruntime's Conv with a fused Clip
@@ -400,7 +400,7 @@ def _crossbar(g: GraphWriter, layer: TileLayer, v: str, current_outputs: list[st
         else:
             cur = g.op("Conv", w_ins, "cur", group=groups, **_conv_attrs(layer.node))
     else:  # block-diagonal: one batched MatMul over the groups
-        cur = _grouped_matmul(g, vin, lay.weights(), groups, layer.adc_bias)
+        cur = _grouped_matmul(g, vin, lay.weights(noisy), groups, layer.adc_bias)
     # cur: [N, columns, *spatial] (Conv) or [rows, columns]
     per_slice = ""
     if s.calibrate or (s.adc_bits < IDEAL_BITS and not layer.adc_in_steps):
@@ -413,11 +413,26 @@ def _crossbar(g: GraphWriter, layer: TileLayer, v: str, current_outputs: list[st
     if s.adc_bits < IDEAL_BITS:  # per inference and slice: [min(0, lo), hi]
         lo = g.minimum(g.reduce("ReduceMin", per_slice, [2, 4]), 0.0, "lo")
         hi = g.reduce("ReduceMax", per_slice, [2, 4])
+        if lay.pair:
+            return _signed_dynamic_adc(g, cur, per_slice, lo, hi, max_code), None
         step_t = g.maximum(g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / max_code)]),
                            1e-30, "adc_step")
         code = g.round(g.op("Div", [g.op("Sub", [per_slice, lo]), step_t]), 0.0, max_code)
         return g.op("Reshape", [g.op("Mul", [code, step_t]), g.op("Shape", [cur])], "adc"), None
     return cur, None
+
+
+def _signed_dynamic_adc(g: GraphWriter, cur: str, per_slice: str, lo: str, hi: str,
+                        max_code: float) -> str:
+    """A ``pair`` ADC with a per-inference range: the signed currents ``per_slice`` (slots on
+    axis 3, as :meth:`LayerLayout.slot_shape`) read as ``step * round(I / step)``, ``step`` the
+    range ``[min(0, lo), max(0, hi)]`` over ``max_code``: zero current is a code, and the
+    ``max_code + 1`` codes cover the range within half a step at either end."""
+    hi = g.maximum(hi, 0.0, "hi")
+    step_t = g.maximum(g.op("Mul", [g.op("Sub", [hi, lo]), g.const("inv", 1.0 / max_code)]),
+                       1e-30, "adc_step")
+    code = g.round(g.op("Div", [per_slice, step_t]), -max_code, max_code)
+    return g.op("Reshape", [g.op("Mul", [code, step_t]), g.op("Shape", [cur])], "adc")
 
 
 def _adc_codes(g: GraphWriter, cur: str, bits: int, clipped: bool = False

@@ -26,11 +26,15 @@ class LayerLayout:
     Slices that read the same input channels (Conv: the channels their rows touch; Gemm/MatMul:
     their rows) form one group, so an input is gathered once per group, not once per slice:
     ``groups`` groups of ``per`` slots, ``width`` input channels each (zero-padded). A slot has
-    ``mmax`` ``+`` and ``mmax`` ``-`` columns (a slice's ``m`` columns, then zero ones); columns
-    are ordered ``[group, sign, slot, column]``, so with read noise every (group, sign) is a
-    group of the Conv with its own noisy input. Column ``c`` feeds output ``out_of[c]`` (-1:
-    padding) with coefficient ``coef[c]`` (``+-scale / unit``, times the ADC step when that is
-    folded into the weights). Slice ``i`` sits in slot ``slot[i]`` (``group * per + slot``).
+    ``mmax`` ``+`` and ``mmax`` ``-`` columns (a slice's ``m`` columns, then zero ones); the
+    product's outputs are ordered ``[group, sign, slot, column]``, so with read noise every
+    (group, sign) is a group of the Conv with its own noisy input. With ``pair`` (one ADC per
+    column pair) the product outputs one signed current per pair, ``I+ - I-``: ``signs`` is 1
+    and the sign axis has length 1. Output ``c`` of the product feeds layer output
+    ``out_of[c]`` (-1: padding) with coefficient ``coef[c]`` (``+-scale / unit``, times the ADC
+    step when that is folded into the weights), its code read less ``zero[c]`` (the code of
+    zero current of a signed calibrated range). Slice ``i`` sits in slot ``slot[i]``
+    (``group * per + slot``).
     """
 
     groups: int
@@ -46,11 +50,17 @@ class LayerLayout:
     coef: np.ndarray
     slot: np.ndarray
     n_out: int
+    pair: bool = False
+    """One output per column pair (its signed current), not one per column."""
+    zero: np.ndarray | None = None
+    """Per product output, the ADC code of zero current (None: code 0 is zero current, or the
+    codes are currents already)."""
 
     @classmethod
     def of(cls, op: Any, slices: list[tuple[int, int, SliceRecord]],
            levels: dict[int, np.ndarray], hw: Hardware, unit: float) -> LayerLayout:
-        conv = op.layout == LAYOUT_CONV
+        conv, pair = op.layout == LAYOUT_CONV, hw.converters.pair
+        signs = 1 if pair else 2
         blocks = []
         for t, _, s in slices:
             w_i = hw.cell.read_v * _slice_conductances(levels[t], s, hw)  # [rows, 2m]
@@ -66,8 +76,8 @@ class LayerLayout:
         kernel = tuple(op.shape[2:]) if conv else ()
         index = np.zeros((n_groups, width), np.int64)
         w = np.zeros((n_groups, 2, per, mmax, width, *kernel), np.float64)
-        out_of = np.full((n_groups, 2, per, mmax), -1, np.int64)
-        coef = np.zeros((n_groups, 2, per, mmax), np.float64)
+        out_of = np.full((n_groups, signs, per, mmax), -1, np.int64)
+        coef = np.zeros((n_groups, signs, per, mmax), np.float64)
         slot = np.zeros(len(slices), np.int64)
         for gi, members in enumerate(by_rows.values()):
             chans = blocks[members[0]][0]
@@ -85,29 +95,45 @@ class LayerLayout:
                 w[gi, 1, j, :m, : chans.size] = wb[m:][by_out]
                 out_of[gi, :, j, :m] = outs_of[i][by_out]
                 sc = np.asarray(s.scale, np.float64)[by_out] / unit
-                coef[gi, 0, j, :m], coef[gi, 1, j, :m] = sc, -sc
+                coef[gi, 0, j, :m] = sc
+                if not pair:
+                    coef[gi, 1, j, :m] = -sc
                 slot[i] = gi * per + j
         channels = op.groups * op.shape[1] if conv else op.shape[0]
         return cls(groups=n_groups, per=per, mmax=mmax, channels=channels, index=index, w=w,
                    out_of=out_of.reshape(-1), coef=coef.reshape(-1), slot=slot,
-                   n_out=op.n_out)
+                   n_out=op.n_out, pair=pair)
+
+    @property
+    def signs(self) -> int:
+        """Product outputs per column pair: 2 (each column apart) or 1 (``pair``)."""
+        return 1 if self.pair else 2
 
     @property
     def columns(self) -> int:
-        return self.groups * 2 * self.per * self.mmax
+        """Outputs of the product (columns, or column pairs with ``pair``), padding included."""
+        return self.groups * self.signs * self.per * self.mmax
 
     @property
     def width(self) -> int:
         return int(self.index.shape[1])
 
-    def weights(self) -> np.ndarray:
-        """``[columns, width, *kernel]`` (no kernel axes for a Gemm/MatMul)."""
-        return self.w.reshape(self.columns, *self.w.shape[4:]).astype(np.float32)
+    def weights(self, noisy: bool = False) -> np.ndarray:
+        """The product's weights, ``[columns, width, *kernel]`` (no kernel axes for a
+        Gemm/MatMul). With ``pair`` a pair's output weighs ``G+ - G-``; ``noisy``, its group
+        reads the ``+`` then the ``-`` noisy copy of its input (``2 * width`` channels) with
+        ``G+`` and ``-G-``, so each cell's read keeps its own draw."""
+        w = self.w
+        if self.pair and noisy:
+            w = np.concatenate([w[:, 0], -w[:, 1]], axis=3)  # [groups, per, mmax, 2w, *k]
+        elif self.pair:
+            w = w[:, 0] - w[:, 1]
+        return w.reshape(self.columns, *w.shape[-1 - len(self._spatial()):]).astype(np.float32)
 
     def slot_shape(self) -> list[int]:
         """Reshape of the product that puts a slot's columns on axes 2 and 4:
-        ``[N, groups, 2, per, -1]``."""
-        return [0, self.groups, 2, self.per, -1]
+        ``[N, groups, signs, per, -1]``."""
+        return [0, self.groups, self.signs, self.per, -1]
 
     def fold_adc(self, ranges: list[tuple[float, float]], per_unit: float, max_code: float
                  ) -> np.ndarray | None:
@@ -115,16 +141,29 @@ class LayerLayout:
         in ADC steps) and its coefficients by ``step``; the bias that puts a range starting
         below zero current at code 0 (None when no range does). ``ranges`` are the slices'
         calibrated current extremes, ``per_unit`` converts them to the product's units, and
-        ``max_code`` is the ADC's top code."""
-        bias = np.zeros((self.groups, 2, self.per, self.mmax), np.float64)
-        coef = self.coef.reshape(self.groups, 2, self.per, self.mmax)
+        ``max_code`` is the ADC's top code.
+
+        A ``pair`` range is signed, ``[min(0, lo), max(0, hi)]``, shifted by less than half a
+        step so that zero current is a code (:attr:`zero`): the digital sum reads ``code -
+        zero``, and a pair of equal currents reads 0 exactly."""
+        signs = self.signs
+        bias = np.zeros((self.groups, signs, self.per, self.mmax), np.float64)
+        zero = np.zeros_like(bias)
+        coef = self.coef.reshape(self.groups, signs, self.per, self.mmax)
         for i, (lo_r, hi_r) in enumerate(ranges):
             gi, j = divmod(int(self.slot[i]), self.per)
-            lo_c, hi_c = min(lo_r, 0.0) * per_unit, hi_r * per_unit
+            lo_c = min(lo_r, 0.0) * per_unit
+            hi_c = (max(hi_r, 0.0) if self.pair else hi_r) * per_unit
             step = max((hi_c - lo_c) / max_code, 1e-30)
             self.w[gi, :, j] /= step
             coef[gi, :, j] *= step
-            bias[gi, :, j] = -lo_c / step
+            if self.pair:
+                zero[gi, :, j] = min(float(np.round(-lo_c / step)), max_code)
+                bias[gi, :, j] = zero[gi, :, j]
+            else:
+                bias[gi, :, j] = -lo_c / step
+        if zero.any():
+            self.zero = zero.reshape(-1)
         return bias.reshape(-1).astype(np.float32) if bias.any() else None
 
     def combine(self, g: GraphWriter, code: str, conv: bool, out: str | None,
@@ -132,13 +171,20 @@ class LayerLayout:
         """Per output, the sum of ``coef * code`` over its columns, plus ``bias``:
         ``[N, n_out, *spatial]`` (Conv) or ``[rows, n_out]``. ``zp``: ``code`` is uint8 codes
         offset by ``zp`` (see :func:`_adc_codes`), read by :func:`_per_column` (None: float
-        codes)."""
+        codes). Codes are read less their :attr:`zero`: in the zero points of uint8 codes, by a
+        subtraction of float codes (exact: both are whole numbers)."""
         cols, used = self.columns, self.out_of >= 0
         k = max(1, int(np.bincount(self.out_of[used], minlength=self.n_out).max(initial=0)))
         ones = [1] * len(self._spatial())
+        zps: int | np.ndarray | None = zp
+        if self.zero is not None and zp is not None:
+            zps = zp + self.zero.astype(np.int64)
+        elif self.zero is not None:  # float codes: whole numbers, so code - zero is exact
+            z = self.zero.astype(np.float32).reshape(1, -1, *ones)
+            code = g.op("Sub", [code, g.const("zero", z)], "code")
         if cols <= COMBINE_DENSE_RATIO * k:  # one dense product, the bias included
-            if zp is not None:
-                code = _dequantize(g, code, zp)
+            if zps is not None:
+                code = _dequantize(g, code, zps)
             dense = np.zeros((cols, self.n_out), np.float32)
             dense[np.flatnonzero(used), self.out_of[used]] = self.coef[used]
             b_in = [] if bias is None else [g.const("bias", np.asarray(bias, np.float32))]
@@ -151,7 +197,7 @@ class LayerLayout:
         last = out if bias is None else None
         where = self._regular()
         if where is not None:
-            y = self._combine_regular(g, code, conv, last, where, zp)
+            y = self._combine_regular(g, code, conv, last, where, zps)
         else:  # each output gathers its k columns (padding: column 0 with coefficient 0)
             idx = np.zeros((self.n_out, k), np.int64)
             wk = np.zeros((self.n_out, k), np.float32)
@@ -165,7 +211,8 @@ class LayerLayout:
                           "picked", axis=1)
             shape = (g.shape_with(code, [self.n_out, k]) if conv
                      else g.const("s3", [-1, self.n_out, k], np.int64))
-            terms = g.op("Reshape", [_per_column(g, picked, wk, zp, len(ones)), shape],
+            picked_zp = zps if zps is None or isinstance(zps, int) else zps[idx.reshape(-1)]
+            terms = g.op("Reshape", [_per_column(g, picked, wk, picked_zp, len(ones)), shape],
                          "terms")
             y = g.reduce("ReduceSum", terms, [2], 0, out=last, hint="y")
         if bias is None:
@@ -180,7 +227,7 @@ class LayerLayout:
         """Where every group holds the same outputs at the same column places (a layer split
         alike on every row block): per place ``[per * mmax]`` its output (-1 padding), and for
         every output a place holding it or a padding place; else None."""
-        out4 = self.out_of.reshape(self.groups, 2, self.per * self.mmax)
+        out4 = self.out_of.reshape(self.groups, self.signs, self.per * self.mmax)
         place = out4[0, 0]
         if not (out4 == place).all():
             return None
@@ -197,12 +244,13 @@ class LayerLayout:
         return where
 
     def _combine_regular(self, g: GraphWriter, code: str, conv: bool, out: str | None,
-                         where: np.ndarray, zp: int | None) -> str:
+                         where: np.ndarray, zp: int | np.ndarray | None) -> str:
         """``sum over groups and signs of coef * code`` per place (a weighted ReduceSum: no
         gather of the large column tensor), then the places in output order (``where``, from
         :meth:`_regular`)."""
         places = self.per * self.mmax
-        shape = g.const("gsp", [0, self.groups * 2, places, *([-1] if conv else [])], np.int64)
+        shape = g.const("gsp", [0, self.groups * self.signs, places, *([-1] if conv else [])],
+                        np.int64)
         terms = g.op("Reshape", [
             _per_column(g, code, self.coef, zp, len(self._spatial())), shape], "terms")
         identity = np.array_equal(where, np.arange(places))
@@ -216,13 +264,18 @@ class LayerLayout:
         return g.op("Gather", [y, g.const("where", where, np.int64)], "y", out=out, axis=1)
 
 
-def _dequantize(g: GraphWriter, code: str, zp: int) -> str:
-    """``code - zp`` of uint8 codes, as float (one DequantizeLinear)."""
-    return g.op("DequantizeLinear", [code, g.const("one", 1.0), g.const("zp", zp, np.uint8)],
-                "code")
+def _dequantize(g: GraphWriter, code: str, zp: int | np.ndarray) -> str:
+    """``code - zp`` of uint8 codes, as float (one DequantizeLinear; per column along axis 1
+    when ``zp`` is an array)."""
+    if isinstance(zp, int):
+        return g.op("DequantizeLinear", [code, g.const("one", 1.0), g.const("zp", zp, np.uint8)],
+                    "code")
+    return g.op("DequantizeLinear", [code, g.const("one", np.ones(zp.size)),
+                                     g.const("zp", zp, np.uint8)], "code", axis=1)
 
 
-def _per_column(g: GraphWriter, code: str, coef: np.ndarray, zp: int | None, spatial: int) -> str:
+def _per_column(g: GraphWriter, code: str, coef: np.ndarray, zp: int | np.ndarray | None,
+                spatial: int) -> str:
     """``code * coef`` along axis 1 (``spatial`` axes follow it). uint8 codes (``zp`` given)
     are read with their zero point by one DequantizeLinear whose per-axis scale is ``coef``;
     float codes (``zp`` None) take a Mul."""
@@ -230,7 +283,7 @@ def _per_column(g: GraphWriter, code: str, coef: np.ndarray, zp: int | None, spa
     if zp is None:
         return g.op("Mul", [code, g.const("coef", sc.reshape(1, -1, *[1] * spatial))], "terms")
     return g.op("DequantizeLinear", [code, g.const("coef", sc),
-                                     g.const("zp", np.full(sc.size, zp), np.uint8)],
+                                     g.const("zp", np.broadcast_to(zp, sc.shape), np.uint8)],
                 "terms", axis=1)
 
 
