@@ -1,11 +1,13 @@
 """Compiled (numba) loops of the permutation moves: the objective of one block and its cost
 matrices, summed over the cells that hold a stuck code only.
 
-Every function reads the same inputs: ``table`` is :func:`_objective.code_table` (squared level
-error of every ``(code+, code-, q)``), ``qi`` int ``[n, m]`` is ``q + top`` (the table's q index),
-``w`` float ``[n, m]`` the objective's weights, ``codes`` int16 ``[R, S]`` the cell codes of the
-block's strip (0 = healthy). A pair with two healthy cells costs nothing, so every loop skips
-to the stuck cells: work is proportional to stuck cells times the block's other side.
+Every function reads the same inputs: ``levels`` and ``alone`` are those of
+:class:`_objective.StuckCodes` (stuck level of every code; squared level error of a pair with one
+stuck cell, for every q), ``top`` the highest level, ``qi`` int ``[n, m]`` is ``q + top`` (the
+tables' q index), ``w`` float ``[n, m]`` the objective's weights, ``codes`` int ``[R, S]`` the
+cell codes of the block's strip (0 = healthy). A pair with two healthy cells costs nothing, so
+every loop skips to the stuck cells: work is proportional to stuck cells times the block's other
+side. The error of a pair is :func:`_objective.pair_error`'s, the same numbers.
 Imported on first use (numba's import costs a fraction of a second; commands that build
 nothing never pay it). Compiled once per machine (``cache=True``).
 """
@@ -16,10 +18,23 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, nogil=True, inline="always")
+def pair_error(levels: np.ndarray, alone: np.ndarray, top: int, a: int, b: int, qi: int
+               ) -> float:
+    """Squared level error of the pair of codes ``a`` (``+``) / ``b`` (``-``) holding
+    ``qi - top``."""
+    if a != 0 and b != 0:
+        d = (levels[a] - levels[b]) - float(qi - top)
+        return d * d
+    if b == 0:
+        return alone[0, a, qi]
+    return alone[1, b, qi]
+
+
 @njit(cache=True, nogil=True)
-def block_cost(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarray,
-               rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
-    """``sum_ij w[i, j] * E[codes[rows[i], pos[j]], codes[rows[i], neg[j]], qi[i, j]]``."""
+def block_cost(levels: np.ndarray, alone: np.ndarray, top: int, qi: np.ndarray, w: np.ndarray,
+               codes: np.ndarray, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+    """``sum_ij w[i, j] * E(codes[rows[i], pos[j]], codes[rows[i], neg[j]], qi[i, j])``."""
     n, m = qi.shape
     total = 0.0
     for i in range(n):
@@ -28,13 +43,13 @@ def block_cost(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarr
             a = codes[r, pos[j]]
             b = codes[r, neg[j]]
             if a != 0 or b != 0:
-                total += w[i, j] * table[a, b, qi[i, j]]
+                total += w[i, j] * pair_error(levels, alone, top, a, b, qi[i, j])
     return total
 
 
 @njit(cache=True, nogil=True)
-def row_costs(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarray,
-              pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+def row_costs(levels: np.ndarray, alone: np.ndarray, top: int, qi: np.ndarray, w: np.ndarray,
+              codes: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """``cost[i, r]``: logical row ``i`` on physical row ``r``, columns fixed. ``[n, R]``."""
     n, m = qi.shape
     rr = codes.shape[0]
@@ -43,15 +58,24 @@ def row_costs(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarra
         for j in range(m):
             a = codes[r, pos[j]]
             b = codes[r, neg[j]]
-            if a != 0 or b != 0:
+            if a != 0 and b != 0:
+                diff = levels[a] - levels[b]
                 for i in range(n):
-                    cost[i, r] += w[i, j] * table[a, b, qi[i, j]]
+                    d = diff - float(qi[i, j] - top)
+                    cost[i, r] += w[i, j] * (d * d)
+            elif a != 0:
+                for i in range(n):
+                    cost[i, r] += w[i, j] * alone[0, a, qi[i, j]]
+            elif b != 0:
+                for i in range(n):
+                    cost[i, r] += w[i, j] * alone[1, b, qi[i, j]]
     return cost
 
 
 @njit(cache=True, nogil=True)
-def pair_costs(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarray,
-               rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pair_costs(levels: np.ndarray, alone: np.ndarray, top: int, qi: np.ndarray, w: np.ndarray,
+               codes: np.ndarray, rows: np.ndarray, a: np.ndarray, b: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
     """``fwd[j, p]`` / ``rev[j, p]``: output ``j`` on the pair ``(a[p], b[p])`` with ``+`` on
     ``a[p]`` / on ``b[p]``, rows fixed. ``[m, P]`` each."""
     n, m = qi.shape
@@ -64,14 +88,14 @@ def pair_costs(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarr
             y = codes[rows[i], b[p]]
             if x != 0 or y != 0:
                 for j in range(m):
-                    fwd[j, p] += w[i, j] * table[x, y, qi[i, j]]
-                    rev[j, p] += w[i, j] * table[y, x, qi[i, j]]
+                    fwd[j, p] += w[i, j] * pair_error(levels, alone, top, x, y, qi[i, j])
+                    rev[j, p] += w[i, j] * pair_error(levels, alone, top, y, x, qi[i, j])
     return fwd, rev
 
 
 @njit(cache=True, nogil=True)
-def side_costs(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarray,
-               rows: np.ndarray, fixed: np.ndarray, free: np.ndarray,
+def side_costs(levels: np.ndarray, alone: np.ndarray, top: int, qi: np.ndarray, w: np.ndarray,
+               codes: np.ndarray, rows: np.ndarray, fixed: np.ndarray, free: np.ndarray,
                move_is_pos: bool) -> np.ndarray:
     """``cost[j, k]``: output ``j``'s moving cell (``+`` if ``move_is_pos``) on column
     ``free[k]``, its other cell on ``fixed[j]``, rows fixed. ``[m, len(free)]``: the cost with a
@@ -83,8 +107,8 @@ def side_costs(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarr
         for j in range(m):
             f = codes[rows[i], fixed[j]]
             if f != 0:
-                base[j] += w[i, j] * (table[0, f, qi[i, j]] if move_is_pos
-                                      else table[f, 0, qi[i, j]])
+                base[j] += w[i, j] * (alone[1, f, qi[i, j]] if move_is_pos
+                                      else alone[0, f, qi[i, j]])
     cost = np.empty((m, nf))
     for k in range(nf):
         for j in range(m):
@@ -96,9 +120,11 @@ def side_costs(table: np.ndarray, qi: np.ndarray, w: np.ndarray, codes: np.ndarr
                     f = codes[rows[i], fixed[j]]
                     q = qi[i, j]
                     if move_is_pos:
-                        cost[j, k] += w[i, j] * (table[c, f, q] - table[0, f, q])
+                        cost[j, k] += w[i, j] * (pair_error(levels, alone, top, c, f, q)
+                                                 - alone[1, f, q])
                     else:
-                        cost[j, k] += w[i, j] * (table[f, c, q] - table[f, 0, q])
+                        cost[j, k] += w[i, j] * (pair_error(levels, alone, top, f, c, q)
+                                                 - alone[0, f, q])
     return cost
 
 

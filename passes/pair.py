@@ -17,7 +17,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import cell_codes, code_table, pair_cost_by_state
+from rcompile.passes._objective import (
+    StuckCodes,
+    cell_codes,
+    pair_cost_by_state,
+    pair_error,
+    stuck_codes,
+    whole_codes,
+)
 from rcompile.passes.place import block_q, block_weights
 
 from rcompile.ir import ChipMapping, Placement, Plan
@@ -31,19 +38,27 @@ class BlockProblem:
 
     q: np.ndarray  # int [n, m]
     w: np.ndarray  # float [n, m]: r_i * s_j^2
-    codes: np.ndarray  # int16 [R, S]: the tile's cells on the block's strip of S columns
+    codes: np.ndarray  # int16 [R, S]: cell_codes of the tile's cells on the block's strip
     top: int
     cols: np.ndarray  # int32 [S]: physical column of each strip column (moves work on strip ones)
     reference: bool = False
     """Solve every move with numpy cost matrices and OR-Tools' integer assignment (the
     reference solver, slower) instead of the compiled loops and the float assignment."""
-    qi: np.ndarray = field(init=False)  # int64 [n, m]: q + top, the index into code_table
-    table: np.ndarray = field(init=False)  # code_table(top)
+    cells: StuckCodes | None = None
+    """The strip's exact stuck codes, which every cost here uses; ``None``: those of ``codes``
+    (whole stuck levels)."""
+    qi: np.ndarray = field(init=False)  # int64 [n, m]: q + top, the tables' q index
+    sc: StuckCodes = field(init=False)  # cells, or whole_codes(codes)
 
     def __post_init__(self) -> None:
         self.qi = self.q.astype(np.int64) + self.top
         self.w = np.ascontiguousarray(self.w, np.float64)
-        self.table = code_table(self.top)
+        self.sc = self.cells if self.cells is not None else whole_codes(self.codes, self.top)
+
+    def kernel_args(self) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray,
+                                   np.ndarray]:
+        """The first arguments of every compiled cost loop (``passes/_kernels.py``)."""
+        return self.sc.levels, self.sc.alone, self.top, self.qi, self.w, self.sc.codes
 
     def local(self, physical: np.ndarray) -> np.ndarray:
         """Strip index of physical columns."""
@@ -57,13 +72,13 @@ class BlockProblem:
             return self.cost_numpy(rows, pos, neg)
         from rcompile.passes._kernels import block_cost
 
-        return float(block_cost(self.table, self.qi, self.w, self.codes, rows, pos, neg))
+        return float(block_cost(*self.kernel_args(), rows, pos, neg))
 
     def cost_numpy(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
         """:meth:`cost` summed by numpy (the reference solver's rounding)."""
-        sub = self.codes[rows]
+        sub = self.sc.codes[rows]
         cp, cn = sub[:, pos], sub[:, neg]  # [n, m]
-        return float(np.sum(self.w * self.table[cp, cn, self.qi]))
+        return float(np.sum(self.w * pair_error(self.sc, cp, cn, self.qi)))
 
     def solve(self, cost: np.ndarray, start: np.ndarray) -> np.ndarray:
         """The assignment of one move: exact either way, from ``start`` unless reference."""
@@ -75,17 +90,17 @@ def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndar
     """Outputs onto current and spare pairs, polarity chosen per (output, pair)."""
     from rcompile.passes._kernels import pair_costs
 
-    used = np.zeros(bp.codes.shape[1], bool)
+    used = np.zeros(bp.sc.codes.shape[1], bool)
     used[pos] = used[neg] = True
     spare = np.flatnonzero(~used)
     a = np.concatenate([pos, spare[0 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
     b = np.concatenate([neg, spare[1 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
     if bp.reference:
-        sub = bp.codes[rows]  # [n, C]
-        fwd = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, a].T, sub[:, b].T, bp.top)  # [m, P]
-        rev = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, b].T, sub[:, a].T, bp.top)
+        sub = bp.sc.codes[rows]  # [n, C]
+        fwd = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, a].T, sub[:, b].T, bp.sc)  # [m, P]
+        rev = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, b].T, sub[:, a].T, bp.sc)
     else:
-        fwd, rev = pair_costs(bp.table, bp.qi, bp.w, bp.codes, rows, a, b)  # [m, P] each
+        fwd, rev = pair_costs(*bp.kernel_args(), rows, a, b)  # [m, P] each
     choice = bp.solve(np.minimum(fwd, rev), np.arange(len(pos)))
     flip = rev[np.arange(len(choice)), choice] < fwd[np.arange(len(choice)), choice]
     return np.where(flip, b[choice], a[choice]).astype(np.int32), np.where(
@@ -103,29 +118,31 @@ def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.nd
     """
     from rcompile.passes._kernels import side_costs
 
-    free = np.setdiff1d(np.arange(bp.codes.shape[1]), fixed).astype(np.int32)
+    free = np.setdiff1d(np.arange(bp.sc.codes.shape[1]), fixed).astype(np.int32)
     if bp.reference:
         cost = _side_costs_numpy(bp, rows, fixed, free, move_is_pos)
     else:
-        cost = side_costs(bp.table, bp.qi, bp.w, bp.codes, rows, fixed, free, move_is_pos)
+        cost = side_costs(*bp.kernel_args(), rows, fixed, free, move_is_pos)
     return free[bp.solve(cost, np.searchsorted(free, move))].astype(np.int32)
 
 
 def _side_costs_numpy(bp: BlockProblem, rows: np.ndarray, fixed: np.ndarray, free: np.ndarray,
                       move_is_pos: bool) -> np.ndarray:
     """:func:`rcompile.passes._kernels.side_costs` in numpy (the reference solver's)."""
-    sub = bp.codes[rows].astype(np.int64)  # [n, C]
+    sub = bp.sc.codes[rows].astype(np.int64)  # [n, C]
     cand = sub[:, free]  # [n, A]
     fix = sub[:, fixed]  # [n, m]
-    table = bp.table
-    if not move_is_pos:
-        table = table.transpose(1, 0, 2)  # index as [moving code, fixed code, q]
+
+    def err(moving: np.ndarray, other: np.ndarray, qi: np.ndarray) -> np.ndarray:
+        return (pair_error(bp.sc, moving, other, qi) if move_is_pos
+                else pair_error(bp.sc, other, moving, qi))
+
     qi = bp.qi
-    healthy = table[0][fix, qi]  # [n, m]: error with a healthy moving cell
+    healthy = err(np.zeros_like(fix), fix, qi)  # [n, m]: error with a healthy moving cell
     cost = np.repeat((bp.w * healthy).sum(axis=0)[:, None], len(free), axis=1)  # [m, A]
     a, i = np.nonzero(cand.T)  # stuck candidate cells, sorted by column
     if a.size:
-        delta = bp.w[i] * (table[cand[i, a][:, None], fix[i], qi[i]] - healthy[i])  # [nnz, m]
+        delta = bp.w[i] * (err(cand[i, a][:, None], fix[i], qi[i]) - healthy[i])  # [nnz, m]
         starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
         cost[:, a[starts]] += np.add.reduceat(delta, starts, axis=0).T
     return cost
@@ -155,6 +172,7 @@ def problem(plan: Plan, ctx: ChipContext, pl: Placement) -> BlockProblem:
         codes=cell_codes(ctx.stuck[pl.tile][:, pl.cols]),
         top=ctx.device.max_level,
         cols=pl.cols,
+        cells=stuck_codes(ctx.stuck[pl.tile][:, pl.cols], ctx.device.max_level),
     )
 
 

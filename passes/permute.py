@@ -43,11 +43,12 @@ def move_rows(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarr
               ) -> np.ndarray:
     """Best physical row for every logical row, columns held fixed (solved from ``rows``)."""
     if bp.reference:
-        cost = pair_cost_by_state(bp.q, bp.w, bp.codes[:, pos], bp.codes[:, neg], bp.top)
+        codes = bp.sc.codes
+        cost = pair_cost_by_state(bp.q, bp.w, codes[:, pos], codes[:, neg], bp.sc)
     else:
         from rcompile.passes._kernels import row_costs
 
-        cost = row_costs(bp.table, bp.qi, bp.w, bp.codes, pos, neg)  # [n, R]
+        cost = row_costs(*bp.kernel_args(), pos, neg)  # [n, R]
     return bp.solve(cost, rows)
 
 

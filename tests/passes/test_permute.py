@@ -126,9 +126,6 @@ def test_the_time_limit_leaves_a_valid_mapping_and_is_counted(tiny_plan: Plan) -
     assert objective(tiny_plan, moved, ctx) == objective(tiny_plan, placed, ctx)
 
 
-@pytest.mark.xfail(strict=True, reason="permute's cost tables round a stuck cell's level to a "
-                   "whole one (_objective.cell_codes), so on fractional stuck levels a move "
-                   "judged better can raise the true objective (here 0.0062 -> 0.0099)")
 def test_the_objective_never_rises_on_fractional_stuck_levels() -> None:
     plan, ctx = fractional_chip(283)
     placed, _ = run_chip(plan, ctx, "place")
