@@ -19,7 +19,7 @@ threads on such small matrices only contend with the per-chip worker processes; 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -93,6 +93,9 @@ class StuckCodes:
     levels: np.ndarray  # float64 [K]: stuck level of each code (levels[0] is unused)
     alone: np.ndarray
     top: int
+    table: np.ndarray | None = None
+    """``[K, K, 2*top+1]``: :func:`pair_error` of every code pair, when ``K`` is small (a
+    single gather for the numpy cost matrices); ``None`` otherwise."""
 
 
 def stuck_codes(stuck: np.ndarray, top: int) -> StuckCodes:
@@ -107,13 +110,22 @@ def stuck_codes(stuck: np.ndarray, top: int) -> StuckCodes:
     codes[frac] = np.searchsorted(extra, stuck[frac]).astype(np.int32) + top + 2
     if not extra.size:
         return whole_codes(codes, top)
-    return StuckCodes(codes, levels, _alone_table(levels, top), top)
+    sc = StuckCodes(codes, levels, _alone_table(levels, top), top)
+    if len(levels) > _TABLE_CODES:
+        return sc
+    k = np.arange(len(levels))
+    qi = np.arange(2 * top + 1)
+    return replace(sc, table=pair_error(sc, k[:, None, None], k[None, :, None], qi[None, None, :]))
+
+
+_TABLE_CODES = 64
+"""Most codes for which :class:`StuckCodes` holds the full pair table (64: 1 MB)."""
 
 
 def whole_codes(codes: np.ndarray, top: int) -> StuckCodes:
     """:class:`StuckCodes` of :func:`cell_codes` (whole levels only)."""
     levels, alone = _whole_tables(top)
-    return StuckCodes(np.asarray(codes, np.int32), levels, alone, top)
+    return StuckCodes(np.asarray(codes, np.int32), levels, alone, top, code_table(top))
 
 
 @lru_cache(maxsize=8)
@@ -141,6 +153,8 @@ def _alone_table(levels: np.ndarray, top: int) -> np.ndarray:
 def pair_error(sc: StuckCodes, cp: np.ndarray, cn: np.ndarray, qi: np.ndarray) -> np.ndarray:
     """Squared level error of pairs of codes ``cp`` / ``cn`` holding ``q = qi - top`` (any
     broadcastable shapes); equals ``best_levels(...)[2] ** 2`` of their stuck levels."""
+    if sc.table is not None:
+        return sc.table[cp, cn, qi]  # type: ignore[no-any-return]
     both = (cp != 0) & (cn != 0)
     alone = np.where(cn == 0, sc.alone[0][cp, qi], sc.alone[1][cn, qi])
     d = (sc.levels[cp] - sc.levels[cn]) - (qi - sc.top).astype(np.float64)

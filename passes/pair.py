@@ -2,7 +2,8 @@
 
 Three exact moves, each a linear assignment on the true objective of ``passes/_objective.py``
 with the other choices held fixed (compiled cost loops and the warm-started float assignment;
-numpy and OR-Tools with ``BlockProblem.reference``):
+with ``BlockProblem.reference``, OR-Tools on cost matrices summed in numpy's order, which are
+defined by the numpy code here and ``pair_cost_by_state`` and compiled bit for bit):
 * ``outputs -> pairs``: logical outputs onto the current pairs and onto pairs formed from unused
   columns, each with the better polarity;
 * ``pos``: the ``+`` column of every output, among all columns not holding a ``-`` cell;
@@ -20,7 +21,6 @@ import numpy as np
 from rcompile.passes._objective import (
     StuckCodes,
     cell_codes,
-    pair_cost_by_state,
     pair_error,
     stuck_codes,
     whole_codes,
@@ -68,14 +68,14 @@ class BlockProblem:
         return self.cols[local].astype(np.int32)
 
     def cost(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
-        if self.reference:
-            return self.cost_numpy(rows, pos, neg)
-        from rcompile.passes._kernels import block_cost
+        from rcompile.passes._kernels import block_cost, block_cost_ref
 
-        return float(block_cost(*self.kernel_args(), rows, pos, neg))
+        kernel = block_cost_ref if self.reference else block_cost
+        return float(kernel(*self.kernel_args(), rows, pos, neg))
 
     def cost_numpy(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
-        """:meth:`cost` summed by numpy (the reference solver's rounding)."""
+        """:meth:`cost` summed by numpy: the definition of the reference solver's numbers
+        (its compiled loop equals it bit for bit)."""
         sub = self.sc.codes[rows]
         cp, cn = sub[:, pos], sub[:, neg]  # [n, m]
         return float(np.sum(self.w * pair_error(self.sc, cp, cn, self.qi)))
@@ -88,19 +88,15 @@ class BlockProblem:
 def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
     """Outputs onto current and spare pairs, polarity chosen per (output, pair)."""
-    from rcompile.passes._kernels import pair_costs
+    from rcompile.passes._kernels import pair_costs, pair_costs_ref
 
     used = np.zeros(bp.sc.codes.shape[1], bool)
     used[pos] = used[neg] = True
     spare = np.flatnonzero(~used)
     a = np.concatenate([pos, spare[0 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
     b = np.concatenate([neg, spare[1 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
-    if bp.reference:
-        sub = bp.sc.codes[rows]  # [n, C]
-        fwd = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, a].T, sub[:, b].T, bp.sc)  # [m, P]
-        rev = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, b].T, sub[:, a].T, bp.sc)
-    else:
-        fwd, rev = pair_costs(*bp.kernel_args(), rows, a, b)  # [m, P] each
+    kernel = pair_costs_ref if bp.reference else pair_costs
+    fwd, rev = kernel(*bp.kernel_args(), rows, a, b)  # [m, P] each
     choice = bp.solve(np.minimum(fwd, rev), np.arange(len(pos)))
     flip = rev[np.arange(len(choice)), choice] < fwd[np.arange(len(choice)), choice]
     return np.where(flip, b[choice], a[choice]).astype(np.int32), np.where(
@@ -116,19 +112,18 @@ def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.nd
     column a, the same for every a, plus a correction for each row where column a is stuck:
     work in proportion to the stuck cells of the free columns.
     """
-    from rcompile.passes._kernels import side_costs
+    from rcompile.passes._kernels import side_costs, side_costs_ref
 
     free = np.setdiff1d(np.arange(bp.sc.codes.shape[1]), fixed).astype(np.int32)
-    if bp.reference:
-        cost = _side_costs_numpy(bp, rows, fixed, free, move_is_pos)
-    else:
-        cost = side_costs(*bp.kernel_args(), rows, fixed, free, move_is_pos)
+    kernel = side_costs_ref if bp.reference else side_costs
+    cost = kernel(*bp.kernel_args(), rows, fixed, free, move_is_pos)
     return free[bp.solve(cost, np.searchsorted(free, move))].astype(np.int32)
 
 
 def _side_costs_numpy(bp: BlockProblem, rows: np.ndarray, fixed: np.ndarray, free: np.ndarray,
                       move_is_pos: bool) -> np.ndarray:
-    """:func:`rcompile.passes._kernels.side_costs` in numpy (the reference solver's)."""
+    """:func:`rcompile.passes._kernels.side_costs` in numpy: the definition of the reference
+    solver's numbers (``side_costs_ref`` equals it bit for bit)."""
     sub = bp.sc.codes[rows].astype(np.int64)  # [n, C]
     cand = sub[:, free]  # [n, A]
     fix = sub[:, fixed]  # [n, m]

@@ -12,11 +12,11 @@ counted in ``time_limit_hits`` and ``build`` reports them.
 
 Two solvers run the same moves: the fast one (compiled cost loops, the float assignment of
 :func:`rcompile.solvers.assign_from` warm-started from the current mapping) and the reference
-one (numpy cost matrices, OR-Tools' integer assignment). Both are exact per move but break ties
-differently, so the local search can end in different places. Every block runs the fast one;
-with ``reference`` (default) a block it leaves above zero cost also runs the reference one and
-the better result is kept (ties to the reference), so no block ends worse than under the
-reference solver alone.
+one (cost matrices summed in numpy's order, compiled; OR-Tools' integer assignment). Both are
+exact per move but break ties differently, so the local search can end in different places.
+Every block runs the fast one; with ``reference`` (default) a block it leaves above zero cost
+also runs the reference one and the better result is kept (ties to the reference), so no block
+ends worse than under the reference solver alone.
 Requires: placements. Guarantees: rows and columns stay injective; cost never increases.
 """
 
@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import pair_cost_by_state
 from rcompile.passes.pair import BlockProblem, improve_columns, problem
 
 from rcompile.ir import ChipMapping, Placement, Plan
@@ -42,13 +41,10 @@ Solved = tuple[np.ndarray, np.ndarray, np.ndarray, float, float, bool]
 def move_rows(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
               ) -> np.ndarray:
     """Best physical row for every logical row, columns held fixed (solved from ``rows``)."""
-    if bp.reference:
-        codes = bp.sc.codes
-        cost = pair_cost_by_state(bp.q, bp.w, codes[:, pos], codes[:, neg], bp.sc)
-    else:
-        from rcompile.passes._kernels import row_costs
+    from rcompile.passes._kernels import row_costs, row_costs_ref
 
-        cost = row_costs(*bp.kernel_args(), pos, neg)  # [n, R]
+    kernel = row_costs_ref if bp.reference else row_costs  # ref: pair_cost_by_state's numbers
+    cost = kernel(*bp.kernel_args(), pos, neg)  # [n, R]
     return bp.solve(cost, rows)
 
 

@@ -108,3 +108,37 @@ def test_permute_reference_fallback_is_never_worse(tiny_model: str) -> None:
     both, fast = log["permute"], log["permute{reference=false}"]
     assert both["reference_solved"] > 0
     assert both["cost_after"] <= fast["cost_after"] + 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 0.9), st.booleans(), st.integers(1, 40),
+       st.integers(1, 24))
+def test_reference_cost_loops_are_the_numpy_definitions_bit_for_bit(
+        seed: int, rate: float, fractional: bool, n: int, m: int) -> None:
+    """The reference solver's compiled loops sum in numpy's order: same floats, same moves."""
+    rng = np.random.default_rng(seed)
+    lines, strip = n + int(rng.integers(0, 4)), 2 * m + int(rng.integers(0, 4))
+    level = np.where(rng.random((lines, strip)) < 0.5, rng.choice([0.0, TOP], (lines, strip)),
+                     rng.uniform(0, TOP, (lines, strip)) if fractional
+                     else rng.integers(0, TOP + 1, (lines, strip)))
+    stuck = np.where(rng.random((lines, strip)) < rate, level, np.nan).astype(np.float32)
+    bp = BlockProblem(q=rng.integers(-TOP, TOP + 1, (n, m)), w=rng.uniform(0, 2, (n, m)),
+                      codes=cell_codes(stuck), top=TOP, cols=np.arange(strip),
+                      cells=stuck_codes(stuck, TOP))
+    rows = rng.permutation(lines)[:n].astype(np.int32)
+    perm = rng.permutation(strip).astype(np.int32)
+    pos, neg = perm[:m], perm[m : 2 * m]
+    codes, sub = bp.sc.codes, bp.sc.codes[rows]
+    assert k.block_cost_ref(*bp.kernel_args(), rows, pos, neg) == bp.cost_numpy(rows, pos, neg)
+    np.testing.assert_array_equal(
+        k.row_costs_ref(*bp.kernel_args(), pos, neg),
+        pair_cost_by_state(bp.q, bp.w, codes[:, pos], codes[:, neg], bp.sc))
+    fwd, rev = k.pair_costs_ref(*bp.kernel_args(), rows, pos, neg)
+    np.testing.assert_array_equal(fwd, pair_cost_by_state(bp.q.T, bp.w.T, sub[:, pos].T,
+                                                          sub[:, neg].T, bp.sc))
+    np.testing.assert_array_equal(rev, pair_cost_by_state(bp.q.T, bp.w.T, sub[:, neg].T,
+                                                          sub[:, pos].T, bp.sc))
+    free = np.setdiff1d(np.arange(strip), neg).astype(np.int32)
+    for side in (True, False):
+        np.testing.assert_array_equal(k.side_costs_ref(*bp.kernel_args(), rows, neg, free, side),
+                                      _side_costs_numpy(bp, rows, neg, free, side))
