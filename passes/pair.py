@@ -49,11 +49,14 @@ class BlockProblem:
     (whole stuck levels)."""
     qi: np.ndarray = field(init=False)  # int64 [n, m]: q + top, the tables' q index
     sc: StuckCodes = field(init=False)  # cells, or whole_codes(codes)
+    solved: dict[tuple[tuple[int, ...], bytes], np.ndarray] = field(init=False, repr=False)
+    """Reference assignments by cost matrix (see :meth:`solve`)."""
 
     def __post_init__(self) -> None:
         self.qi = self.q.astype(np.int64) + self.top
         self.w = np.ascontiguousarray(self.w, np.float64)
         self.sc = self.cells if self.cells is not None else whole_codes(self.codes, self.top)
+        self.solved = {}
 
     def kernel_args(self) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray,
                                    np.ndarray]:
@@ -81,8 +84,18 @@ class BlockProblem:
         return float(np.sum(self.w * pair_error(self.sc, cp, cn, self.qi)))
 
     def solve(self, cost: np.ndarray, start: np.ndarray) -> np.ndarray:
-        """The assignment of one move: exact either way, from ``start`` unless reference."""
-        return assign(cost) if self.reference else assign_from(cost, start)
+        """The assignment of one move: exact either way, from ``start`` unless reference.
+
+        The reference solver's answer depends on the cost matrix only, and a block's search
+        often poses the same move twice (a side move after a round that changed nothing it
+        reads): such a repeat takes the answer already found instead of a second OR-Tools
+        call, the same assignment."""
+        if not self.reference:
+            return assign_from(cost, start)
+        key = (cost.shape, cost.tobytes())
+        if key not in self.solved:
+            self.solved[key] = assign(cost)
+        return self.solved[key].copy()
 
 
 def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
