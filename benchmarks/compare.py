@@ -3,8 +3,8 @@
 For every shipped model (``examples/mnist``, ``examples/mobilenet``, ``examples/dense``), every
 strategy and a grid of synthetic chips (fault rates, SA1:SA0 ratios, seeds), both versions build
 a programming image; the script reports, per build, whether the image bytes are identical and,
-when they are not, the objective of ``passes/_objective.py`` (weighted squared level error) of every block under
-each version: how many blocks got better, equal or worse, and the totals.
+when they are not, the objective of ``passes/_objective.py`` (weighted squared level error) of
+every block under each version: how many blocks got better, equal or worse, and the totals.
 
 ``OLD`` is a git revision (default ``main``); ``NEW`` is the working tree this script sits in
 (uncommitted changes included), or another revision with ``--new``. Each version runs in its
