@@ -144,23 +144,45 @@ def _solve_blocks(shared: tuple[Permute, Plan, ChipContext, tuple[Placement, ...
                   which: list[int]) -> list[tuple[Any, ...]]:
     """Solve the given placements (each independent of the others), in order. Each result is
     :data:`Solved` plus 0 (reference not run), 1 (run, kept: not worse) or 2 (strictly better
-    than the fast solution)."""
+    than the fast solution).
+
+    On fractional stuck levels the block is also solved on levels rounded to whole ones (the
+    search earlier versions ran) and the truly better mapping kept, ties to the exact search:
+    the exact objective makes every move sound, but a local search on another landscape can
+    still end lower on some block, and this way none ends above it."""
     self, plan, ctx, placements = shared
     out: list[tuple[Any, ...]] = []
     for k in which:
         pl = placements[k]
         bp = problem(plan, ctx, pl)
         begin = (pl.phys_rows, bp.local(pl.pos), bp.local(pl.neg))
-        rows, pos, neg, start, cost, hit = solve_block(
-            bp, *begin, self.rounds, self.columns, ctx.solver.time_limit_s)
-        ref = 0
-        if self.reference and cost > 0.0:
-            rbp = replace(bp, reference=True)
-            solved = solve_block(rbp, *begin, self.rounds, self.columns, ctx.solver.time_limit_s)
-            fast = rbp.cost(rows, pos, neg)  # both costs summed the same way
-            if solved[4] <= fast:  # ties go to the reference: its images stay what they were
-                ref = 1 + (solved[4] < fast)
-                rows, pos, neg, start, cost = solved[:5]
-                hit = hit or solved[5]
+        best = _solve_one(self, bp, begin, ctx.solver.time_limit_s)
+        if len(bp.sc.levels) > bp.top + 2:  # some stuck level is fractional
+            rounded = _solve_one(self, replace(bp, cells=None), begin, ctx.solver.time_limit_s)
+            judge = replace(bp, reference=True)
+            true = judge.cost(*rounded[0][:3])
+            if true < judge.cost(*best[0][:3]):
+                start, hit = best[0][3], best[0][5] or rounded[0][5]
+                best = ((*rounded[0][:3], start, true, hit), rounded[1])
+        (rows, pos, neg, start, cost, hit), ref = best
         out.append((rows, bp.physical(pos), bp.physical(neg), start, cost, hit, ref))
     return out
+
+
+def _solve_one(self: Permute, bp: BlockProblem,
+               begin: tuple[np.ndarray, np.ndarray, np.ndarray], time_limit_s: float
+               ) -> tuple[Solved, int]:
+    """The fast solver, then (with ``reference``, above zero cost) the reference one and the
+    better kept; the reference flag of :func:`_solve_blocks`."""
+    rows, pos, neg, start, cost, hit = solve_block(bp, *begin, self.rounds, self.columns,
+                                                   time_limit_s)
+    ref = 0
+    if self.reference and cost > 0.0:
+        rbp = replace(bp, reference=True)
+        solved = solve_block(rbp, *begin, self.rounds, self.columns, time_limit_s)
+        fast = rbp.cost(rows, pos, neg)  # both costs summed the same way
+        if solved[4] <= fast:  # ties go to the reference: its images stay what they were
+            ref = 1 + (solved[4] < fast)
+            rows, pos, neg, start, cost = solved[:5]
+            hit = hit or solved[5]
+    return (rows, pos, neg, start, cost, hit), ref
