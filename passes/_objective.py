@@ -100,16 +100,16 @@ class StuckCodes:
 
 def stuck_codes(stuck: np.ndarray, top: int) -> StuckCodes:
     """:class:`StuckCodes` of stuck levels (NaN = healthy, else a level in ``[0, top]``)."""
-    stuck = np.asarray(stuck, np.float64)
-    whole = np.isfinite(stuck) & (stuck == np.rint(stuck))
-    extra = np.unique(stuck[np.isfinite(stuck) & ~whole])
-    levels = np.concatenate([[0.0], np.arange(top + 1, dtype=np.float64), extra])
-    codes = np.zeros(stuck.shape, np.int32)
-    codes[whole] = stuck[whole].astype(np.int32) + 1
-    frac = np.isfinite(stuck) & ~whole
-    codes[frac] = np.searchsorted(extra, stuck[frac]).astype(np.int32) + top + 2
-    if not extra.size:
+    rounded = np.rint(stuck)
+    whole = rounded == stuck  # False for NaN
+    codes = np.where(whole, rounded + 1, 0).astype(np.int32)
+    frac = ~whole & ~np.isnan(stuck)
+    if not frac.any():
         return whole_codes(codes, top)
+    values = stuck[frac].astype(np.float64)
+    extra = np.unique(values)
+    codes[frac] = np.searchsorted(extra, values).astype(np.int32) + top + 2
+    levels = np.concatenate([[0.0], np.arange(top + 1, dtype=np.float64), extra])
     sc = StuckCodes(codes, levels, _alone_table(levels, top), top)
     if len(levels) > _TABLE_CODES:
         return sc

@@ -174,13 +174,17 @@ def improve_columns(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np
 
 
 def problem(plan: Plan, ctx: ChipContext, pl: Placement) -> BlockProblem:
+    stuck = ctx.stuck[pl.tile][:, pl.cols]
+    top = ctx.device.max_level
+    cells = stuck_codes(stuck, top)
+    whole = len(cells.levels) == top + 2  # then the exact codes are cell_codes
     return BlockProblem(
         q=block_q(plan, pl.block),
         w=block_weights(plan, ctx, pl.block),
-        codes=cell_codes(ctx.stuck[pl.tile][:, pl.cols]),
-        top=ctx.device.max_level,
+        codes=cells.codes.astype(np.int16) if whole else cell_codes(stuck),
+        top=top,
         cols=pl.cols,
-        cells=stuck_codes(ctx.stuck[pl.tile][:, pl.cols], ctx.device.max_level),
+        cells=cells,
     )
 
 
