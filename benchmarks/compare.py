@@ -1,10 +1,10 @@
 """Build the shipped examples with two versions of the compiler and compare the images.
 
-For every shipped model (``examples/mnist``, ``examples/mobilenet``), every strategy and a grid
-of synthetic chips (fault rates, SA1:SA0 ratios, seeds), both versions build a programming image;
-the script reports, per build, whether the image bytes are identical and, when they are not,
-the objective of ``passes/_objective.py`` (weighted squared level error) of every block under
-each version: how many blocks got better, equal or worse, and the totals.
+For every shipped model (``examples/mnist``, ``examples/mobilenet``, ``examples/dense``), every
+strategy and a grid of synthetic chips (fault rates, SA1:SA0 ratios, seeds), both versions build
+a programming image; the script reports, per build, whether the image bytes are identical and,
+when they are not, the objective of ``passes/_objective.py`` (weighted squared level error) of
+every block under each version: how many blocks got better, equal or worse, and the totals.
 
 ``OLD`` is a git revision (default ``main``); ``NEW`` is the working tree this script sits in
 (uncommitted changes included), or another revision with ``--new``. Each version runs in its
@@ -35,6 +35,7 @@ MODELS = {
     "mnist": ("examples/mnist/mnist_cnn.onnx", "examples/mnist/calib.npz"),
     "mnist-pruned": ("examples/mnist/mnist_cnn_pruned.onnx", "examples/mnist/calib.npz"),
     "mobilenet": ("examples/mobilenet/mobilenet.onnx", None),
+    "dense": ("examples/dense/dense_cnn.onnx", "examples/dense/calib.npz"),
 }
 STRATEGIES = ("two-column", "differential", "mt", "full")
 RATES = (0.001, 0.01, 0.05, 0.1, 0.2, 0.5)

@@ -2,7 +2,8 @@
 
 Three exact moves, each a linear assignment on the true objective of ``passes/_objective.py``
 with the other choices held fixed (compiled cost loops and the warm-started float assignment;
-numpy and OR-Tools with ``BlockProblem.reference``):
+with ``BlockProblem.reference``, OR-Tools on cost matrices summed in numpy's order, which are
+defined by the numpy code here and ``pair_cost_by_state`` and compiled bit for bit):
 * ``outputs -> pairs``: logical outputs onto the current pairs and onto pairs formed from unused
   columns, each with the better polarity;
 * ``pos``: the ``+`` column of every output, among all columns not holding a ``-`` cell;
@@ -17,7 +18,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import cell_codes, code_table, pair_cost_by_state
+from rcompile.passes._objective import (
+    StuckCodes,
+    cell_codes,
+    pair_error,
+    stuck_codes,
+    whole_codes,
+)
 from rcompile.passes.place import block_q, block_weights
 
 from rcompile.ir import ChipMapping, Placement, Plan
@@ -31,19 +38,30 @@ class BlockProblem:
 
     q: np.ndarray  # int [n, m]
     w: np.ndarray  # float [n, m]: r_i * s_j^2
-    codes: np.ndarray  # int16 [R, S]: the tile's cells on the block's strip of S columns
+    codes: np.ndarray  # int16 [R, S]: cell_codes of the tile's cells on the block's strip
     top: int
     cols: np.ndarray  # int32 [S]: physical column of each strip column (moves work on strip ones)
     reference: bool = False
     """Solve every move with numpy cost matrices and OR-Tools' integer assignment (the
     reference solver, slower) instead of the compiled loops and the float assignment."""
-    qi: np.ndarray = field(init=False)  # int64 [n, m]: q + top, the index into code_table
-    table: np.ndarray = field(init=False)  # code_table(top)
+    cells: StuckCodes | None = None
+    """The strip's exact stuck codes, which every cost here uses; ``None``: those of ``codes``
+    (whole stuck levels)."""
+    qi: np.ndarray = field(init=False)  # int64 [n, m]: q + top, the tables' q index
+    sc: StuckCodes = field(init=False)  # cells, or whole_codes(codes)
+    solved: dict[tuple[tuple[int, ...], bytes], np.ndarray] = field(init=False, repr=False)
+    """Reference assignments by cost matrix (see :meth:`solve`)."""
 
     def __post_init__(self) -> None:
         self.qi = self.q.astype(np.int64) + self.top
         self.w = np.ascontiguousarray(self.w, np.float64)
-        self.table = code_table(self.top)
+        self.sc = self.cells if self.cells is not None else whole_codes(self.codes, self.top)
+        self.solved = {}
+
+    def kernel_args(self) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray,
+                                   np.ndarray]:
+        """The first arguments of every compiled cost loop (``passes/_kernels.py``)."""
+        return self.sc.levels, self.sc.alone, self.top, self.qi, self.w, self.sc.codes
 
     def local(self, physical: np.ndarray) -> np.ndarray:
         """Strip index of physical columns."""
@@ -53,39 +71,45 @@ class BlockProblem:
         return self.cols[local].astype(np.int32)
 
     def cost(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
-        if self.reference:
-            return self.cost_numpy(rows, pos, neg)
-        from rcompile.passes._kernels import block_cost
+        from rcompile.passes._kernels import block_cost, block_cost_ref
 
-        return float(block_cost(self.table, self.qi, self.w, self.codes, rows, pos, neg))
+        kernel = block_cost_ref if self.reference else block_cost
+        return float(kernel(*self.kernel_args(), rows, pos, neg))
 
     def cost_numpy(self, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
-        """:meth:`cost` summed by numpy (the reference solver's rounding)."""
-        sub = self.codes[rows]
+        """:meth:`cost` summed by numpy: the definition of the reference solver's numbers
+        (its compiled loop equals it bit for bit)."""
+        sub = self.sc.codes[rows]
         cp, cn = sub[:, pos], sub[:, neg]  # [n, m]
-        return float(np.sum(self.w * self.table[cp, cn, self.qi]))
+        return float(np.sum(self.w * pair_error(self.sc, cp, cn, self.qi)))
 
     def solve(self, cost: np.ndarray, start: np.ndarray) -> np.ndarray:
-        """The assignment of one move: exact either way, from ``start`` unless reference."""
-        return assign(cost) if self.reference else assign_from(cost, start)
+        """The assignment of one move: exact either way, from ``start`` unless reference.
+
+        The reference solver's answer depends on the cost matrix only, and a block's search
+        often poses the same move twice (a side move after a round that changed nothing it
+        reads): such a repeat takes the answer already found instead of a second OR-Tools
+        call, the same assignment."""
+        if not self.reference:
+            return assign_from(cost, start)
+        key = (cost.shape, cost.tobytes())
+        if key not in self.solved:
+            self.solved[key] = assign(cost)
+        return self.solved[key].copy()
 
 
 def move_pairs(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
     """Outputs onto current and spare pairs, polarity chosen per (output, pair)."""
-    from rcompile.passes._kernels import pair_costs
+    from rcompile.passes._kernels import pair_costs, pair_costs_ref
 
-    used = np.zeros(bp.codes.shape[1], bool)
+    used = np.zeros(bp.sc.codes.shape[1], bool)
     used[pos] = used[neg] = True
     spare = np.flatnonzero(~used)
     a = np.concatenate([pos, spare[0 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
     b = np.concatenate([neg, spare[1 : len(spare) // 2 * 2 : 2]]).astype(np.int32)
-    if bp.reference:
-        sub = bp.codes[rows]  # [n, C]
-        fwd = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, a].T, sub[:, b].T, bp.top)  # [m, P]
-        rev = pair_cost_by_state(bp.q.T, bp.w.T, sub[:, b].T, sub[:, a].T, bp.top)
-    else:
-        fwd, rev = pair_costs(bp.table, bp.qi, bp.w, bp.codes, rows, a, b)  # [m, P] each
+    kernel = pair_costs_ref if bp.reference else pair_costs
+    fwd, rev = kernel(*bp.kernel_args(), rows, a, b)  # [m, P] each
     choice = bp.solve(np.minimum(fwd, rev), np.arange(len(pos)))
     flip = rev[np.arange(len(choice)), choice] < fwd[np.arange(len(choice)), choice]
     return np.where(flip, b[choice], a[choice]).astype(np.int32), np.where(
@@ -101,31 +125,32 @@ def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.nd
     column a, the same for every a, plus a correction for each row where column a is stuck:
     work in proportion to the stuck cells of the free columns.
     """
-    from rcompile.passes._kernels import side_costs
+    from rcompile.passes._kernels import side_costs, side_costs_ref
 
-    free = np.setdiff1d(np.arange(bp.codes.shape[1]), fixed).astype(np.int32)
-    if bp.reference:
-        cost = _side_costs_numpy(bp, rows, fixed, free, move_is_pos)
-    else:
-        cost = side_costs(bp.table, bp.qi, bp.w, bp.codes, rows, fixed, free, move_is_pos)
+    free = np.setdiff1d(np.arange(bp.sc.codes.shape[1]), fixed).astype(np.int32)
+    kernel = side_costs_ref if bp.reference else side_costs
+    cost = kernel(*bp.kernel_args(), rows, fixed, free, move_is_pos)
     return free[bp.solve(cost, np.searchsorted(free, move))].astype(np.int32)
 
 
 def _side_costs_numpy(bp: BlockProblem, rows: np.ndarray, fixed: np.ndarray, free: np.ndarray,
                       move_is_pos: bool) -> np.ndarray:
-    """:func:`rcompile.passes._kernels.side_costs` in numpy (the reference solver's)."""
-    sub = bp.codes[rows].astype(np.int64)  # [n, C]
+    """:func:`rcompile.passes._kernels.side_costs` in numpy: the definition of the reference
+    solver's numbers (``side_costs_ref`` equals it bit for bit)."""
+    sub = bp.sc.codes[rows].astype(np.int64)  # [n, C]
     cand = sub[:, free]  # [n, A]
     fix = sub[:, fixed]  # [n, m]
-    table = bp.table
-    if not move_is_pos:
-        table = table.transpose(1, 0, 2)  # index as [moving code, fixed code, q]
+
+    def err(moving: np.ndarray, other: np.ndarray, qi: np.ndarray) -> np.ndarray:
+        return (pair_error(bp.sc, moving, other, qi) if move_is_pos
+                else pair_error(bp.sc, other, moving, qi))
+
     qi = bp.qi
-    healthy = table[0][fix, qi]  # [n, m]: error with a healthy moving cell
+    healthy = err(np.zeros_like(fix), fix, qi)  # [n, m]: error with a healthy moving cell
     cost = np.repeat((bp.w * healthy).sum(axis=0)[:, None], len(free), axis=1)  # [m, A]
     a, i = np.nonzero(cand.T)  # stuck candidate cells, sorted by column
     if a.size:
-        delta = bp.w[i] * (table[cand[i, a][:, None], fix[i], qi[i]] - healthy[i])  # [nnz, m]
+        delta = bp.w[i] * (err(cand[i, a][:, None], fix[i], qi[i]) - healthy[i])  # [nnz, m]
         starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
         cost[:, a[starts]] += np.add.reduceat(delta, starts, axis=0).T
     return cost
@@ -149,12 +174,17 @@ def improve_columns(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np
 
 
 def problem(plan: Plan, ctx: ChipContext, pl: Placement) -> BlockProblem:
+    stuck = ctx.stuck[pl.tile][:, pl.cols]
+    top = ctx.device.max_level
+    cells = stuck_codes(stuck, top)
+    whole = len(cells.levels) == top + 2  # then the exact codes are cell_codes
     return BlockProblem(
         q=block_q(plan, pl.block),
         w=block_weights(plan, ctx, pl.block),
-        codes=cell_codes(ctx.stuck[pl.tile][:, pl.cols]),
-        top=ctx.device.max_level,
+        codes=cells.codes.astype(np.int16) if whole else cell_codes(stuck),
+        top=top,
         cols=pl.cols,
+        cells=cells,
     )
 
 

@@ -12,11 +12,11 @@ counted in ``time_limit_hits`` and ``build`` reports them.
 
 Two solvers run the same moves: the fast one (compiled cost loops, the float assignment of
 :func:`rcompile.solvers.assign_from` warm-started from the current mapping) and the reference
-one (numpy cost matrices, OR-Tools' integer assignment). Both are exact per move but break ties
-differently, so the local search can end in different places. Every block runs the fast one;
-with ``reference`` (default) a block it leaves above zero cost also runs the reference one and
-the better result is kept (ties to the reference), so no block ends worse than under the
-reference solver alone.
+one (cost matrices summed in numpy's order, compiled; OR-Tools' integer assignment). Both are
+exact per move but break ties differently, so the local search can end in different places.
+Every block runs the fast one; with ``reference`` (default) a block it leaves above zero cost
+also runs the reference one and the better result is kept (ties to the reference), so no block
+ends worse than under the reference solver alone.
 Requires: placements. Guarantees: rows and columns stay injective; cost never increases.
 """
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from rcompile.passes._objective import pair_cost_by_state
-from rcompile.passes.pair import BlockProblem, improve_columns, problem
+from rcompile.passes._objective import cell_codes, stuck_codes
+from rcompile.passes.pair import BlockProblem, improve_columns, move_pairs, move_side, problem
 
 from rcompile.ir import ChipMapping, Placement, Plan
 from rcompile.pipeline import CHIP, ChipContext, register
@@ -42,12 +42,10 @@ Solved = tuple[np.ndarray, np.ndarray, np.ndarray, float, float, bool]
 def move_rows(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray
               ) -> np.ndarray:
     """Best physical row for every logical row, columns held fixed (solved from ``rows``)."""
-    if bp.reference:
-        cost = pair_cost_by_state(bp.q, bp.w, bp.codes[:, pos], bp.codes[:, neg], bp.top)
-    else:
-        from rcompile.passes._kernels import row_costs
+    from rcompile.passes._kernels import row_costs, row_costs_ref
 
-        cost = row_costs(bp.table, bp.qi, bp.w, bp.codes, pos, neg)  # [n, R]
+    kernel = row_costs_ref if bp.reference else row_costs  # ref: pair_cost_by_state's numbers
+    cost = kernel(*bp.kernel_args(), pos, neg)  # [n, R]
     return bp.solve(cost, rows)
 
 
@@ -77,6 +75,26 @@ def solve_block(bp: BlockProblem, rows: np.ndarray, pos: np.ndarray, neg: np.nda
     return rows, pos, neg, start, cost, False
 
 
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) every cost loop and the assignment, for whole and
+    fractional stuck levels, on a tiny block: a block's time limit then measures solving
+    only, never a first call's compilation (seconds on a cold cache), so results do not
+    depend on whether the cache was warm."""
+    stuck = np.array([[0.0, np.nan, 15.0, np.nan], [np.nan, 3.0, np.nan, np.nan]], np.float32)
+    for levels in (stuck, stuck / 2):  # whole, then fractional levels
+        fast = BlockProblem(q=np.array([[1], [-2]]), w=np.ones((2, 1)), codes=cell_codes(levels),
+                            top=15, cols=np.arange(4, dtype=np.int32),
+                            cells=stuck_codes(levels, 15))
+        for bp in (fast, replace(fast, reference=True)):
+            rows, pos, neg = np.arange(2, dtype=np.int32), np.array([0], np.int32), np.array(
+                [1], np.int32)
+            bp.cost(rows, pos, neg)
+            move_rows(bp, rows, pos, neg)
+            move_pairs(bp, rows, pos, neg)
+            move_side(bp, rows, pos, neg, True)
+            move_side(bp, rows, neg, pos, False)
+
+
 @register
 @dataclass(frozen=True)
 class Permute:
@@ -98,6 +116,8 @@ class Permute:
     ) -> tuple[ChipMapping, dict[str, Any]]:
         placements = mapping.placements
         todo = [k for k, pl in enumerate(placements) if not np.isnan(ctx.stuck[pl.tile]).all()]
+        if todo:
+            compile_kernels()  # before any block's clock starts (and before forking)
         solved = fork_map(_solve_blocks, (self, plan, ctx, placements), todo)
         out = list(placements)
         before = after = 0.0
@@ -124,23 +144,45 @@ def _solve_blocks(shared: tuple[Permute, Plan, ChipContext, tuple[Placement, ...
                   which: list[int]) -> list[tuple[Any, ...]]:
     """Solve the given placements (each independent of the others), in order. Each result is
     :data:`Solved` plus 0 (reference not run), 1 (run, kept: not worse) or 2 (strictly better
-    than the fast solution)."""
+    than the fast solution).
+
+    On fractional stuck levels the block is also solved on levels rounded to whole ones (the
+    search earlier versions ran) and the truly better mapping kept, ties to the exact search:
+    the exact objective makes every move sound, but a local search on another landscape can
+    still end lower on some block, and this way none ends above it."""
     self, plan, ctx, placements = shared
     out: list[tuple[Any, ...]] = []
     for k in which:
         pl = placements[k]
         bp = problem(plan, ctx, pl)
         begin = (pl.phys_rows, bp.local(pl.pos), bp.local(pl.neg))
-        rows, pos, neg, start, cost, hit = solve_block(
-            bp, *begin, self.rounds, self.columns, ctx.solver.time_limit_s)
-        ref = 0
-        if self.reference and cost > 0.0:
-            rbp = replace(bp, reference=True)
-            solved = solve_block(rbp, *begin, self.rounds, self.columns, ctx.solver.time_limit_s)
-            fast = rbp.cost(rows, pos, neg)  # both costs summed the same way
-            if solved[4] <= fast:  # ties go to the reference: its images stay what they were
-                ref = 1 + (solved[4] < fast)
-                rows, pos, neg, start, cost = solved[:5]
-                hit = hit or solved[5]
+        best = _solve_one(self, bp, begin, ctx.solver.time_limit_s)
+        if len(bp.sc.levels) > bp.top + 2:  # some stuck level is fractional
+            rounded = _solve_one(self, replace(bp, cells=None), begin, ctx.solver.time_limit_s)
+            judge = replace(bp, reference=True)
+            true = judge.cost(*rounded[0][:3])
+            if true < judge.cost(*best[0][:3]):
+                start, hit = best[0][3], best[0][5] or rounded[0][5]
+                best = ((*rounded[0][:3], start, true, hit), rounded[1])
+        (rows, pos, neg, start, cost, hit), ref = best
         out.append((rows, bp.physical(pos), bp.physical(neg), start, cost, hit, ref))
     return out
+
+
+def _solve_one(self: Permute, bp: BlockProblem,
+               begin: tuple[np.ndarray, np.ndarray, np.ndarray], time_limit_s: float
+               ) -> tuple[Solved, int]:
+    """The fast solver, then (with ``reference``, above zero cost) the reference one and the
+    better kept; the reference flag of :func:`_solve_blocks`."""
+    rows, pos, neg, start, cost, hit = solve_block(bp, *begin, self.rounds, self.columns,
+                                                   time_limit_s)
+    ref = 0
+    if self.reference and cost > 0.0:
+        rbp = replace(bp, reference=True)
+        solved = solve_block(rbp, *begin, self.rounds, self.columns, time_limit_s)
+        fast = rbp.cost(rows, pos, neg)  # both costs summed the same way
+        if solved[4] <= fast:  # ties go to the reference: its images stay what they were
+            ref = 1 + (solved[4] < fast)
+            rows, pos, neg, start, cost = solved[:5]
+            hit = hit or solved[5]
+    return (rows, pos, neg, start, cost, hit), ref

@@ -13,6 +13,9 @@ from rcompile.passes._objective import (
     code_table,
     error_table,
     pair_cost_by_state,
+    pair_error,
+    stuck_codes,
+    whole_codes,
 )
 
 from rcompile.pipeline import parse, render
@@ -61,6 +64,28 @@ def test_cell_codes_and_the_code_table_agree_with_best_levels() -> None:
     assert not table[0, 0].any()  # a healthy pair realises every q exactly
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 1.0))
+def test_stuck_codes_give_the_true_error_of_every_pair(seed: int, fractional: float) -> None:
+    """On any stuck levels (whole, or between levels as measured conductances give), the error
+    of two coded cells is best_levels' own; on whole levels the codes are cell_codes and the
+    errors code_table's, bit for bit."""
+    rng = np.random.default_rng(seed)
+    shape = (2, 40)
+    level = np.where(rng.random(shape) < fractional, rng.uniform(0, TOP, shape),
+                     rng.integers(0, TOP + 1, shape))
+    stuck = np.where(rng.random(shape) < 0.6, level, np.nan).astype(np.float32)
+    sc = stuck_codes(stuck, TOP)
+    q = rng.integers(-TOP, TOP + 1, shape[1])
+    err = pair_error(sc, sc.codes[0], sc.codes[1], q + TOP)
+    _, _, want = best_levels(q, stuck[0], stuck[1], TOP)
+    np.testing.assert_array_equal(err, want**2)
+    whole = np.isnan(stuck) | (stuck == np.rint(stuck))
+    np.testing.assert_array_equal(sc.codes[whole], cell_codes(stuck)[whole])
+    if whole.all():
+        np.testing.assert_array_equal(err, code_table(TOP)[sc.codes[0], sc.codes[1], q + TOP])
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 10_000), st.integers(1, 6), st.integers(1, 5), st.integers(1, 7))
 def test_pair_cost_by_state_is_the_dense_sum(seed: int, n: int, m: int, places: int) -> None:
@@ -68,7 +93,7 @@ def test_pair_cost_by_state_is_the_dense_sum(seed: int, n: int, m: int, places: 
     q = rng.integers(-TOP, TOP + 1, size=(n, m))
     w = rng.uniform(0, 2, size=(n, m))
     codes = np.where(rng.random((2, places, m)) < 0.4, rng.integers(1, TOP + 2, (2, places, m)), 0)
-    got = pair_cost_by_state(q, w, codes[0], codes[1], TOP)
+    got = pair_cost_by_state(q, w, codes[0], codes[1], whole_codes(codes, TOP))
     table = code_table(TOP)
     want = np.array([[sum(w[i, j] * table[codes[0, x, j], codes[1, x, j], q[i, j] + TOP]
                           for j in range(m)) for x in range(places)] for i in range(n)])

@@ -121,9 +121,6 @@ def test_no_rounds_change_nothing(tiny_plan: Plan) -> None:
 
 
 
-@pytest.mark.xfail(strict=True, reason="pair's cost tables round a stuck cell's level to a whole "
-                   "one (_objective.cell_codes), so on fractional stuck levels a move judged "
-                   "better can raise the true objective (here 0.0422 -> 0.0523)")
 def test_the_objective_never_rises_on_fractional_stuck_levels() -> None:
     plan, ctx = fractional_chip(45)
     placed, _ = run_chip(plan, ctx, "place")

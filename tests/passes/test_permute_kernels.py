@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rcompile.passes import _kernels as k
-from rcompile.passes._objective import cell_codes, pair_cost_by_state
+from rcompile.passes._objective import cell_codes, pair_cost_by_state, stuck_codes
 from rcompile.passes.pair import BlockProblem, _side_costs_numpy
 from rcompile.passes.permute import solve_block
 
@@ -43,38 +43,45 @@ def test_warm_start_keeps_an_optimal_start() -> None:
     assert assign_from(cost, np.array([5, 3, 1, 0])).tolist() == [5, 3, 1, 0]
 
 
-def _block(seed: int, rate: float) -> BlockProblem:
+def _block(seed: int, rate: float, fractional: bool = False) -> BlockProblem:
+    """A 12 x 5 block on a 16 x 14 strip; with ``fractional``, stuck cells read levels between
+    whole ones (as a measured conductance gives) half of the time."""
     rng = np.random.default_rng(seed)
     n, m, rows, cols = 12, 5, 16, 14
-    fm = fmap.synth(1, rows, cols, rate, (1, 1), seed)
+    stuck = fmap.synth(1, rows, cols, rate, (1, 1), seed).stuck_levels(Cell())[0]
+    if fractional:
+        stuck = np.where(rng.random(stuck.shape) < 0.5, rng.uniform(0, TOP, stuck.shape), stuck)
+        stuck = np.where(np.isnan(stuck), np.nan, stuck).astype(np.float32)
     return BlockProblem(q=rng.integers(-TOP, TOP + 1, size=(n, m)),
                         w=rng.uniform(0.1, 2.0, (n, m)),
-                        codes=cell_codes(fm.stuck_levels(Cell())[0]), top=TOP,
-                        cols=np.arange(cols))
+                        codes=cell_codes(stuck), top=TOP, cols=np.arange(cols),
+                        cells=stuck_codes(stuck, TOP))
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.integers(0, 10_000), st.floats(0.0, 0.6))
-def test_compiled_cost_loops_equal_the_numpy_definitions(seed: int, rate: float) -> None:
-    bp = _block(seed, rate)
+@given(st.integers(0, 10_000), st.floats(0.0, 0.6), st.booleans())
+def test_compiled_cost_loops_equal_the_numpy_definitions(seed: int, rate: float,
+                                                         fractional: bool) -> None:
+    bp = _block(seed, rate, fractional)
     rng = np.random.default_rng(seed)
     rows = rng.permutation(16)[:12].astype(np.int32)
     perm = rng.permutation(14).astype(np.int32)
     pos, neg = perm[:5], perm[5:10]
     assert bp.cost(rows, pos, neg) == pytest.approx(bp.cost_numpy(rows, pos, neg), abs=1e-9)
-    got = k.row_costs(bp.table, bp.qi, bp.w, bp.codes, pos, neg)
-    want = pair_cost_by_state(bp.q, bp.w, bp.codes[:, pos], bp.codes[:, neg], TOP)
+    codes = bp.sc.codes
+    got = k.row_costs(*bp.kernel_args(), pos, neg)
+    want = pair_cost_by_state(bp.q, bp.w, codes[:, pos], codes[:, neg], bp.sc)
     np.testing.assert_allclose(got, want, atol=1e-9)
-    fwd, rev = k.pair_costs(bp.table, bp.qi, bp.w, bp.codes, rows, pos, neg)
-    sub = bp.codes[rows]
+    fwd, rev = k.pair_costs(*bp.kernel_args(), rows, pos, neg)
+    sub = codes[rows]
     np.testing.assert_allclose(fwd, pair_cost_by_state(bp.q.T, bp.w.T, sub[:, pos].T,
-                                                       sub[:, neg].T, TOP), atol=1e-9)
+                                                       sub[:, neg].T, bp.sc), atol=1e-9)
     np.testing.assert_allclose(rev, pair_cost_by_state(bp.q.T, bp.w.T, sub[:, neg].T,
-                                                       sub[:, pos].T, TOP), atol=1e-9)
+                                                       sub[:, pos].T, bp.sc), atol=1e-9)
     free = np.setdiff1d(np.arange(14), neg).astype(np.int32)
     for side in (True, False):
         np.testing.assert_allclose(
-            k.side_costs(bp.table, bp.qi, bp.w, bp.codes, rows, neg, free, side),
+            k.side_costs(*bp.kernel_args(), rows, neg, free, side),
             _side_costs_numpy(bp, rows, neg, free, side), atol=1e-9)
 
 
@@ -101,3 +108,37 @@ def test_permute_reference_fallback_is_never_worse(tiny_model: str) -> None:
     both, fast = log["permute"], log["permute{reference=false}"]
     assert both["reference_solved"] > 0
     assert both["cost_after"] <= fast["cost_after"] + 1e-12
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 0.9), st.booleans(), st.integers(1, 40),
+       st.integers(1, 24))
+def test_reference_cost_loops_are_the_numpy_definitions_bit_for_bit(
+        seed: int, rate: float, fractional: bool, n: int, m: int) -> None:
+    """The reference solver's compiled loops sum in numpy's order: same floats, same moves."""
+    rng = np.random.default_rng(seed)
+    lines, strip = n + int(rng.integers(0, 4)), 2 * m + int(rng.integers(0, 4))
+    level = np.where(rng.random((lines, strip)) < 0.5, rng.choice([0.0, TOP], (lines, strip)),
+                     rng.uniform(0, TOP, (lines, strip)) if fractional
+                     else rng.integers(0, TOP + 1, (lines, strip)))
+    stuck = np.where(rng.random((lines, strip)) < rate, level, np.nan).astype(np.float32)
+    bp = BlockProblem(q=rng.integers(-TOP, TOP + 1, (n, m)), w=rng.uniform(0, 2, (n, m)),
+                      codes=cell_codes(stuck), top=TOP, cols=np.arange(strip),
+                      cells=stuck_codes(stuck, TOP))
+    rows = rng.permutation(lines)[:n].astype(np.int32)
+    perm = rng.permutation(strip).astype(np.int32)
+    pos, neg = perm[:m], perm[m : 2 * m]
+    codes, sub = bp.sc.codes, bp.sc.codes[rows]
+    assert k.block_cost_ref(*bp.kernel_args(), rows, pos, neg) == bp.cost_numpy(rows, pos, neg)
+    np.testing.assert_array_equal(
+        k.row_costs_ref(*bp.kernel_args(), pos, neg),
+        pair_cost_by_state(bp.q, bp.w, codes[:, pos], codes[:, neg], bp.sc))
+    fwd, rev = k.pair_costs_ref(*bp.kernel_args(), rows, pos, neg)
+    np.testing.assert_array_equal(fwd, pair_cost_by_state(bp.q.T, bp.w.T, sub[:, pos].T,
+                                                          sub[:, neg].T, bp.sc))
+    np.testing.assert_array_equal(rev, pair_cost_by_state(bp.q.T, bp.w.T, sub[:, neg].T,
+                                                          sub[:, pos].T, bp.sc))
+    free = np.setdiff1d(np.arange(strip), neg).astype(np.int32)
+    for side in (True, False):
+        np.testing.assert_array_equal(k.side_costs_ref(*bp.kernel_args(), rows, neg, free, side),
+                                      _side_costs_numpy(bp, rows, neg, free, side))
