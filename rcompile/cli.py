@@ -22,6 +22,17 @@ from rcompile import __version__, api, interrupts, runtime, solvers
 from rcompile import faultmap as fmap
 from rcompile import image as rimg
 from rcompile.clikit import emit, error_json, exit_code_table, option
+from rcompile.clioptions import (
+    device_file,
+    device_option,
+    jobs_option,
+    json_option,
+    load_device,
+    mode_options,
+    prune_option,
+    solver_options,
+    strategy_option,
+)
 from rcompile.cliprogress import erase_announcement, progress_options, reporter
 from rcompile.data import load_data
 from rcompile.errors import RcompileError
@@ -43,110 +54,27 @@ cli.add_command(faultmap)
 cli.add_command(plot_cmd)
 
 
-def _strategy_option(f: Any) -> Any:
-    return click.option(
-        "--strategy",
-        type=click.Choice(sorted(api.STRATEGIES)),
-        default=api.DEFAULT_STRATEGY,
-        show_default=True,
-        help="Mapping strategy (baselines two-column, differential, mt; or full).",
-    )(f)
-
-
-def _solver_options(f: Any) -> Any:
-    f = click.option("--time-limit", type=click.FloatRange(min=0.01), default=10.0,
-                     show_default=True, help="Seconds allowed to one solver call.")(f)
-    f = option("--solver-seed", "solver_seed", deprecated=("--seed",), type=int, default=0,
-               show_default=True, help="Solver random seed.")(f)
-    return f
-
-
-def _jobs_option(what: str) -> Any:
-    def deco(f: Any) -> Any:
-        return click.option("-j", "--jobs", type=click.IntRange(min=0), default=0,
-                            show_default=True,
-                            help=f"Worker processes {what} (0: RCOMPILE_JOBS if set, else one "
-                            "per core).")(f)
-    return deco
-
-
-def _mode_options(f: Any) -> Any:
-    f = click.option("--mode", type=click.Choice(runtime.MODES), default="auto",
-                     show_default=True,
-                     help="ideal: effective weights; tile: per-tile DAC, read noise and ADC as "
-                     "ONNX; auto: tile when the device's periphery is not ideal.")(f)
-    f = click.option("--noise-seed", type=int, default=0, show_default=True,
-                     help="Seed of programming variation and read noise.")(f)
-    return f
-
-
-def _json_option(f: Any) -> Any:
-    return click.option("--json", "as_json", is_flag=True,
-                        help="Print one JSON object (errors: one JSON object on stderr).")(f)
-
-
-def _parse_prune(ctx: Any, param: Any, value: str | None) -> str | None:
-    if value is None:
-        return None
-    mode, _, amount = value.partition(":")
-    try:
-        frac = float(amount)
-    except ValueError:
-        frac = -1.0
-    if mode not in ("magnitude", "rows", "cols") or not 0.0 <= frac <= 1.0:
-        raise click.BadParameter(f"{value!r}: expected MODE:AMOUNT, MODE in magnitude|rows|cols, "
-                                 "AMOUNT in 0..1 (e.g. magnitude:0.5)")
-    return value
-
-
-def _prune_option(f: Any) -> Any:
-    return click.option(
-        "--prune", callback=_parse_prune, metavar="MODE:AMOUNT",
-        help="Post-training pruning before mapping: magnitude|rows|cols:FRACTION.",
-    )(f)
-
-
-def _device_option(f: Any) -> Any:
-    return click.option("--device", "device_spec", metavar="PRESET|FILE.toml",
-                        help="Device model: a preset (ideal, neurosim) or a TOML device file "
-                        "(docs/device.md).")(f)
-
-
-def _device_file(spec: str | None) -> str | None:
-    """The file ``--device`` names (None for a preset or without the option)."""
-    from rcompile.device import PRESETS
-
-    return None if spec is None or spec in PRESETS else spec
-
-
-def _load_device(spec: str | None) -> Any:
-    """The :class:`~rcompile.device.Hardware` of ``--device`` (None without it)."""
-    from rcompile.device import load_hardware
-
-    return None if spec is None else load_hardware(spec)
-
-
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--faultmap", "faultmap_path", required=True, type=click.Path(dir_okay=False),
               help="The chip's measured fault map (.npz).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Image to write [default: <fault map name>.rimg in the current directory].")
-@_strategy_option
+@strategy_option
 @click.option("--pipeline",
               help="Explicit per-chip pipeline, e.g. 'place,permute{rounds=2},program' "
               "(instead of --strategy).")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz): weights rows by E[x^2]; cancels mean error in "
               "the bias.")
-@_prune_option
-@_solver_options
-@_device_option
+@prune_option
+@solver_options
+@device_option
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
               help="Reuse a saved plan of MODEL (from 'rcompile plan') instead of re-planning.")
-@_jobs_option("for the solver passes")
+@jobs_option("for the solver passes")
 @progress_options
-@_json_option
+@json_option
 @click.pass_context
 def build(ctx: click.Context, model: str, faultmap_path: str, output: str | None, strategy: str,
           pipeline: str | None, calib: str | None, prune: str | None, time_limit: float,
@@ -161,13 +89,13 @@ def build(ctx: click.Context, model: str, faultmap_path: str, output: str | None
     out = output or os.path.splitext(os.path.basename(faultmap_path))[0] + ".rimg"
     refuse_overwrite([("-o" if output else "the default image", out)],
                      [("MODEL", model), ("--faultmap", faultmap_path), ("--calib", calib),
-                      ("--plan", plan_path), ("--device", _device_file(device_spec))])
+                      ("--plan", plan_path), ("--device", device_file(device_spec))])
     if plan_path is not None and (prune is not None or calib is not None):
         raise click.BadParameter("a saved plan already fixes pruning and calibration; "
                                  "drop --prune/--calib", param_hint="'--plan'")
     if pipeline is not None:
         api.chip_pipeline(pipeline)  # a bad pipeline string fails before any file is read
-    hw = _load_device(device_spec)
+    hw = load_device(device_spec)
     with shown, solvers.limited(jobs):
         shown(Event("read", "fault map", 0, 1))
         t0 = time.perf_counter()
@@ -199,7 +127,7 @@ def build(ctx: click.Context, model: str, faultmap_path: str, output: str | None
     }
     if as_json:
         emit(report, {"model": model, "faultmap": faultmap_path, "calib": calib,
-                      "plan": plan_path, "device": _device_file(device_spec)})
+                      "plan": plan_path, "device": device_file(device_spec)})
         return
     click.echo(f"wrote {out}: chip {fm.chip_id}, strategy {report['strategy']}, "
                f"{report['tiles_used']}/{geo.tiles} tiles")
@@ -246,10 +174,10 @@ def build(ctx: click.Context, model: str, faultmap_path: str, output: str | None
               help="Original float model: also report its accuracy.")
 @click.option("--allow-remeasured", is_flag=True,
               help="Accept a fault map of the same chip that differs from the compiled one.")
-@_device_option
-@_mode_options
+@device_option
+@mode_options
 @progress_options
-@_json_option
+@json_option
 def verify(image: str, faultmap_path: str, data_path: str, model_path: str | None,
            allow_remeasured: bool, device_spec: str | None, mode: str, noise_seed: int,
            quiet: bool, verbose: bool, as_json: bool) -> None:
@@ -257,11 +185,11 @@ def verify(image: str, faultmap_path: str, data_path: str, model_path: str | Non
     shown = reporter("verify", quiet, verbose)
     with shown:
         rep = _verify(image, faultmap_path, data_path, model_path, allow_remeasured,
-                      _load_device(device_spec), mode, noise_seed, shown)
+                      load_device(device_spec), mode, noise_seed, shown)
     d = rep.to_dict()
     if as_json:
         emit(d, {"image": image, "faultmap": faultmap_path, "data": data_path,
-                 "model": model_path, "device": _device_file(device_spec)})
+                 "model": model_path, "device": device_file(device_spec)})
         return
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.2f} %"
@@ -324,7 +252,7 @@ def _verify(image: str, faultmap_path: str, data_path: str, model_path: str | No
 
 @cli.command()
 @click.argument("image", type=click.Path(dir_okay=False))
-@_json_option
+@json_option
 def inspect(image: str, as_json: bool) -> None:
     """Describe a programming image."""
     img = rimg.read(image)
@@ -369,12 +297,12 @@ def _csv(kind: type) -> Any:
 @click.option("--pipeline", "pipelines", multiple=True, metavar="NAME=PIPELINE",
               help="A custom per-chip pipeline swept as strategy NAME (repeatable), e.g. "
                    "'strip=place{order=assign},permute,strip,program,calibrate'.")
-@_prune_option
-@_device_option
+@prune_option
+@device_option
 @click.option("--mode", type=click.Choice(runtime.MODES), default="auto", show_default=True,
               help="Emulation mode of every verification (see verify --mode).")
-@_solver_options
-@_jobs_option("for the solver passes")
+@solver_options
+@jobs_option("for the solver passes")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Write accuracy vs fault rate (PNG or SVG by extension).")
 @click.option("--results", type=click.Path(dir_okay=False),
@@ -382,7 +310,7 @@ def _csv(kind: type) -> Any:
               "arguments skips them (resumes) [default: PLOT's name with .points.jsonl, "
               "with --plot].")
 @progress_options
-@_json_option
+@json_option
 def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[float, float]],
           strategies: list[str], seeds: int, spare: float, rows: int, cols: int,
           calib: str | None, pattern: str, pipelines: tuple[str, ...], prune: str | None,
@@ -411,13 +339,13 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
     if results is None and plot is not None:
         results = os.path.splitext(plot)[0] + ".points.jsonl"
     inputs = [("MODEL", model), ("--data", data_path), ("--calib", calib),
-              ("--device", _device_file(device_spec))]
+              ("--device", device_file(device_spec))]
     refuse_overwrite([("--plot", plot), ("--results", results)], inputs)
     if plot is not None and results is not None and os.path.abspath(plot) == os.path.abspath(
             results):
         raise click.BadParameter("--results and --plot name the same file",
                                  param_hint="'--results'")
-    hw = _load_device(device_spec)
+    hw = load_device(device_spec)
     solver = SolverOptions(time_limit_s=time_limit, seed=solver_seed)
     with shown, solvers.limited(jobs):
         result = run_sweep(model, data_path, rates=rates, ratios=ratios, strategies=strategies,
@@ -429,7 +357,7 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
     if as_json:  # fault_free_accuracy: verify's name; quantised_accuracy kept one release
         emit({**result, "fault_free_accuracy": result["quantised_accuracy"]},
              {"model": model, "data": data_path, "calib": calib,
-              "device": _device_file(device_spec)})
+              "device": device_file(device_spec)})
     else:
         click.echo(table(result))
 
@@ -446,9 +374,9 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
               help="Conductance levels per cell.")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz): its row statistics are saved with the plan.")
-@_prune_option
+@prune_option
 @progress_options
-@_json_option
+@json_option
 def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: str | None,
              prune: str | None, quiet: bool, verbose: bool, as_json: bool) -> None:
     """Make MODEL's chip-independent plan once, for 'build --plan' and 'provision --plan'."""
@@ -495,7 +423,7 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
               help="Directory for the images (NAME.rimg) and report.jsonl.")
 @click.option("-j", "--jobs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Local worker processes (0: one per core).")
-@_strategy_option
+@strategy_option
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
               help="Reuse a saved plan of MODEL (from 'rcompile plan').")
 @click.option("--calib", type=click.Path(dir_okay=False),
@@ -507,9 +435,9 @@ def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: 
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local",
               show_default=True, help="Run chips in local processes or on a dask cluster.")
 @click.option("--scheduler", help="dask.distributed scheduler address (with --executor dask).")
-@_solver_options
-@_device_option
-@_mode_options
+@solver_options
+@device_option
+@mode_options
 @progress_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON summary at the end (errors: one JSON object on stderr).")
@@ -538,8 +466,8 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
         raise click.BadParameter("needs --data", param_hint="'--min-accuracy'")
     maps = prov.find_faultmaps(faultmaps_dir)
     prov.check_outputs(model, maps, out_dir, plan_path=plan_path, calib_path=calib,
-                       verify_data=verify_data, device_file=_device_file(device_spec))
-    hw = _load_device(device_spec)
+                       verify_data=verify_data, device_file=device_file(device_spec))
+    hw = load_device(device_spec)
     prov.check_writable(out_dir)  # fail before the progress bar starts
     total = len(maps)
     finished = [0]
@@ -561,7 +489,7 @@ def provision(model: str, faultmaps_dir: str, out_dir: str, jobs: int, strategy:
     if as_json:
         emit(summary.to_dict(), {"model": model, "faultmap_dir": faultmaps_dir,
                                  "plan": plan_path, "calib": calib, "data": verify_data,
-                                 "device": _device_file(device_spec)})
+                                 "device": device_file(device_spec)})
     else:
         rate = summary.chips / summary.seconds * 3600 if summary.seconds else 0.0
         click.echo(f"{summary.chips} chips: {summary.ok} compiled, {summary.skipped} already "

@@ -18,7 +18,6 @@ its allowed range.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -26,66 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from rcompile.devicerules import Rule, bad, validate
 from rcompile.errors import BadDevice
-
-# --------------------------------------------------------------------------- validation
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """Allowed values of one field: a number in ``lo..hi`` (open ends where ``*_open``)."""
-
-    kind: type
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    choices: tuple[str, ...] = ()
-
-    def text(self) -> str:
-        if self.kind is str:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        noun = "an integer" if self.kind is int else "a number"
-        if self.lo is not None and self.hi is not None and not (self.lo_open or self.hi_open):
-            return f"{noun} in {_num(self.lo)}..{_num(self.hi)}"
-        parts = []
-        if self.lo is not None:
-            parts.append(f"{'>' if self.lo_open else '>='} {_num(self.lo)}")
-        if self.hi is not None:
-            parts.append(f"{'<' if self.hi_open else '<='} {_num(self.hi)}")
-        return f"{noun} " + " and ".join(parts) if parts else noun
-
-    def ok(self, v: Any) -> bool:
-        if self.kind is str:
-            return isinstance(v, str) and v in self.choices
-        if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real):
-            return False
-        if self.kind is int and not isinstance(v, numbers.Integral):
-            return False
-        x = float(v)
-        if not math.isfinite(x):
-            return False
-        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
-            return False
-        return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def _bad(section: str, name: str, value: Any, expected: str) -> BadDevice:
-    shown = value.item() if isinstance(value, np.generic) else value
-    return BadDevice(f"device: {section}.{name} = {shown!r} is out of range; expected {expected}")
-
-
-def _validate(obj: Any) -> None:
-    rules: dict[str, _Rule] = obj._RULES
-    for f in fields(obj):
-        rule = rules.get(f.name)
-        if rule is not None and not rule.ok(getattr(obj, f.name)):
-            raise _bad(obj._SECTION, f.name, getattr(obj, f.name), rule.text())
-
 
 # --------------------------------------------------------------------------- the cell
 
@@ -118,30 +59,30 @@ class Cell:
     rounded down."""
 
     _SECTION: ClassVar[str] = "cell"
-    _RULES: ClassVar[dict[str, _Rule]] = {
-        "levels": _Rule(int, 2, 256),
-        "g_min_us": _Rule(float, 0),
-        "g_max_us": _Rule(float, 0, lo_open=True),
-        "read_v": _Rule(float, 0, 10, lo_open=True),
-        "weight_bits": _Rule(int, 0, 16),
-        "cell_bits": _Rule(int, 0, 8),
+    _RULES: ClassVar[dict[str, Rule]] = {
+        "levels": Rule(int, 2, 256),
+        "g_min_us": Rule(float, 0),
+        "g_max_us": Rule(float, 0, lo_open=True),
+        "read_v": Rule(float, 0, 10, lo_open=True),
+        "weight_bits": Rule(int, 0, 16),
+        "cell_bits": Rule(int, 0, 8),
     }
     _OPTIONAL: ClassVar[dict[str, Any]] = {"weight_bits": 0, "cell_bits": 0}
     """Fields a device file without ``base`` may leave out, with their defaults (no slicing)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "level_rms_error", tuple(float(e) for e in self.level_rms_error))
-        _validate(self)
+        validate(self)
         if self.cell_bits and 2**self.cell_bits > self.levels:
-            raise _bad("cell", "cell_bits", self.cell_bits,
+            raise bad("cell", "cell_bits", self.cell_bits,
                        f"an integer with 2^cell_bits <= levels ({self.levels})")
         if not self.g_max_us > self.g_min_us:
-            raise _bad("cell", "g_max_us", self.g_max_us, f"> g_min_us ({self.g_min_us})")
+            raise bad("cell", "g_max_us", self.g_max_us, f"> g_min_us ({self.g_min_us})")
         err = self.level_rms_error
         if err and (
             len(err) != self.levels or not all(math.isfinite(e) and e >= 0 for e in err)
         ):
-            raise _bad(
+            raise bad(
                 "cell", "level_rms_error", err, f"{self.levels} finite numbers >= 0 (one a level)"
             )
 
@@ -253,17 +194,17 @@ class Programming:
     """Program-and-verify iterations before the controller gives up on a cell."""
 
     _SECTION: ClassVar[str] = "programming"
-    _RULES: ClassVar[dict[str, _Rule]] = {
-        "pulses": _Rule(int, 0, 1_000_000),
-        "nl_ltp": _Rule(float, 0, 9),
-        "nl_ltd": _Rule(float, -9, 0),
-        "c2c_sigma": _Rule(float, 0, 1),
-        "tolerance_levels": _Rule(float, 0, 100, lo_open=True),
-        "max_iterations": _Rule(int, 1, 10_000),
+    _RULES: ClassVar[dict[str, Rule]] = {
+        "pulses": Rule(int, 0, 1_000_000),
+        "nl_ltp": Rule(float, 0, 9),
+        "nl_ltd": Rule(float, -9, 0),
+        "c2c_sigma": Rule(float, 0, 1),
+        "tolerance_levels": Rule(float, 0, 100, lo_open=True),
+        "max_iterations": Rule(int, 1, 10_000),
     }
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
 
     @property
     def ideal(self) -> bool:
@@ -281,13 +222,13 @@ class Read:
     """Read pulse width (rows driven and columns settled) of one MVM, in nanoseconds."""
 
     _SECTION: ClassVar[str] = "read"
-    _RULES: ClassVar[dict[str, _Rule]] = {
-        "noise_rel": _Rule(float, 0, 1),
-        "pulse_ns": _Rule(float, 0, 1e6, lo_open=True),
+    _RULES: ClassVar[dict[str, Rule]] = {
+        "noise_rel": Rule(float, 0, 1),
+        "pulse_ns": Rule(float, 0, 1e6, lo_open=True),
     }
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
 
 
 IDEAL_BITS = 24
@@ -333,18 +274,18 @@ class Converters:
     _OPTIONAL: ClassVar[dict[str, Any]] = {"adc": "column"}
     """Fields a device without ``base`` may leave out (their default is every earlier
     device's behaviour, so older files and image headers still load)."""
-    _RULES: ClassVar[dict[str, _Rule]] = {
-        "adc_bits": _Rule(int, 1, IDEAL_BITS),
-        "dac_bits": _Rule(int, 1, IDEAL_BITS),
-        "adc_range": _Rule(str, choices=("dynamic", "calibrated")),
-        "dac_range": _Rule(str, choices=("dynamic", "calibrated")),
-        "headroom": _Rule(float, 0, 100, lo_open=True),
-        "cols_per_adc": _Rule(int, 1, 4096),
-        "adc": _Rule(str, choices=ADC_READS),
+    _RULES: ClassVar[dict[str, Rule]] = {
+        "adc_bits": Rule(int, 1, IDEAL_BITS),
+        "dac_bits": Rule(int, 1, IDEAL_BITS),
+        "adc_range": Rule(str, choices=("dynamic", "calibrated")),
+        "dac_range": Rule(str, choices=("dynamic", "calibrated")),
+        "headroom": Rule(float, 0, 100, lo_open=True),
+        "cols_per_adc": Rule(int, 1, 4096),
+        "adc": Rule(str, choices=ADC_READS),
     }
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
 
     @property
     def ideal(self) -> bool:
@@ -378,16 +319,16 @@ class Costs:
     """Throughput of the digital periphery, in 10^9 operations per second."""
 
     _SECTION: ClassVar[str] = "costs"
-    _RULES: ClassVar[dict[str, _Rule]] = {
-        "adc_energy_pj": _Rule(float, 0, 1e9),
-        "adc_time_ns": _Rule(float, 0, 1e9),
-        "dac_energy_pj": _Rule(float, 0, 1e9),
-        "digital_op_pj": _Rule(float, 0, 1e9),
-        "digital_gops": _Rule(float, 0, 1e9, lo_open=True),
+    _RULES: ClassVar[dict[str, Rule]] = {
+        "adc_energy_pj": Rule(float, 0, 1e9),
+        "adc_time_ns": Rule(float, 0, 1e9),
+        "dac_energy_pj": Rule(float, 0, 1e9),
+        "digital_op_pj": Rule(float, 0, 1e9),
+        "digital_gops": Rule(float, 0, 1e9, lo_open=True),
     }
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -410,15 +351,15 @@ class Hardware:
     costs: Costs = field(default_factory=Costs)
 
     _SECTION: ClassVar[str] = "device"
-    _RULES: ClassVar[dict[str, _Rule]] = {
-        "tile_rows": _Rule(int, 1, 1 << 16),
-        "tile_cols": _Rule(int, 2, 1 << 16),
+    _RULES: ClassVar[dict[str, Rule]] = {
+        "tile_rows": Rule(int, 1, 1 << 16),
+        "tile_cols": Rule(int, 2, 1 << 16),
     }
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
         if self.tile_cols % 2:
-            raise _bad("device", "tile_cols", self.tile_cols, "an even integer (column pairs)")
+            raise bad("device", "tile_cols", self.tile_cols, "an even integer (column pairs)")
 
     @property
     def exact(self) -> bool:
@@ -595,7 +536,7 @@ def _from_dict(doc: dict[str, Any], default_name: str) -> Hardware:
                             "(or base = \"<preset>\" to inherit it)")
     for k, v in top.items():
         if not Hardware._RULES[k].ok(v):
-            raise _bad("device", k, v, Hardware._RULES[k].text())
+            raise bad("device", k, v, Hardware._RULES[k].text())
     parts: dict[str, Any] = {}
     for section, cls in _SECTIONS.items():
         table = doc.get(section, {})
@@ -616,25 +557,25 @@ def _section(section: str, cls: type, table: dict[str, Any], base: Any) -> Any:
                 f"device: unknown key {k!r} in [{section}]; expected one of {', '.join(allowed)}"
             )
     table = dict(table)
-    rules: dict[str, _Rule] = cls._RULES  # type: ignore[attr-defined]
+    rules: dict[str, Rule] = cls._RULES  # type: ignore[attr-defined]
     if cls is Cell and "on_off_ratio" in table:
         if "g_min_us" in table:
             raise BadDevice("device: [cell] gives both g_min_us and on_off_ratio; expected one")
         ratio = table.pop("on_off_ratio")
-        ratio_rule = _Rule(float, 1, lo_open=True)
+        ratio_rule = Rule(float, 1, lo_open=True)
         if not ratio_rule.ok(ratio):
-            raise _bad("cell", "on_off_ratio", ratio, ratio_rule.text())
+            raise bad("cell", "on_off_ratio", ratio, ratio_rule.text())
         g_max = table.get("g_max_us", base.g_max_us if base is not None else None)
         if g_max is None:
             raise BadDevice(
                 f"device: cell.g_max_us is missing; expected {rules['g_max_us'].text()}"
             )
         if not rules["g_max_us"].ok(g_max):
-            raise _bad("cell", "g_max_us", g_max, rules["g_max_us"].text())
+            raise bad("cell", "g_max_us", g_max, rules["g_max_us"].text())
         table["g_min_us"] = float(g_max) / float(ratio)
     kwargs: dict[str, Any] = {}
     for n in names:
-        rule: _Rule | None = rules.get(n)
+        rule: Rule | None = rules.get(n)
         if n in table:
             v = table[n]
             if rule is not None and rule.kind is float and isinstance(v, int) and not isinstance(
@@ -642,7 +583,7 @@ def _section(section: str, cls: type, table: dict[str, Any], base: Any) -> Any:
             ):
                 v = float(v)
             if rule is not None and not rule.ok(v):
-                raise _bad(section, n, v, rule.text())
+                raise bad(section, n, v, rule.text())
             kwargs[n] = v
         elif base is None and n not in getattr(cls, "_OPTIONAL", {}):
             hint = rule.text() if rule is not None else "a value"
