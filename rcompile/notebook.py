@@ -32,6 +32,7 @@ from rcompile.device import Hardware
 from rcompile.errors import RcompileError
 from rcompile.faultmap import FaultMap
 from rcompile.image import Image
+from rcompile.progress import ProgressFn
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -234,11 +235,13 @@ def compile(
     pipeline: str | None = None,
     time_limit_s: float = 10.0,
     seed: int = 0,
+    progress: ProgressFn | None = None,
 ) -> Compiled:
     """Compile ``model`` for the chip ``faultmap`` (``rcompile build``): ``strategy`` one of
     :data:`rcompile.api.STRATEGIES` (or a custom per-chip ``pipeline``), ``calib`` the
     calibration data of ``full``, ``plan`` a saved plan (``rcompile plan``), ``prune`` as
-    ``MODE:AMOUNT``, ``time_limit_s`` and ``seed`` the solver's."""
+    ``MODE:AMOUNT``, ``time_limit_s`` and ``seed`` the solver's; ``progress`` is called with
+    each :class:`rcompile.progress.Event` (a pass starting and finishing)."""
     from rcompile import api
     from rcompile.pipeline import SolverOptions
 
@@ -247,7 +250,7 @@ def compile(
     with _model_path(model) as path, _data_path(calib, "calib") as calib_path:
         res = api.compile_chip(path, fm, plan_path=None if plan is None else os.fspath(plan),
                                calib_path=calib_path, prune=prune, strategy=strategy,
-                               pipeline=pipeline, hardware=hw,
+                               pipeline=pipeline, hardware=hw, progress=progress,
                                solver=SolverOptions(time_limit_s=time_limit_s, seed=seed))
     return Compiled(res.image, fm, res)
 

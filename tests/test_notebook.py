@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -76,8 +77,12 @@ def test_paths_and_objects_give_the_same_image_and_report(tmp_path: Path) -> Non
     device.write_text('base = "ideal"\nname = "small"\ntile_rows = 16\ntile_cols = 16\n')
     from_objects = rcompile.compile(model, chip, strategy="differential",
                                     hardware=rcompile.load_hardware(device))
-    from_paths = rcompile.compile(path, fm_path, strategy="differential", hardware=device)
+    events: list[Any] = []
+    from_paths = rcompile.compile(path, fm_path, strategy="differential", hardware=device,
+                                  progress=events.append)
     assert rimg.encode(from_objects.image) == rimg.encode(from_paths.image)
+    finished = [e.name for e in events if e.stage == "chip" and e.seconds is not None]
+    assert finished == [p["pass"] for p in from_paths.to_dict()["log"][3:]], events
     assert from_objects.image.header["hardware"]["name"] == "small"
     from_objects.save(tmp_path / "chip.rimg")
 
