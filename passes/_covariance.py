@@ -66,8 +66,9 @@ def descend(sigma: np.ndarray, d: np.ndarray, g: np.ndarray, off: np.ndarray,
     """Coordinate descent on ``sum_j (d_j - q_j)^T sigma (d_j - q_j)`` over ``d = off + t``.
 
     ``d`` (float ``[n, m]``, realisable) is updated in place and returned with the number of
-    weights moved; ``g = sigma @ (d - q)`` (half the gradient) is kept up to date in place. Each move sets one weight to the exact minimiser of the objective in that
-    coordinate (the realisable value nearest to the unconstrained one).
+    weights moved; ``g = sigma @ (d - q)`` (half the gradient) is kept up to date in place.
+    Each move sets one weight to the exact minimiser of the objective in that coordinate (the
+    realisable value nearest to the unconstrained one).
     """
     n, m = d.shape
     moved = 0

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
+
 from rcompile.ir import ChipMapping, Placement, Plan, chip_view
 from rcompile.pipeline import CHIP, ChipContext, register
 
