@@ -65,31 +65,32 @@ def descend(sigma: np.ndarray, d: np.ndarray, g: np.ndarray, off: np.ndarray,
             tlo: np.ndarray, thi: np.ndarray, sweeps: int) -> tuple[np.ndarray, int]:
     """Coordinate descent on ``sum_j (d_j - q_j)^T sigma (d_j - q_j)`` over ``d = off + t``.
 
-    ``d`` (float ``[n, m]``, realisable) is updated in place and returned with the number of
-    weights moved; ``g = sigma @ (d - q)`` (half the gradient) is kept up to date in place.
-    Each move sets one weight to the exact minimiser of the objective in that coordinate (the
-    realisable value nearest to the unconstrained one).
+    One output per row (``[m, n]``, transposed so that each output's problem, independent of
+    the others, is contiguous): ``d`` (realisable) is updated in place and returned with the
+    number of weights moved; ``g = (d - q) @ sigma`` (half the gradient) is kept up to date in
+    place. Each move sets one weight to the exact minimiser of the objective in that coordinate
+    (the realisable value nearest to the unconstrained one); an output stops after a sweep that
+    moves nothing.
     """
-    n, m = d.shape
+    m, n = d.shape
     moved = 0
-    for _ in range(sweeps):
-        changed = 0
-        for i in range(n):
-            sii = sigma[i, i]
-            if sii <= 0.0:
-                continue
-            for j in range(m):
-                if tlo[i, j] == thi[i, j]:
+    for j in range(m):
+        dj, gj, oj, lo, hi = d[j], g[j], off[j], tlo[j], thi[j]
+        for _ in range(sweeps):
+            changed = 0
+            for i in range(n):
+                sii = sigma[i, i]
+                if lo[i] == hi[i] or sii <= 0.0:
                     continue
-                t = np.rint(d[i, j] - g[i, j] / sii - off[i, j])
-                t = min(max(t, tlo[i, j]), thi[i, j])
-                delta = off[i, j] + t - d[i, j]
+                t = min(max(np.rint(dj[i] - gj[i] / sii - oj[i]), lo[i]), hi[i])
+                delta = oj[i] + t - dj[i]
                 if delta != 0.0:
-                    d[i, j] += delta
+                    dj[i] += delta
+                    row = sigma[i]
                     for k in range(n):
-                        g[k, j] += sigma[i, k] * delta
+                        gj[k] += row[k] * delta
                     changed += 1
-        moved += changed
-        if changed == 0:
-            break
+            moved += changed
+            if changed == 0:
+                break
     return d, moved

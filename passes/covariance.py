@@ -89,7 +89,9 @@ class Covariance:
         sigma = shrunk_moment(stats.moment[group], stats.mean[group].astype(np.float64),
                               self.center, self.shrink)
         before = float(column_costs(sigma, d - q).sum())
-        d, moved = descend(sigma, d, sigma @ (d - q), off, tlo, thi, self.sweeps)
+        dt, moved = descend(sigma, d.T.copy(), ((d - q).T @ sigma).copy(), off.T.copy(),
+                            tlo.T.copy(), thi.T.copy(), self.sweeps)
+        d = dt.T
         after = float(column_costs(sigma, d - q).sum())
         for pl in pls:
             blk = view.blocks[pl.block]

@@ -49,7 +49,9 @@ def test_descent_never_raises_the_objective_and_stays_realisable(n: int, m: int,
     off, tlo, thi = realisable(sp, sn, top)
     d = off + np.clip(np.rint(q - off), tlo, thi)  # the per-weight optimum ``program`` writes
     before = column_costs(sigma, d - q)
-    d2, _ = descend(sigma, d.copy(), sigma @ (d - q), off, tlo, thi, 6)
+    d2t, _ = descend(sigma, d.T.copy(), ((d - q).T @ sigma).copy(), off.T.copy(), tlo.T.copy(),
+                     thi.T.copy(), 6)
+    d2 = d2t.T
     assert np.all(column_costs(sigma, d2 - q) <= before + 1e-9)
     t = d2 - off
     assert np.array_equal(t, np.rint(t)) and np.all((t >= tlo) & (t <= thi))
