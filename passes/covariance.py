@@ -86,8 +86,9 @@ class Covariance:
             d[at] = realised_differences(levels[pl.tile], ctx.stuck[pl.tile], pl.phys_rows,
                                          pl.pos, pl.neg)
             off[at], tlo[at], thi[at] = realisable(sp, sn, top)
-        if np.array_equal(d, q):  # every pair exact: nothing to cancel
-            return 0.0, 0.0, 0
+        # a row whose input is always 0 in the calibration data has no covariance either
+        if not np.any((d != q) & (stats.power[group] > 0)[:, None]):
+            return 0.0, 0.0, 0  # no error any calibration input can see: nothing to cancel
         sigma = shrunk_moment(stats.moment[group], stats.mean[group].astype(np.float64),
                               self.center, self.shrink)
         before = float(column_costs(sigma, d - q).sum())
