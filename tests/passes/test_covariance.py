@@ -36,7 +36,7 @@ def stuck_pairs(top: int, shape: tuple[int, int], rng: np.random.Generator
     return cells(), cells()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(n=st.integers(1, 12), m=st.integers(1, 4), seed=st.integers(0, 10_000))
 def test_descent_never_raises_the_objective_and_stays_realisable(n: int, m: int,
                                                                  seed: int) -> None:
