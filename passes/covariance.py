@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rcompile.ir import ChipMapping, Placement, Plan, chip_view
+from rcompile.ir import LAYOUT_CONV, ChipMapping, Placement, Plan, chip_view
 from rcompile.pipeline import CHIP, ChipContext, register
 
 
@@ -46,15 +46,16 @@ class Covariance:
         view = chip_view(plan, mapping)
         levels = {t: lv.copy() for t, lv in mapping.levels.items()}
         before = after = 0.0
-        moved = solved = 0
+        moved = solved = unseen = 0
         for (layer, group), pls in _layer_groups(view, mapping).items():
             stats = None if ctx.calib is None else ctx.calib[layer]
             if stats is None or stats.moment is None:
+                unseen += view.ops[layer].layout != LAYOUT_CONV
                 continue
             b, a, n = self._layer(view, ctx, levels, layer, group, pls)
             before, after, moved, solved = before + b, after + a, moved + n, solved + 1
-        stats_out = {"layers_solved": solved, "cost_before": before, "cost_after": after,
-                     "weights_moved": moved}
+        stats_out = {"layers_solved": solved, "layers_without_moments": unseen,
+                     "cost_before": before, "cost_after": after, "weights_moved": moved}
         return replace(mapping, levels=levels), stats_out
 
     def _layer(self, view: Plan, ctx: ChipContext, levels: dict[int, np.ndarray], layer: int,

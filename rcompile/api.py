@@ -358,6 +358,10 @@ def _warnings(mapping: ChipMapping, log: list[dict[str, Any]], ctx: pl.ChipConte
             f"solver time limit ({ctx.solver.time_limit_s:g} s per block) hit on {hits} "
             "block(s); their mapping is valid but less optimised"
         )
+    unseen = sum(int(p.get("layers_without_moments", 0)) for p in log)
+    if unseen:
+        out.append(f"covariance: {unseen} Gemm/MatMul layer(s) without calibration moments "
+                   "(no --calib, or a plan file, which holds none) kept the diagonal objective")
     used = sorted({p.tile for p in mapping.placements})
     dead = [t for t in used if not np.isnan(ctx.stuck[t]).any()]
     if dead:

@@ -114,3 +114,5 @@ def test_dense_strategy_on_a_third_party_mlp(tmp_path: str) -> None:
     assert runtime.verify(res.image, fm, data).n_samples == data.n
     plain = api.plan_lot(model + ".onnx", fm, calib_path=model + ".npz")
     assert plain.calib is not None and all(s.moment is None for s in plain.calib)
+    again = api.compile_chip(model + ".onnx", fm, lot=plain, strategy="dense")
+    assert any(w.startswith("covariance: ") for w in again.warnings), again.warnings
