@@ -1,11 +1,12 @@
 """Compiler passes, one module each, in pipeline order (installed as ``rcompile.passes``).
 
 Chip-independent: prune (optional), quantize, tile, pack. Per chip: place, pair, permute,
-spare, strip, transform (the MT baseline), program, calibrate.
+spare, strip, transform (the MT baseline), program, covariance, calibrate.
 """
 
 from rcompile.passes import (
     calibrate,
+    covariance,
     pack,
     pair,
     permute,
@@ -31,5 +32,6 @@ __all__ = [
     "strip",
     "transform",
     "program",
+    "covariance",
     "calibrate",
 ]

@@ -42,6 +42,9 @@ STRATEGIES: dict[str, str] = {
     # full plus spare tiles on the worst blocks and a row assignment over each column strip:
     # for dense layers that leave the permutation no room (docs/dense.md)
     "full-spare-strip": "place{order=assign},permute,spare,strip,program,calibrate",
+    # full-spare-strip plus the pairs reprogrammed for the calibration data's input
+    # covariance (docs/dense.md): the best measured on dense layers at high fault rates
+    "dense": "place{order=assign},permute,spare,strip,program,covariance,calibrate",
 }
 DEFAULT_STRATEGY = "full"
 PLAN_PIPELINE = "quantize,tile,pack"
@@ -122,12 +125,14 @@ def plan_lot(
     calib_path: str | None = None,
     prune: str | None = None,
     progress: ProgressFn | None = None,
+    moments: bool = False,
 ) -> LotPlan:
     """The chip-independent stage for chips like ``fm``: read from ``plan_path`` (checked
     against the model, ``hardware``'s cell and, unless ``fm`` is None, the chip's geometry and
     levels), or made from the model for ``fm``'s tile geometry and levels and ``hardware``'s
-    cell; with ``calib_path``, the calibration statistics of its data. ``progress`` hears of
-    every plan pass and of the calibration statistics (:mod:`rcompile.progress`)."""
+    cell; with ``calib_path``, the calibration statistics of its data (with ``moments``, also
+    the input moments of the ``covariance`` pass; a plan file holds none). ``progress`` hears
+    of every plan pass and of the calibration statistics (:mod:`rcompile.progress`)."""
     from rcompile import planfile
     from rcompile.programming import compiler_device
 
@@ -165,7 +170,7 @@ def plan_lot(
     if calib_path is not None:
         notify(progress, Event("calib", "statistics", 0, 1))
         t1 = time.perf_counter()
-        calib = load_calib_stats(plan, calib_path)
+        calib = load_calib_stats(plan, calib_path, moments)
         notify(progress, Event("calib", "statistics", 1, 1, time.perf_counter() - t1))
     return LotPlan(plan, calib, tuple(log), f"plan of {model_path}", time.perf_counter() - t0)
 
@@ -175,6 +180,12 @@ def _slicing_of(cell: Cell) -> str:
     if cell.n_slices == 1 and not cell.weight_bits:
         return "one cell per weight polarity"
     return f"{cell.weight_bits}-bit weights on {cell.n_slices} cells of {cell.slice_bits} bits"
+
+
+def needs_moments(spec: str) -> bool:
+    """Whether the per-chip pipeline ``spec`` reads the calibration moments ``E[x x^T]`` (the
+    ``covariance`` pass), which :func:`plan_lot` then has to make."""
+    return any(p.name == "covariance" for p in pl.parse(spec, stage=pl.CHIP))
 
 
 def compile_chip(
@@ -203,8 +214,9 @@ def compile_chip(
     if hardware is not None:                                   # the device's tiles are the chip's
         hardware.check_tiles(fm.geometry.rows, fm.geometry.cols, fm.source)
     lot = lot or plan_lot(model_path, fm, hardware=hardware, plan_path=plan_path,
-                          calib_path=calib_path, prune=prune,
-                          progress=progress)                   # chip-independent stage
+                          calib_path=calib_path, prune=prune,  # chip-independent stage
+                          moments=needs_moments(pipeline or STRATEGIES[strategy]),
+                          progress=progress)
     t0 = time.perf_counter()
     res = build(lot.plan, fm, strategy=strategy, pipeline=pipeline, solver=solver,
                 calib=lot.calib, hardware=None if hardware is None else hardware.to_dict(),
@@ -403,6 +415,10 @@ def _warnings(mapping: ChipMapping, log: list[dict[str, Any]], ctx: pl.ChipConte
             f"solver time limit ({ctx.solver.time_limit_s:g} s per block) hit on {hits} "
             "block(s); their mapping is valid but less optimised"
         )
+    unseen = sum(int(p.get("layers_without_moments", 0)) for p in log)
+    if unseen:
+        out.append(f"covariance: {unseen} Gemm/MatMul layer(s) without calibration moments "
+                   "(no --calib, or a plan file, which holds none) kept the diagonal objective")
     used = sorted({p.tile for p in mapping.placements})
     dead = [t for t in used if not np.isnan(ctx.stuck[t]).any()]
     if dead:
@@ -446,19 +462,21 @@ def to_image(plan: Plan, mapping: ChipMapping, header: dict[str, Any]) -> Image:
     return Image(header=header, layers=layers, tiles=tiles, graph=stripped.SerializeToString())
 
 
-def load_calib_stats(plan: Plan, path: str) -> Calib:
+def load_calib_stats(plan: Plan, path: str, moments: bool = False) -> Calib:
     """:func:`calib_stats` of the calibration data file ``path`` for ``plan``'s model."""
     from rcompile.data import input_specs, load_calib
 
     data = load_calib(path, input_specs(plan.model))
-    return calib_stats(plan.model, plan.ops, data.inputs, path)
+    return calib_stats(plan.model, plan.ops, data.inputs, path, moments=moments)
 
 
 def calib_stats(
-    model: onnx.ModelProto, ops: tuple[Any, ...], data: dict[str, np.ndarray], source: str
+    model: onnx.ModelProto, ops: tuple[Any, ...], data: dict[str, np.ndarray], source: str,
+    moments: bool = False,
 ) -> Calib:
     """Per crossbar op, the :class:`~rcompile.ir.RowStats` ``E[x^2]``, ``E[x]`` of each matrix
-    row ``[groups, rows]`` on ``data``.
+    row ``[groups, rows]`` on ``data``; with ``moments``, also ``E[x x^T]`` of every Gemm/MatMul
+    whose features are the last axis (the ``covariance`` pass's objective).
 
     A Conv row ``(c, ky, kx)`` takes the statistics of its input channel ``c`` over all
     positions (padding ignored); a Gemm/MatMul row those of its input feature.
@@ -504,7 +522,7 @@ def calib_stats(
                     raise _RunFailed(lo, hi, e) from e
                 outs = {k: unpad(np.asarray(v), hi - lo, fixed)
                         for k, v in zip(names, got, strict=True)}
-                _accumulate(sums, outs, ops, node_input)
+                _accumulate(sums, outs, ops, node_input, moments)
             break
         except _RunFailed as f:
             if f.lo == 0 and f.hi > 1 and fixed is None and _runs_alone(sess, inputs):
@@ -514,15 +532,16 @@ def calib_stats(
                            f"{f.lo}..{f.hi - 1} ({str(f.error).strip().splitlines()[0]})") from f
     result = []
     for op in ops:
-        p2, p1, cnt = sums[op.node]
+        p2, p1, cnt, outer = sums[op.node]
         power, mean = p2 / cnt, p1 / cnt
+        moment = outer[None] / cnt if isinstance(outer, np.ndarray) else None
         if op.layout == LAYOUT_CONV:
             k = int(np.prod(op.shape[2:]))
             power = np.repeat(power.reshape(op.groups, -1), k, axis=1)
             mean = np.repeat(mean.reshape(op.groups, -1), k, axis=1)
         else:
             power, mean = power.reshape(1, -1), mean.reshape(1, -1)
-        result.append(RowStats(power.astype(np.float32), mean.astype(np.float32)))
+        result.append(RowStats(power.astype(np.float32), mean.astype(np.float32), moment))
     return tuple(result)
 
 
@@ -544,8 +563,9 @@ def _runs_alone(sess: Any, inputs: dict[str, np.ndarray]) -> bool:
 
 
 def _accumulate(sums: dict[str, list[Any]], outs: dict[str, np.ndarray],
-                ops: tuple[Any, ...], node_input: dict[str, Any]) -> None:
-    """Add one batch's sums of ``x^2``, ``x`` and counts over each op's input rows."""
+                ops: tuple[Any, ...], node_input: dict[str, Any], moments: bool) -> None:
+    """Add one batch's sums of ``x^2``, ``x`` and counts over each op's input rows (with
+    ``moments``, also ``x x^T`` of the rows of every Gemm/MatMul)."""
     for op in ops:
         x, node = node_input[op.node]
         xs = np.asarray(outs[x], np.float64)
@@ -556,10 +576,13 @@ def _accumulate(sums: dict[str, list[Any]], outs: dict[str, np.ndarray],
         else:
             axes = tuple(range(xs.ndim - 1))
         cnt = np.prod([xs.shape[a] for a in axes])
-        acc = sums.setdefault(op.node, [0.0, 0.0, 0.0])
+        acc = sums.setdefault(op.node, [0.0, 0.0, 0.0, 0.0])
         acc[0] = acc[0] + (xs**2).sum(axis=axes)
         acc[1] = acc[1] + xs.sum(axis=axes)
         acc[2] = acc[2] + cnt
+        if moments and op.layout != LAYOUT_CONV and axes == tuple(range(xs.ndim - 1)):
+            flat = xs.reshape(-1, xs.shape[-1])
+            acc[3] = acc[3] + flat.T @ flat
 
 
 __all__ = [

@@ -201,6 +201,9 @@ class RowStats:
     """float32 ``[groups, rows]``: ``E[x^2]`` of the input each row reads."""
     mean: np.ndarray
     """float32 ``[groups, rows]``: ``E[x]`` of the input each row reads."""
+    moment: np.ndarray | None = None
+    """float64 ``[groups, rows, rows]``: ``E[x x^T]`` of a Gemm/MatMul layer's rows, made only
+    when a pipeline asks for it (the ``covariance`` pass); None otherwise and for Conv rows."""
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,9 @@ def run_sweep(
     solver = solver or pl.SolverOptions()
     family = fmap.FaultMap(np.zeros((1, rows, cols), np.uint8), chip_id="family",
                            source="sweep chip family")
+    moments = any(api.needs_moments(pipelines.get(s) or api.STRATEGIES[s]) for s in strategies)
     lot = api.plan_lot(model_path, family, hardware=hardware, calib_path=calib_path,
-                       prune=prune, progress=progress)
+                       prune=prune, moments=moments, progress=progress)
     plan, plan_log = lot.plan, list(lot.log)
     data = load_data(data_path, input_specs(plan.model))
     if data.labels is None:

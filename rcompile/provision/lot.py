@@ -104,13 +104,13 @@ def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dty
 
 def lot_plan(model: str, maps: list[str], *, plan_path: str | None = None,
              calib_path: str | None = None,
-             hardware: Hardware | None = None) -> api.LotPlan:
+             hardware: Hardware | None = None, moments: bool = False) -> api.LotPlan:
     """The lot's plan (:func:`rcompile.api.plan_lot`): read from ``plan_path`` (checked against
     ``model``), or made from the model for the tile geometry and levels most maps of the lot
     declare (:func:`lot_family`; a tie goes to the family whose first map sorts first), taken
     from the first map of that family that loads (and for the cell of ``hardware`` when given:
     its levels, conductances and programming error table). A map of another family is then that
-    chip's error alone."""
+    chip's error alone. ``moments``: also the input moments of the ``covariance`` pass."""
     if plan_path is not None:  # checked against the model here, against each chip on its own
         return api.plan_lot(model, None, hardware=hardware, plan_path=plan_path,
                             calib_path=calib_path)
@@ -128,7 +128,7 @@ def lot_plan(model: str, maps: list[str], *, plan_path: str | None = None,
             continue
     if first is None:
         raise RcompileError(f"{os.path.dirname(maps[0]) or '.'}: no fault map in the lot loads")
-    return api.plan_lot(model, first, hardware=hardware, calib_path=calib_path)
+    return api.plan_lot(model, first, hardware=hardware, calib_path=calib_path, moments=moments)
 
 
 def provision(
@@ -176,7 +176,8 @@ def provision(
                   verify_data=verify_data)
     check_writable(out_dir)
     remove_stale_temporaries(out_dir)  # what a killed run left: images, report, probe
-    saved = lot_plan(model, maps, plan_path=plan_path, calib_path=calib_path, hardware=hardware)
+    saved = lot_plan(model, maps, plan_path=plan_path, calib_path=calib_path, hardware=hardware,
+                     moments=api.needs_moments(api.STRATEGIES[strategy]))
     solver = solver or SolverOptions()
     verify = None
     if verify_data is not None:
