@@ -198,6 +198,9 @@ def test_build_verify_sliced_in_ideal_and_tile_mode(tmp_path: str) -> None:
     assert built.returncode == 0, built.stderr
     written = rimg.read(image)
     assert written.header["device"]["weight_bits"] == 8 and written.layers[0].q.dtype == np.int16
+    shown = rcompile("inspect", image, "--json")
+    assert json.loads(shown.stdout)["format_version"] == 2  # what the file says, not VERSION
+    assert "format version 2" in rcompile("inspect", image).stdout
     reps = {}
     for mode in ("ideal", "tile"):
         res = rcompile("verify", image, "--faultmap", chip, "--data", data, "--mode", mode,

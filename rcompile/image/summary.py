@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 
 from rcompile.image.records import (
-    VERSION,
     Image,
     TileRecord,
     canonical_json,
+    version_of,
 )
 
 
@@ -78,7 +78,7 @@ def summary_dict(image: Image) -> dict[str, Any]:
         for i, rec in enumerate(image.layers)
     ]
     return {
-        "format_version": VERSION,
+        "format_version": version_of(image),
         "header": header,
         "graph_bytes": len(image.graph),
         "layers": layers,
@@ -110,7 +110,7 @@ def describe(image: Image) -> str:
         " ".join(f"{k}={v}" for k, v in sorted(dev.items())) if isinstance(dev, dict) else "-"
     )
     options = canonical_json(h.get("options", {})).decode()
-    lines = [f"rcompile image, format version {VERSION}"]
+    lines = [f"rcompile image, format version {d['format_version']}"]
     lines += _table(
         [
             ["chip id", str(h.get("chip_id", "-"))],
