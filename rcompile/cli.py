@@ -25,6 +25,7 @@ from rcompile.clikit import emit, error_json, exit_code_table, option
 from rcompile.clioptions import (
     device_file,
     device_option,
+    device_sizing,
     jobs_option,
     json_option,
     load_device,
@@ -374,25 +375,38 @@ def sweep(model: str, data_path: str, rates: list[float], ratios: list[tuple[flo
               help="Conductance levels per cell.")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration data (.npz): its row statistics are saved with the plan.")
+@click.option("--device", "device_spec", metavar="PRESET|FILE.toml",
+              help="Plan for this device's cell (levels, conductances, programming error, bit "
+              "slicing) and, unless --rows/--cols are given, its tile geometry.")
 @prune_option
 @progress_options
 @json_option
-def plan_cmd(model: str, output: str, rows: int, cols: int, levels: int, calib: str | None,
-             prune: str | None, quiet: bool, verbose: bool, as_json: bool) -> None:
+@click.pass_context
+def plan_cmd(ctx: click.Context, model: str, output: str, rows: int, cols: int, levels: int,
+             calib: str | None, device_spec: str | None, prune: str | None, quiet: bool,
+             verbose: bool, as_json: bool) -> None:
     """Make MODEL's chip-independent plan once, for 'build --plan' and 'provision --plan'."""
     from rcompile import planfile
     from rcompile.device import Cell
 
     shown = reporter("plan", quiet, verbose)
+    cell, rows, cols = device_sizing(ctx, device_spec, rows, cols)
+    if cell is not None and ctx.get_parameter_source("levels") is \
+            click.core.ParameterSource.COMMANDLINE and levels != cell.levels:
+        raise click.BadParameter(f"{levels} levels, but device {device_spec} has {cell.levels}; "
+                                 "give one of them", param_hint="'--levels'")
+    cell = cell or Cell(levels=levels)
+    levels = cell.levels
 
     if cols % 2:
         raise click.BadParameter(f"{cols} is odd; expected an even column count "
                                  "(differential pairs)", param_hint="'--cols'")
-    refuse_overwrite([("-o", output)], [("MODEL", model), ("--calib", calib)])
+    refuse_overwrite([("-o", output)], [("MODEL", model), ("--calib", calib),
+                                         ("--device", device_file(device_spec))])
     t0 = time.perf_counter()
     with shown:
         plan, log = api.make_plan(model, tile_rows=rows, tile_cols=cols, progress=shown,
-                                  device=Cell(levels=levels), pipeline=api.plan_pipeline(prune))
+                                  device=cell, pipeline=api.plan_pipeline(prune))
         stats = None
         if calib is not None:
             shown(Event("calib", "statistics", 0, 1))

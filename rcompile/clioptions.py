@@ -93,3 +93,20 @@ def load_device(spec: str | None) -> Any:
     from rcompile.device import load_hardware
 
     return None if spec is None else load_hardware(spec)
+
+
+def device_sizing(
+    ctx: click.Context, spec: str | None, rows: int, cols: int
+) -> tuple[Any, int, int]:
+    """The cell the compiler quantises for under ``--device`` (None without it) and the tile
+    geometry: the device's, unless ``--rows``/``--cols`` were given."""
+    if spec is None:
+        return None, rows, cols
+    from rcompile.device import load_hardware
+    from rcompile.programming import compiler_device
+
+    hw = load_hardware(spec)
+    given = {n: ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE
+             for n in ("rows", "cols")}
+    return (compiler_device(hw), rows if given["rows"] else hw.tile_rows,
+            cols if given["cols"] else hw.tile_cols)

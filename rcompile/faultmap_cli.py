@@ -14,6 +14,7 @@ import click
 
 from rcompile import faultmap as fmap
 from rcompile.clikit import emit, option
+from rcompile.clioptions import device_sizing
 from rcompile.cliprogress import progress_options, reporter
 from rcompile.fileio import refuse_overwrite
 
@@ -102,6 +103,9 @@ def faultmap() -> None:
     show_default=True,
     help="With --like: extra tiles as a fraction of those the model needs (rounded up).",
 )
+@click.option("--device", "device_spec", metavar="PRESET|FILE.toml",
+              help="With --like: size for this device's cell (a bit-sliced cell needs a tile "
+              "per digit) and, unless --rows/--cols are given, its tile geometry.")
 @click.option(
     "--rate",
     type=click.FloatRange(0.0, 1.0),
@@ -139,6 +143,7 @@ def synth_cmd(
     rows: int,
     cols: int,
     spare: float,
+    device_spec: str | None,
     rate: float,
     ratio: tuple[float, float],
     kind: str,
@@ -159,14 +164,17 @@ def synth_cmd(
             raise click.UsageError("give --tiles N or --like MODEL to size the chip")
         if spare_given:
             raise click.BadParameter("only applies with --like", param_hint="'--spare'")
+        if device_spec is not None:
+            raise click.BadParameter("only applies with --like", param_hint="'--device'")
         note = ""
     else:
         if tiles is not None:
             raise click.UsageError("--like and --tiles are mutually exclusive; give one of them")
         from rcompile.api import make_plan, spare_tiles
 
+        cell, rows, cols = device_sizing(ctx, device_spec, rows, cols)
         with shown:  # the model's plan says how many tiles it needs
-            needed = make_plan(model, tile_rows=rows, tile_cols=cols,
+            needed = make_plan(model, tile_rows=rows, tile_cols=cols, device=cell,
                                progress=shown)[0].tiles_needed()
         tiles = spare_tiles(needed, spare)
         note = f" ({needed} tiles needed by {model}, +{spare:.0%} spare)"

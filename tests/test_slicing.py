@@ -266,3 +266,32 @@ def test_every_strategy_builds_a_sliced_chip_the_runtime_rebuilds(strategy: str)
     image = rimg.decode(rimg.encode(api.build(plan, faulty, strategy=strategy).image))
     assert {s.digit for t in image.tiles for s in t.slices} == {0, 1}
     assert np.isfinite(_weight_error(plan, image, faulty))
+
+
+def test_synth_and_plan_size_for_the_device_and_build_the_same_image(tmp_path: str) -> None:
+    """``faultmap synth --like --device`` gives a sliced chip a tile per digit, and
+    ``plan --device`` makes the sliced plan ``build --plan`` accepts, on a graph nobody here
+    trained; the planned build is byte for byte the direct one."""
+    model = os.path.join(ROOT, "tests", "data", "compat",
+                         "sk_mlp_classifier-skl2onnx13-dynamic.onnx")
+    dev = os.path.join(tmp_path, "w8c4.toml")
+    with open(dev, "w") as f:
+        f.write(DEVICE_TOML)
+    chip, plain = os.path.join(tmp_path, "chip.npz"), os.path.join(tmp_path, "plain.npz")
+    assert rcompile("faultmap", "synth", "--like", model, "--spare", "0", "--rate", "0.05",
+                    "-o", plain).returncode == 0
+    assert rcompile("faultmap", "synth", "--like", model, "--spare", "0", "--device", dev,
+                    "--rate", "0.05", "-o", chip).returncode == 0
+    assert fmap.load(chip).geometry.tiles == 2 * fmap.load(plain).geometry.tiles
+    plan = os.path.join(tmp_path, "w8c4.rplan")
+    assert rcompile("plan", model, "--device", dev, "-o", plan).returncode == 0
+    images = [os.path.join(tmp_path, f"{k}.rimg") for k in ("planned", "direct")]
+    planned = rcompile("build", model, "--faultmap", chip, "--device", dev, "--plan", plan,
+                       "-o", images[0])
+    assert planned.returncode == 0, planned.stderr
+    assert rcompile("build", model, "--faultmap", chip, "--device", dev,
+                    "-o", images[1]).returncode == 0
+    with open(images[0], "rb") as a, open(images[1], "rb") as b:
+        assert a.read() == b.read()
+    clash = rcompile("plan", model, "--device", dev, "--levels", "8", "-o", plan + "2")
+    assert clash.returncode == 2 and "--levels" in clash.stderr
