@@ -216,12 +216,13 @@ def _tile_model(
         reference, {k: (step, *v.shape[1:]) for k, v in dataset.inputs.items()}
     )
     calibration = None
+    laid_out: dict[int, tilemode.LayerLayout] = {}  # both builds share the layouts
     cv = hw.converters
     if (cv.adc_bits < 24 and cv.adc_range == "calibrated") or (
         cv.dac_bits < 24 and cv.dac_range == "calibrated"
     ):
         cal = tilemode.build(image, graph, levels, hw, biases, seed=seed, calibrate=True,
-                             shapes=shapes)
+                             shapes=shapes, laid_out=laid_out)
         per_run = _fixed_batch(reference)
         n_cal = min(per_run * max(1, CALIBRATION_SAMPLES // per_run) if per_run
                     else min(step, CALIBRATION_SAMPLES), dataset.n)
@@ -229,7 +230,7 @@ def _tile_model(
                    source=source, optimize=False)
         calibration = cal.read_calibration(outs, len(image.layers))
     return tilemode.build(image, graph, levels, hw, biases, seed=seed, calibration=calibration,
-                          shapes=shapes)
+                          shapes=shapes, laid_out=laid_out)
 
 
 def _energy_first(n: int, k: int) -> np.ndarray | None:

@@ -192,6 +192,7 @@ def build(
     calibrate: bool = False,
     shapes: dict[str, tuple[int, ...]] | None = None,
     bank: int = 128,
+    laid_out: dict[int, LayerLayout] | None = None,
 ) -> Built:
     """The tile-mode model of ``image`` on a chip whose tiles hold realised ``levels``.
 
@@ -201,7 +202,9 @@ def build(
     extra outputs read by :meth:`Built.read_calibration`); a ``calibrated`` converter needs that
     :class:`Calibration`. ``shapes`` (static tensor shapes, optional) lets read noise come from
     a bank of at most ``bank`` patterns per layer instead of ``RandomNormalLike``, and sizes
-    :attr:`Built.floats_per_sample`.
+    :attr:`Built.floats_per_sample`. ``laid_out`` caches every layer's slices laid out in
+    unit 1 (:meth:`LayerLayout.in_units`), filled here: the calibration graph and the final one
+    of one image, levels and hardware share one cache, so the layouts are computed once.
     """
     model = onnx.ModelProto()
     model.CopyFrom(graph)
@@ -209,13 +212,15 @@ def build(
     settings = CircuitSettings.of(hw, calibrate, calibration, seed, bank)
     nodes = {n.name: n for n in model.graph.node}
     per_layer = _layer_slices(image)
+    if laid_out is None:
+        laid_out = {}
     built = Built(model=model, n_outputs=len(model.graph.output), probes=[])
     current_outputs: list[str] = []  # calibration: per slice its current extremes
     replaced: dict[str, list[onnx.NodeProto]] = {}
     for li, rec in enumerate(image.layers):
         start = len(g.nodes)
         layer = _tile_layer(g, li, rec.op, nodes, per_layer[li], levels, hw, settings,
-                            calibration, shapes or {})
+                            calibration, shapes or {}, laid_out)
         v, dac_scale, probe = _dac(g, layer, built.calibration)  # 1.
         code, zero_point = _crossbar(g, layer, v, current_outputs)  # 2.-4.
         _digital(g, layer, code, zero_point, dac_scale, biases[li])  # 5.
@@ -242,7 +247,7 @@ def _tile_layer(
     g: GraphWriter, li: int, op: WeightOp, nodes: dict[str, onnx.NodeProto],
     slices: list[tuple[int, int, SliceRecord]], levels: dict[int, np.ndarray], hw: Hardware,
     settings: CircuitSettings, calibration: Calibration | None,
-    shapes: dict[str, tuple[int, ...]],
+    shapes: dict[str, tuple[int, ...]], laid_out: dict[int, LayerLayout],
 ) -> TileLayer:
     """The record of layer ``li``: its converters' constants and its slices laid out as one
     product (a calibrated ADC's steps folded in). Adds the Transpose that undoes a Gemm's
@@ -263,7 +268,9 @@ def _tile_layer(
     dac_codes = float(2**s.dac_bits - 1) if real_dac else 1.0
     full_scale = dac_range if real_dac and s.dac_calibrated and dac_range is not None else 1.0
     unit = hw.cell.read_v * hw.cell.step_us * dac_codes / full_scale  # output per (I+ - I-)
-    layout = LayerLayout.of(op, slices, levels, hw, unit)
+    if li not in laid_out:
+        laid_out[li] = LayerLayout.of(op, slices, levels, hw, 1.0)
+    layout = laid_out[li].in_units(unit)
     adc_max_code = float(2**s.adc_bits - 1)
     adc_in_steps = s.adc_bits < IDEAL_BITS and s.adc_calibrated
     adc_bias = None

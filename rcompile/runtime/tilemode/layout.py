@@ -3,7 +3,7 @@ that reads its columns back into the layer's outputs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,12 @@ class LayerLayout:
                    out_of=out_of.reshape(-1), coef=coef.reshape(-1), slot=slot,
                    n_out=op.n_out, pair=pair)
 
+    def in_units(self, unit: float) -> LayerLayout:
+        """This layout with its coefficients divided by ``unit`` (a layer output per ``I+ -
+        I-``, which depends on the converters): a layout of unit 1 serves every graph built
+        from the same levels. The weights are shared (:meth:`fold_adc` does not write them)."""
+        return replace(self, coef=self.coef / unit)
+
     @property
     def signs(self) -> int:
         """Product outputs per column pair: 2 (each column apart) or 1 (``pair``)."""
@@ -150,18 +156,20 @@ class LayerLayout:
         bias = np.zeros((self.groups, signs, self.per, self.mmax), np.float64)
         zero = np.zeros_like(bias)
         coef = self.coef.reshape(self.groups, signs, self.per, self.mmax)
+        w = self.w.copy()  # the weights may be shared with other layouts (see in_units)
         for i, (lo_r, hi_r) in enumerate(ranges):
             gi, j = divmod(int(self.slot[i]), self.per)
             lo_c = min(lo_r, 0.0) * per_unit
             hi_c = (max(hi_r, 0.0) if self.pair else hi_r) * per_unit
             step = max((hi_c - lo_c) / max_code, 1e-30)
-            self.w[gi, :, j] /= step
+            w[gi, :, j] /= step
             coef[gi, :, j] *= step
             if self.pair:
                 zero[gi, :, j] = min(float(np.round(-lo_c / step)), max_code)
                 bias[gi, :, j] = zero[gi, :, j]
             else:
                 bias[gi, :, j] = -lo_c / step
+        self.w = w
         if zero.any():
             self.zero = zero.reshape(-1)
         return bias.reshape(-1).astype(np.float32) if bias.any() else None
