@@ -305,7 +305,7 @@ def _conv_block(op: Any, s: SliceRecord, w_i: np.ndarray) -> tuple[np.ndarray, n
     # rows as flat (channel, kernel position) cells; a row read twice (redundant copies) sums
     cell = np.ravel_multi_index((local, *kk), (chans.size, *kshape))
     w = np.zeros((chans.size * int(np.prod(kshape, dtype=np.int64)), w_i.shape[1]), np.float64)
-    np.add.at(w, cell, w_i)
+    _add_rows(w, cell, w_i, unique=np.unique(rows).size == rows.size)
     return s.group * cin_g + chans, w.T.reshape(w_i.shape[1], chans.size, *kshape)
 
 
@@ -313,8 +313,18 @@ def _mm_block(op: Any, s: SliceRecord, w_i: np.ndarray) -> tuple[np.ndarray, np.
     """Input rows one Gemm/MatMul slice reads and its weight ``[2m, rows]``."""
     rows, local = np.unique(np.asarray(s.rows, np.int64), return_inverse=True)
     w = np.zeros((w_i.shape[1], rows.size), np.float64)
-    np.add.at(w.T, local, w_i)  # a row read twice (redundant copies) sums
+    _add_rows(w.T, local, w_i, unique=rows.size == len(s.rows))
     return rows, w
+
+
+def _add_rows(w: np.ndarray, at: np.ndarray, rows: np.ndarray, unique: bool) -> None:
+    """``w[at[i]] += rows[i]`` for every ``i``: a row read twice (redundant copies) sums. With
+    ``unique`` indices one vectorised ``+=`` does it (the same sums as ``np.add.at``, which is
+    far slower but needed when an index repeats)."""
+    if unique:
+        w[at] += rows
+    else:
+        np.add.at(w, at, rows)
 
 
 def _slice_conductances(lv: np.ndarray, s: SliceRecord, hw: Hardware) -> np.ndarray:
