@@ -26,7 +26,7 @@ import rcompile
 from rcompile import pipeline as pl
 from rcompile import slicing
 from rcompile.device import Cell, Geometry, Hardware
-from rcompile.errors import BadData, BadFaultMap, BadModel, BadPlan, DoesNotFit
+from rcompile.errors import BadData, BadFaultMap, BadPlan, DoesNotFit
 from rcompile.faultmap import FaultMap
 from rcompile.frontend import load_model
 from rcompile.image import BuildOptions, Image, ImageHeader, LayerRecord, SliceRecord, TileRecord
@@ -481,10 +481,8 @@ def calib_stats(
     A Conv row ``(c, ky, kx)`` takes the statistics of its input channel ``c`` over all
     positions (padding ignored); a Gemm/MatMul row those of its input feature.
     """
-    import onnxruntime as ort
-
-    from rcompile.data import batches, fixed_batch, input_specs, unpad
-    from rcompile.runtime.execute import free_dims
+    from rcompile.data import fixed_batch, input_specs
+    from rcompile.runtime.execute import batch_outputs, session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -498,11 +496,7 @@ def calib_stats(
         if name not in existing:
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
             existing.add(name)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.log_severity_level = 4  # fatal only: errors reach the user as our one line
-    sess = ort.InferenceSession(free_dims(probe).SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = session(probe, f"calibration probe of the model for {source}")
     feeds = {i.name for i in sess.get_inputs()}
     missing = feeds - set(data)
     if missing:
@@ -511,25 +505,12 @@ def calib_stats(
     n = len(next(iter(data.values())))
     fixed = fixed_batch(input_specs(model), source)
     inputs = {k: v for k, v in data.items() if k in feeds}
-    step = 256  # 1 for a graph that declares a free batch but fixes it at 1 inside
-    while True:
-        sums: dict[str, list[np.ndarray]] = {}
-        try:
-            for lo, hi, batch in batches(inputs, n, step, fixed):
-                try:
-                    got = sess.run(None, batch)
-                except Exception as e:
-                    raise _RunFailed(lo, hi, e) from e
-                outs = {k: unpad(np.asarray(v), hi - lo, fixed)
-                        for k, v in zip(names, got, strict=True)}
-                _accumulate(sums, outs, ops, node_input, moments)
-            break
-        except _RunFailed as f:
-            if f.lo == 0 and f.hi > 1 and fixed is None and _runs_alone(sess, inputs):
-                step = 1
-                continue
-            raise BadModel(f"{source}: onnxruntime failed on calibration samples "
-                           f"{f.lo}..{f.hi - 1} ({str(f.error).strip().splitlines()[0]})") from f
+    sums: dict[str, list[Any]] = {}
+    for _, _, got in batch_outputs(
+            sess, inputs, n, 256, fixed,
+            failed=lambda lo, hi: f"{source}: onnxruntime failed on calibration samples "
+                                  f"{lo}..{hi - 1}"):
+        _accumulate(sums, dict(zip(names, got, strict=True)), ops, node_input, moments)
     result = []
     for op in ops:
         p2, p1, cnt, outer = sums[op.node]
@@ -543,23 +524,6 @@ def calib_stats(
             power, mean = power.reshape(1, -1), mean.reshape(1, -1)
         result.append(RowStats(power.astype(np.float32), mean.astype(np.float32), moment))
     return tuple(result)
-
-
-class _RunFailed(Exception):
-    """onnxruntime failed on calibration samples ``lo..hi-1``."""
-
-    def __init__(self, lo: int, hi: int, error: Exception) -> None:
-        super().__init__(str(error))
-        self.lo, self.hi, self.error = lo, hi, error
-
-
-def _runs_alone(sess: Any, inputs: dict[str, np.ndarray]) -> bool:
-    """Whether ``sess`` runs on the first sample alone (a graph that fixes its batch at 1)."""
-    try:
-        sess.run(None, {k: v[:1] for k, v in inputs.items()})
-    except Exception:
-        return False
-    return True
 
 
 def _accumulate(sums: dict[str, list[Any]], outs: dict[str, np.ndarray],

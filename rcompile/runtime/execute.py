@@ -10,6 +10,7 @@ as in the graph (the digital periphery). The emulated graph also returns energy 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -264,12 +265,27 @@ def run(
     optimisers cost more session setup than they save in the run). A model that fixes its batch
     axis at ``b`` is run ``b`` samples at a time, a short last batch padded (the padding's
     outputs dropped, :func:`rcompile.data.batches`); otherwise no batch straddles sample
-    ``first`` (so per-batch outputs can be told apart for the first ``first`` samples).
-
-    A model that declares a free batch but fixes it at 1 inside (old PyTorch exports write
-    ``Reshape(x, [1, -1])``) fails on a batch of several samples; when its first batch fails
-    and one sample alone runs, the whole dataset is run one sample at a time.
+    ``first`` (so per-batch outputs can be told apart for the first ``first`` samples); a
+    graph that fixes its batch at 1 inside runs one sample at a time (:func:`batch_outputs`).
     """
+    sess = session(model, source, optimize)
+    fixed = _fixed_batch(model, source)
+    names = [i.name for i in sess.get_inputs()]
+    for nm in names:
+        if nm not in dataset.inputs:
+            raise BadData(f"{dataset.source}: has no array for input '{nm}' of {source}")
+    inputs = {nm: dataset.inputs[nm] for nm in names}
+    return _collect([outs for _, _, outs in batch_outputs(
+        sess, inputs, dataset.n, batch_size, fixed, first,
+        failed=lambda lo, hi: f"{source}: onnxruntime failed on samples {lo}..{hi - 1} of "
+                              f"{dataset.source}")])
+
+
+def session(model: onnx.ModelProto, source: str, optimize: bool = True) -> ort.InferenceSession:
+    """An onnxruntime session of ``model`` (free dimensions made unknown, :func:`free_dims`):
+    CPU, two intra-op threads, all graph optimisations unless ``optimize=False``, onnxruntime's
+    own log off (its errors reach the user as one line); BadModel naming ``source`` if
+    onnxruntime cannot load it."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.inter_op_num_threads = 1
@@ -277,46 +293,34 @@ def run(
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    opts.log_severity_level = 4  # fatal only: errors reach the user as our one line
+    opts.log_severity_level = 4  # fatal only
     try:
-        sess = ort.InferenceSession(
+        return ort.InferenceSession(
             free_dims(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as e:
         raise BadModel(f"{source}: onnxruntime cannot load it ({_first_line(e)})") from e
-    fixed = _fixed_batch(model, source)
-    names = [i.name for i in sess.get_inputs()]
-    for nm in names:
-        if nm not in dataset.inputs:
-            raise BadData(f"{dataset.source}: has no array for input '{nm}' of {source}")
-    parts: list[list[np.ndarray]] = []
-    inputs = {nm: dataset.inputs[nm] for nm in names}
-    for lo, hi, feed in batches(inputs, dataset.n, batch_size, fixed, first):
+
+
+def batch_outputs(
+    sess: ort.InferenceSession, inputs: dict[str, np.ndarray], n: int, step: int,
+    fixed: int | None, first: int = 0, *, failed: Callable[[int, int], str],
+) -> Iterator[tuple[int, int, list[np.ndarray]]]:
+    """``(lo, hi, outputs)`` of ``sess`` on consecutive batches of ``inputs``
+    (:func:`rcompile.data.batches`; a padded fixed batch's padding dropped). A graph that
+    declares a free batch but fixes it at 1 inside (old PyTorch exports write
+    ``Reshape(x, [1, -1])``) fails on a batch of several samples: when the first batch fails
+    and one sample alone runs, every sample is run alone. Otherwise a failure is BadModel,
+    ``failed(lo, hi)`` followed by onnxruntime's first line."""
+    for lo, hi, feed in batches(inputs, n, step, fixed, first):
         try:
-            parts.append([unpad(np.asarray(o), hi - lo, fixed) for o in sess.run(None, feed)])
+            got = sess.run(None, feed)
         except Exception as e:
             if lo == 0 and hi > 1 and fixed is None and _runs_alone(sess, inputs):
-                return _run_one_at_a_time(sess, inputs, dataset, source)
-            raise _failed(source, dataset, lo, hi, e) from e
-    return _collect(parts)
-
-
-def _run_one_at_a_time(
-    sess: ort.InferenceSession, inputs: dict[str, np.ndarray], dataset: Dataset, source: str
-) -> list[np.ndarray]:
-    """:func:`run` for a graph that only runs one sample at a time."""
-    parts = []
-    for lo, hi, feed in batches(inputs, dataset.n, 1, None):
-        try:
-            parts.append([np.asarray(o) for o in sess.run(None, feed)])
-        except Exception as e:
-            raise _failed(source, dataset, lo, hi, e) from e
-    return _collect(parts)
-
-
-def _failed(source: str, dataset: Dataset, lo: int, hi: int, e: Exception) -> BadModel:
-    return BadModel(f"{source}: onnxruntime failed on samples {lo}..{hi - 1} of "
-                    f"{dataset.source} ({_first_line(e)})")
+                yield from batch_outputs(sess, inputs, n, 1, None, failed=failed)
+                return
+            raise BadModel(f"{failed(lo, hi)} ({_first_line(e)})") from e
+        yield lo, hi, [unpad(np.asarray(o), hi - lo, fixed) for o in got]
 
 
 def _runs_alone(sess: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> bool:
