@@ -118,8 +118,8 @@ class Layer:
 
     op: WeightOp
     q: np.ndarray
-    """``[groups, rows, outs]`` of :func:`q_dtype` of the cell's levels: weight in level
-    steps, ``|q| <= L-1``."""
+    """``[groups, rows, outs]`` of :func:`q_dtype` of the cell's ``weight_top``: weight in level
+    steps, ``|q| <= weight_top``."""
     scale: np.ndarray
     """float32 ``[groups, outs]``: weight = scale * q (per output)."""
     bias: np.ndarray

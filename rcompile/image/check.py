@@ -16,7 +16,7 @@ from rcompile.image.records import (
     VERSION,
     Image,
     is_int,
-    q_dtype,
+    version_q_dtype,
 )
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN
 
@@ -83,7 +83,7 @@ def check_image(image: Image, source: str, version: int = VERSION) -> None:
             raise fail(f"{where}: weight shape {list(op.shape)} does not fit layout {op.layout!r}")
         if op.groups < 1 or op.n_out % op.groups:
             raise fail(f"{where}: {op.n_out} outputs do not split into {op.groups} groups")
-        _expect(rec.q, q_dtype(version), (op.groups, op.rows, op.outs), f"{where} q", fail)
+        _expect(rec.q, version_q_dtype(version), (op.groups, op.rows, op.outs), f"{where} q", fail)
         _expect(rec.scale, np.dtype(np.float32), (op.groups, op.outs), f"{where} scale", fail)
         _expect(rec.bias, np.dtype(np.float32), (op.n_out,), f"{where} bias", fail)
         _finite(rec.scale, f"{where} scale", fail)

@@ -46,8 +46,8 @@ from rcompile.image.records import (
     align,
     canonical_json,
     is_int,
-    q_dtype,
     version_of,
+    version_q_dtype,
 )
 from rcompile.ir import WeightOp
 
@@ -139,7 +139,7 @@ def _normalised(image: Image, version: int) -> Image:
         LayerRecord(
             op=rec.op,
             bias=_coerce(rec.bias, np.dtype(np.float32), f"layer {i} bias"),
-            q=_coerce(rec.q, q_dtype(version), f"layer {i} q"),
+            q=_coerce(rec.q, version_q_dtype(version), f"layer {i} q"),
             scale=_coerce(rec.scale, np.dtype(np.float32), f"layer {i} scale"),
         )
         for i, rec in enumerate(image.layers)

@@ -138,11 +138,12 @@ LAYER_ARRAYS = (
     ("q", np.dtype(np.int8)),
     ("scale", np.dtype(np.float32)),
 )
-"""The arrays of a LAYR record; ``q`` is int16 instead in a version-2 image (:func:`q_dtype`)."""
+"""The arrays of a LAYR record; ``q`` is int16 instead in a version-2 image
+(:func:`version_q_dtype`)."""
 LEVELS_DTYPE = np.dtype(np.uint8)
 
 
-def q_dtype(version: int) -> np.dtype[Any]:
+def version_q_dtype(version: int) -> np.dtype[Any]:
     """dtype of a layer's ``q`` in an image of ``version``: int8; int16 in version 2 (sliced
     images and weights beyond int8, e.g. a 256-level cell)."""
     return np.dtype(np.int8) if version == VERSION else np.dtype(np.int16)
