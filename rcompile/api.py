@@ -185,7 +185,12 @@ def _slicing_of(cell: Cell) -> str:
 def needs_moments(spec: str) -> bool:
     """Whether the per-chip pipeline ``spec`` reads the calibration moments ``E[x x^T]`` (the
     ``covariance`` pass), which :func:`plan_lot` then has to make."""
-    return any(p.name == "covariance" for p in pl.parse(spec, stage=pl.CHIP))
+    return reads_moments(pl.parse(spec, stage=pl.CHIP))
+
+
+def reads_moments(passes: list[Any]) -> bool:
+    """Whether parsed per-chip ``passes`` include the ``covariance`` pass."""
+    return any(p.name == "covariance" for p in passes)
 
 
 def compile_chip(
@@ -215,7 +220,7 @@ def compile_chip(
         hardware.check_tiles(fm.geometry.rows, fm.geometry.cols, fm.source)
     lot = lot or plan_lot(model_path, fm, hardware=hardware, plan_path=plan_path,
                           calib_path=calib_path, prune=prune,  # chip-independent stage
-                          moments=needs_moments(pipeline or STRATEGIES[strategy]),
+                          moments=reads_moments(passes),
                           progress=progress)
     t0 = time.perf_counter()
     res = build(lot.plan, fm, strategy=strategy, pipeline=pipeline, solver=solver,
