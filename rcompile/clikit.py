@@ -9,7 +9,6 @@ input file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -18,6 +17,7 @@ import click
 
 from rcompile import __version__
 from rcompile.errors import EXIT_CODES
+from rcompile.fileio import file_sha256
 
 #: Version of the JSON documents the commands print; bumped when a key changes meaning or goes.
 SCHEMA_VERSION = 1
@@ -43,14 +43,6 @@ class AliasedOption(click.Option):
 def option(*decls: str, deprecated: tuple[str, ...] = (), **kwargs: Any) -> Any:
     """``click.option`` whose ``deprecated`` spellings still work but are not advertised."""
     return click.option(*decls, cls=AliasedOption, deprecated=deprecated, **kwargs)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def envelope(inputs: dict[str, str | None]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import rcompile
 from rcompile import jsonbound
 from rcompile.device import Hardware
 from rcompile.errors import RcompileError
-from rcompile.fileio import atomic_write
+from rcompile.fileio import atomic_write, file_sha256
 from rcompile.pipeline import SolverOptions
 
 FORMAT = 1
@@ -49,22 +49,16 @@ Point = tuple[float, str, int, str, str]
 """What identifies one measurement: rate, ratio (``SA1:SA0``), seed, strategy, its pipeline."""
 
 
-def file_sha256(path: str | None) -> str | None:
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _sha256(path: str | None) -> str | None:
+    return None if path is None else file_sha256(path)
 
 
 def arguments(model_path: str, data_path: str, calib_path: str | None, prune: str | None,
               hardware: Hardware | None, mode: str, pattern: str, rows: int, cols: int,
               spare: float, solver: SolverOptions) -> dict[str, Any]:
     """Everything besides the point itself that changes a sweep's measurement."""
-    return {"rcompile_version": rcompile.__version__, "model_sha256": file_sha256(model_path),
-            "data_sha256": file_sha256(data_path), "calib_sha256": file_sha256(calib_path),
+    return {"rcompile_version": rcompile.__version__, "model_sha256": _sha256(model_path),
+            "data_sha256": _sha256(data_path), "calib_sha256": _sha256(calib_path),
             "prune": prune, "device": None if hardware is None else hardware.to_dict(),
             "mode": mode, "pattern": pattern, "rows": rows, "cols": cols, "spare": spare,
             "solver": asdict(solver)}
