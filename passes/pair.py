@@ -127,7 +127,9 @@ def move_side(bp: BlockProblem, rows: np.ndarray, move: np.ndarray, fixed: np.nd
     """
     from rcompile.passes._kernels import side_costs, side_costs_ref
 
-    free = np.setdiff1d(np.arange(bp.sc.codes.shape[1]), fixed).astype(np.int32)
+    keep = np.ones(bp.sc.codes.shape[1], bool)
+    keep[fixed] = False
+    free = np.flatnonzero(keep).astype(np.int32)  # setdiff1d's answer, without its sort
     kernel = side_costs_ref if bp.reference else side_costs
     cost = kernel(*bp.kernel_args(), rows, fixed, free, move_is_pos)
     return free[bp.solve(cost, np.searchsorted(free, move))].astype(np.int32)
