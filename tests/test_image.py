@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rcompile import fileio
@@ -22,7 +22,6 @@ from rcompile import image as rimg
 from rcompile.errors import BadImage
 from rcompile.image import MAGIC, VERSION, Image, LayerRecord, SliceRecord, TileRecord
 from rcompile.image.container import _encode_record
-from rcompile.image.records import version_of, version_q_dtype
 from rcompile.ir import LAYOUT_CONV, LAYOUT_KN, WeightOp, q_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,10 +123,13 @@ def assert_same(a: Image, b: Image) -> None:
         for name in ("bias", "q", "scale"):
             x, y = getattr(la, name), getattr(lb, name)
             assert x.shape == y.shape and np.array_equal(x, y)
-            # q is stored in its format version's dtype: an int16 q whose values all fit int8
-            # (a 256-level cell's weights drawn small) is a version-1 image, read back as int8
-            want = version_q_dtype(version_of(a)) if name == "q" else x.dtype
-            assert y.dtype == want
+            if name == "q" and x.dtype != y.dtype:
+                # the one narrowing the format makes: an int16 q whose values all fit int8 (a
+                # 256-level cell's weights drawn small) is stored as int8, in a version-1 image
+                assert (x.dtype, y.dtype) == (np.int16, np.int8)
+                assert x.size == 0 or (x.min() >= -128 and x.max() <= 127)
+            else:
+                assert x.dtype == y.dtype
     for ta, tb in zip(a.tiles, b.tiles, strict=True):
         assert ta.tile == tb.tile
         assert ta.levels.dtype == tb.levels.dtype and np.array_equal(ta.levels, tb.levels)
@@ -207,6 +209,7 @@ def bad(data: bytes, *patterns: str, source: str = "chip.rimg") -> str:
     n_layers=st.integers(0, 3),
     n_tiles=st.integers(0, 5),
 )
+@example(seed=8, rows=1, cols=2, tiles=1, levels=256, n_layers=1, n_tiles=0)  # q narrowed to int8
 def test_round_trip_is_exact(
     seed: int, rows: int, cols: int, tiles: int, levels: int, n_layers: int, n_tiles: int
 ) -> None:
