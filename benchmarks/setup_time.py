@@ -99,15 +99,15 @@ def _chip_setup(image: Any, faultmap: Any, dataset: Dataset, hw: Hardware, mode:
     graph = stage("graph", lambda: execute.emulated_graph(
         image, mode, hw, chip, reference, dataset, 256, noise_seed, src),
         ("tile_layout", "tile_build", "session", "ort_run", "serialise"))
-    stage("session", lambda: _session(graph.model, mode == "ideal"), ("serialise",))
+    stage("session", lambda: _session(graph.model, mode == "ideal", src), ("serialise",))
 
 
-def _session(model: Any, optimize: bool) -> Any:
+def _session(model: Any, optimize: bool, source: str) -> Any:
     """The onnxruntime session :func:`runtime.run` makes for ``model`` (its own helper where the
     tree has one, else the same options by hand)."""
     make = getattr(execute, "session", None)
     if make is not None:
-        return make(model, optimize=optimize)
+        return make(model, source, optimize=optimize)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
