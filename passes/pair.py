@@ -47,21 +47,37 @@ class BlockProblem:
     cells: StuckCodes | None = None
     """The strip's exact stuck codes, which every cost here uses; ``None``: those of ``codes``
     (whole stuck levels)."""
+    restart: int = 0
+    """Which fast search (not ``reference``): 0 warm-starts every move from the current mapping;
+    1 solves every move from scratch (start -1: ties fall elsewhere, so the search ends
+    elsewhere); ``k >= 2`` from scratch on the places shuffled by a permutation drawn from
+    ``seed`` and ``k``."""
+    seed: int = 0
     qi: np.ndarray = field(init=False)  # int64 [n, m]: q + top, the tables' q index
     sc: StuckCodes = field(init=False)  # cells, or whole_codes(codes)
     solved: dict[tuple[tuple[int, ...], bytes], np.ndarray] = field(init=False, repr=False)
     """Reference assignments by cost matrix (see :meth:`solve`)."""
+    shuffles: dict[int, np.ndarray] = field(init=False, repr=False)
+    """Restart ``k >= 2``'s permutation of ``m`` places, by ``m``."""
 
     def __post_init__(self) -> None:
         self.qi = self.q.astype(np.int64) + self.top
         self.w = np.ascontiguousarray(self.w, np.float64)
         self.sc = self.cells if self.cells is not None else whole_codes(self.codes, self.top)
         self.solved = {}
+        self.shuffles = {}
 
     def kernel_args(self) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray,
                                    np.ndarray]:
         """The first arguments of every compiled cost loop (``passes/_kernels.py``)."""
         return self.sc.levels, self.sc.alone, self.top, self.qi, self.w, self.sc.codes
+
+    def _shuffle(self, m: int) -> np.ndarray:
+        """The permutation of ``m`` places of restart ``k >= 2`` (the same for every move of
+        that size in the block)."""
+        if m not in self.shuffles:
+            self.shuffles[m] = np.random.default_rng([self.seed, self.restart, m]).permutation(m)
+        return self.shuffles[m]
 
     def local(self, physical: np.ndarray) -> np.ndarray:
         """Strip index of physical columns."""
@@ -91,7 +107,13 @@ class BlockProblem:
         reads): such a repeat takes the answer already found instead of a second OR-Tools
         call, the same assignment."""
         if not self.reference:
-            return assign_from(cost, start)
+            if self.restart == 0:
+                return assign_from(cost, start)
+            cold = np.full(len(start), -1)
+            if self.restart == 1:
+                return assign_from(cost, cold)
+            shown = self._shuffle(cost.shape[1])  # place shown[k] is offered as place k
+            return shown[assign_from(cost[:, shown], cold)].astype(np.int32)
         key = (cost.shape, cost.tobytes())
         if key not in self.solved:
             self.solved[key] = assign(cost)

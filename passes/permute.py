@@ -110,6 +110,12 @@ class Permute:
     (numpy cost matrices, OR-Tools integer assignment) and keep the better: no block then ends
     worse than the reference alone would leave it. ``false``: the fast solver only, several
     times faster at high fault rates; as good on average, not block by block."""
+    restarts: int = 0
+    """Further fast searches of every block the fast solver leaves above zero cost, each from
+    the block's first mapping with every move solved from scratch (the first as it is, the
+    others on places shuffled by ``--solver-seed``), until one reaches zero; the cheapest
+    kept (ties to the earlier). The local search ends where its ties lead it, so a search from
+    scratch often ends lower than the warm-started one (strategy ``full-fast``)."""
 
     def run(
         self, plan: Plan, mapping: ChipMapping, ctx: ChipContext
@@ -156,9 +162,10 @@ def _solve_blocks(shared: tuple[Permute, Plan, ChipContext, tuple[Placement, ...
         pl = placements[k]
         bp = problem(plan, ctx, pl)
         begin = (pl.phys_rows, bp.local(pl.pos), bp.local(pl.neg))
-        best = _solve_one(self, bp, begin, ctx.solver.time_limit_s)
+        best = _solve_one(self, bp, begin, ctx.solver.time_limit_s, ctx.solver.seed)
         if len(bp.sc.levels) > bp.top + 2:  # some stuck level is fractional
-            rounded = _solve_one(self, replace(bp, cells=None), begin, ctx.solver.time_limit_s)
+            rounded = _solve_one(self, replace(bp, cells=None), begin, ctx.solver.time_limit_s,
+                                 ctx.solver.seed)
             judge = replace(bp, reference=True)
             true = judge.cost(*rounded[0][:3])
             if true < judge.cost(*best[0][:3]):
@@ -170,12 +177,20 @@ def _solve_blocks(shared: tuple[Permute, Plan, ChipContext, tuple[Placement, ...
 
 
 def _solve_one(self: Permute, bp: BlockProblem,
-               begin: tuple[np.ndarray, np.ndarray, np.ndarray], time_limit_s: float
-               ) -> tuple[Solved, int]:
-    """The fast solver, then (with ``reference``, above zero cost) the reference one and the
-    better kept; the reference flag of :func:`_solve_blocks`."""
+               begin: tuple[np.ndarray, np.ndarray, np.ndarray], time_limit_s: float,
+               seed: int = 0) -> tuple[Solved, int]:
+    """The fast solver and its ``restarts``, then (with ``reference``, above zero cost) the
+    reference one and the better kept; the reference flag of :func:`_solve_blocks`."""
     rows, pos, neg, start, cost, hit = solve_block(bp, *begin, self.rounds, self.columns,
                                                    time_limit_s)
+    for k in range(1, self.restarts + 1):
+        if cost == 0.0:
+            break
+        alt = solve_block(replace(bp, restart=k, seed=seed), *begin, self.rounds, self.columns,
+                          time_limit_s)
+        hit = hit or alt[5]
+        if alt[4] < cost:
+            rows, pos, neg, cost = alt[0], alt[1], alt[2], alt[4]
     ref = 0
     if self.reference and cost > 0.0:
         rbp = replace(bp, reference=True)

@@ -39,6 +39,9 @@ STRATEGIES: dict[str, str] = {
     "differential": "place,program{scheme=differential}",
     "mt": "place{order=assign},transform,program{scheme=transform}",
     "full": "place{order=assign},permute,program,calibrate",
+    # full without the reference search (no block-by-block guarantee against it), one restart
+    # from scratch instead: for lots where throughput counts (docs/mapping.md)
+    "full-fast": "place{order=assign},permute{reference=false,restarts=1},program,calibrate",
     # full plus spare tiles on the worst blocks and a row assignment over each column strip:
     # for dense layers that leave the permutation no room (docs/dense.md)
     "full-spare-strip": "place{order=assign},permute,spare,strip,program,calibrate",

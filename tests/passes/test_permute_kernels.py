@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from rcompile.passes.permute import solve_block
 from rcompile import api
 from rcompile import faultmap as fmap
 from rcompile.device import Cell
+from rcompile.image.container import write as write_image
 from rcompile.solvers import assign_from
 
 TOP = 15
@@ -90,11 +92,52 @@ def test_compiled_cost_loops_equal_the_numpy_definitions(seed: int, rate: float,
 def test_both_solvers_never_worsen_a_block(seed: int, rate: float) -> None:
     bp = _block(seed, rate)
     begin = (np.arange(12), np.arange(0, 10, 2), np.arange(1, 10, 2))
-    for problem in (bp, replace(bp, reference=True)):
+    restarts = [replace(bp, restart=k, seed=seed) for k in (1, 2, 3)]
+    for problem in (bp, replace(bp, reference=True), *restarts):
         rows, pos, neg, start, cost, hit = solve_block(problem, *begin, 6, True)
         assert not hit and cost <= start + 1e-12
         assert len(set(rows.tolist())) == 12
         assert len(set(pos.tolist()) | set(neg.tolist())) == 10
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 5), st.integers(0, 3), st.integers(0, 10_000), st.integers(1, 3))
+def test_restart_moves_are_exact(n: int, extra: int, seed: int, restart: int) -> None:
+    """A restart's move (from scratch, its places shuffled from restart 2 on) is still an
+    optimal assignment, whatever the start."""
+    rng = np.random.default_rng(seed)
+    m = n + extra
+    cost = rng.integers(0, 3, (n, m)).astype(float)  # many ties
+    bp = replace(_block(seed, 0.2), restart=restart, seed=seed)
+    got = bp.solve(cost, rng.permutation(m)[:n])
+    assert len(set(got.tolist())) == n and 0 <= got.min() and got.max() < m
+    best = min(sum(cost[i, p[i]] for i in range(n))
+               for p in itertools.permutations(range(m), n))
+    assert cost[np.arange(n), got].sum() == best
+
+
+SK_MLP = Path(__file__).parents[1] / "data" / "compat" / "sk_mlp_classifier-skl2onnx13-dynamic.onnx"
+
+
+@pytest.mark.parametrize("graph", ["tiny", "sk_mlp"])
+def test_restarts_keep_the_cheapest_search(tiny_model: str, tmp_path: Path, graph: str) -> None:
+    """``restarts`` never ends a chip above the warm search alone, writes the same bytes twice,
+    and at this fault rate finds a cheaper mapping somewhere: on a graph built here and on
+    skl2onnx's export of an sklearn MLP."""
+    path = tiny_model if graph == "tiny" else str(SK_MLP)
+    plan, _ = api.make_plan(path, tile_rows=16, tile_cols=6)
+    fm = fmap.synth(plan.tiles_needed() + 2, 16, 6, 0.1, (5, 1), 3)  # restarts reach 0 here
+    costs = {}
+    for spec in ("permute{reference=false}", "permute{reference=false,restarts=3}"):
+        written = []
+        for run in range(2):
+            res = api.build(plan, fm, pipeline=f"place{{order=assign}},{spec},program")
+            write_image(res.image, tmp_path / f"{run}.rimg")
+            written.append((tmp_path / f"{run}.rimg").read_bytes())
+        assert written[0] == written[1]
+        costs[spec] = next(e for e in res.log if e["pass"] == "permute")["cost_after"]
+    warm, restarted = costs.values()
+    assert restarted < warm
 
 
 def test_permute_reference_fallback_is_never_worse(tiny_model: str) -> None:
