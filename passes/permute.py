@@ -16,7 +16,8 @@ one (cost matrices summed in numpy's order, compiled; OR-Tools' integer assignme
 exact per move but break ties differently, so the local search can end in different places.
 Every block runs the fast one; with ``reference`` (default) a block it leaves above zero cost
 also runs the reference one and the better result is kept (ties to the reference), so no block
-ends worse than under the reference solver alone.
+ends worse than under the reference solver alone. ``restarts`` runs further fast searches of a
+block left above zero cost from scratch (each with its own time limit) and keeps the cheapest.
 Requires: placements. Guarantees: rows and columns stay injective; cost never increases.
 """
 
