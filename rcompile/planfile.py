@@ -333,16 +333,13 @@ def check_chip(saved: SavedPlan | LotPlan, fm: FaultMap) -> None:
 
 def check_model(saved: SavedPlan, model_path: str) -> None:
     """Refuse a plan that was not made from the model at ``model_path``."""
-    import hashlib
+    from rcompile.fileio import file_sha256
 
-    h = hashlib.sha256()
     try:
-        with open(model_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        digest = file_sha256(model_path)
     except OSError as e:
         raise BadPlan(f"{model_path}: cannot read model ({e.strerror or e})") from e
-    if h.hexdigest() == saved.plan.model_sha256:
+    if digest == saved.plan.model_sha256:
         return
     from rcompile.frontend import load_model  # external data: the digest covers it too
 

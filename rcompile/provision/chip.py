@@ -16,7 +16,7 @@ from rcompile import image as rimg
 from rcompile.data import Dataset
 from rcompile.device import Hardware
 from rcompile.errors import BadImage, RcompileError
-from rcompile.fileio import atomic_write
+from rcompile.fileio import atomic_write, file_sha256
 from rcompile.pipeline import SolverOptions
 from rcompile.provision.keys import chip_key
 
@@ -123,14 +123,11 @@ def _verify(line: dict[str, Any], image: rimg.Image, fm: fmap.FaultMap, state: L
 
 
 def _file_sha256(path: str) -> str | None:
-    h = hashlib.sha256()
+    """The file's SHA-256, None if it cannot be read (a rerun then rebuilds the chip)."""
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return file_sha256(path)
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def _predicted(log: list[dict[str, Any]]) -> float | None:
