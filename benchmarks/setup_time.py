@@ -11,13 +11,15 @@ each at p = 1 %, and prints the medians of several runs in ``ideal`` mode (the i
 device) and ``tile`` mode (``neurosim``).
 
 Usage: ``python benchmarks/setup_time.py [--runs N] [--models vgg8,mnist] [--modes ideal,tile]
-[--no-verify] [--json FILE]``.
+[--no-verify] [--json FILE]``; mode ``pair`` is tile mode on ``neurosim`` read with one ADC per
+column pair (``adc = pair``), ``tile`` the preset's own per-column reading.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import os
 import pstats
@@ -173,11 +175,16 @@ def workloads(directory: str) -> dict[str, tuple[Any, Any, Dataset]]:
     return out
 
 
+def _pair(hw: Hardware) -> Hardware:
+    """``hw`` read with one ADC per column pair."""
+    return dataclasses.replace(hw, converters=dataclasses.replace(hw.converters, adc="pair"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", default="vgg8,mnist")
-    ap.add_argument("--modes", default="ideal,tile")
+    ap.add_argument("--modes", default="ideal,tile,pair")
     ap.add_argument("--no-verify", action="store_true", help="the stages only, no verify call")
     ap.add_argument("--json", help="also write every run's figures to this JSON file")
     args = ap.parse_args()
@@ -189,12 +196,14 @@ def main() -> int:
         loads = workloads(tmp)
         for name in args.models.split(","):
             img, fm, data = loads[name]
-            for mode in args.modes.split(","):
-                hw = PRESETS["neurosim"] if mode == "tile" else None
+            for picked in args.modes.split(","):
+                hw = {"tile": PRESETS["neurosim"], "pair": _pair(PRESETS["neurosim"])}.get(picked)
+                mode = "ideal" if hw is None else "tile"
                 runs = [setup_breakdown(img, fm, data, hw, mode, verify=not args.no_verify)
                         for _ in range(args.runs)]
-                result[f"{name} {mode}"] = runs
-                print(f"\n{name} {mode} ({'neurosim' if hw else 'ideal device'}), "
+                label = "ideal" if hw is None else f"tile {hw.converters.adc}"
+                result[f"{name} {label}"] = runs
+                print(f"\n{name} {label} ({'neurosim' if hw else 'ideal device'}), "
                       f"{data.n} samples")
                 for key in runs[0]:
                     med = statistics.median(r[key] for r in runs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -295,11 +296,69 @@ def session(model: onnx.ModelProto, source: str, optimize: bool = True) -> ort.I
     )
     opts.log_severity_level = 4  # fatal only
     try:
-        return ort.InferenceSession(
-            free_dims(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        graph, names, values = _apart(free_dims(model))
+        if names:
+            opts.add_external_initializers(names, values)
+        sess = ort.InferenceSession(
+            graph.SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as e:
         raise BadModel(f"{source}: onnxruntime cannot load it ({_first_line(e)})") from e
+    sess._rcompile_initializers = values  # type: ignore[attr-defined]  # the session reads them
+    return sess
+
+
+APART_BYTES = 1 << 16
+"""Initializers of at least this many bytes of raw data reach onnxruntime as arrays
+(:func:`_apart`), not inside the serialised model."""
+
+
+def _apart(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[ort.OrtValue]]:
+    """``model`` with every large initializer (:data:`APART_BYTES`, raw data, no external data
+    of its own) left as a reference, their names and their values as onnxruntime values.
+
+    onnxruntime puts the values in place of the references before it optimises the graph, so
+    the session computes exactly what it would with the whole model; but a tile-mode graph of
+    VGG-8 holds 200 MB of weights, which serialising, parsing and copying cost seconds. The
+    values are read-only views of the model's own bytes, which the session must outlive (it
+    keeps them, :func:`session`)."""
+    big = [k for k, t in enumerate(model.graph.initializer)
+           if t.HasField("raw_data") and t.ByteSize() >= APART_BYTES
+           and t.data_location != onnx.TensorProto.EXTERNAL]
+    if not big:
+        return model, [], []
+    out = _copy_fields(model, onnx.ModelProto(), skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    og, keep = out.graph, set(big)
+    names, values = [], []
+    for k, t in enumerate(model.graph.initializer):
+        if k not in keep:
+            og.initializer.append(t)
+            continue
+        ref = og.initializer.add()
+        ref.name, ref.data_type = t.name, t.data_type
+        ref.dims.extend(t.dims)
+        ref.data_location = onnx.TensorProto.EXTERNAL
+        ref.external_data.add(key="location", value="rcompile-in-memory")
+        arr = np.frombuffer(t.raw_data, onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+        names.append(t.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(arr.reshape(tuple(t.dims))))
+    return out, names, values
+
+
+def _copy_fields(src: Any, dst: Any, skip: str) -> Any:
+    """``dst`` given every field ``src`` sets except ``skip`` (a shallow protobuf copy that
+    leaves out one large field instead of copying it)."""
+    for f, v in src.ListFields():
+        if f.name == skip:
+            continue
+        if f.message_type is None and not hasattr(v, "extend"):  # a scalar
+            setattr(dst, f.name, v)
+        elif hasattr(v, "extend"):  # a repeated field (protobuf's label API is deprecated)
+            getattr(dst, f.name).extend(v)
+        else:
+            getattr(dst, f.name).CopyFrom(v)
+    return dst
 
 
 def batch_outputs(
