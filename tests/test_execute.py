@@ -81,3 +81,26 @@ def test_third_party_graphs_compute_the_same(name: str) -> None:
     feed = {i.name: data[i.name][:n] for i in model.graph.input if i.name in data.files}
     _same_outputs(model, feed, optimize=True)
 
+
+
+def test_types_numpy_lacks_stay_in_the_model() -> None:
+    """A large bfloat16 initializer stays inside the model, a float16 one is handed over; both
+    compute as the whole model does."""
+    rng = np.random.default_rng(7)
+    w16 = rng.normal(size=(200, 200)).astype(np.float16)
+    bits = rng.normal(size=(200, 200)).astype(np.float32).view(np.uint32) >> 16
+    bf = helper.make_tensor("Wb", TensorProto.BFLOAT16, [200, 200],
+                            bits.astype("<u2").tobytes(), raw=True)
+    inits = [numpy_helper.from_array(w16, "Wh"), bf]
+    nodes = [helper.make_node("Cast", ["Wh"], ["wh"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["Wb"], ["wb"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["x", "wh"], ["h"]),
+             helper.make_node("MatMul", ["h", "wb"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "types", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 200])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 200])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert bf.HasField("raw_data") and bf.ByteSize() >= execute.APART_BYTES
+    assert execute._apart(model)[1] == ["Wh"]
+    x = rng.normal(size=(3, 200)).astype(np.float32)
+    _same_outputs(model, {"x": x}, optimize=False)

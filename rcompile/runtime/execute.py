@@ -313,6 +313,13 @@ APART_BYTES = 1 << 16
 (:func:`_apart`), not inside the serialised model."""
 
 
+_APART_TYPES = frozenset(
+    getattr(onnx.TensorProto, n) for n in ("FLOAT", "DOUBLE", "FLOAT16", "INT8", "UINT8", "INT16",
+                                           "UINT16", "INT32", "UINT32", "INT64", "UINT64", "BOOL"))
+"""Element types NumPy and onnxruntime share a layout for (bfloat16, float8 and 4-bit types stay
+in the model)."""
+
+
 def _apart(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[ort.OrtValue]]:
     """``model`` with every large initializer (:data:`APART_BYTES`, raw data, no external data
     of its own) left as a reference, their names and their values as onnxruntime values.
@@ -323,8 +330,8 @@ def _apart(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[ort
     values are read-only views of the model's own bytes, which the session must outlive (it
     keeps them, :func:`session`)."""
     big = [k for k, t in enumerate(model.graph.initializer)
-           if t.HasField("raw_data") and t.ByteSize() >= APART_BYTES
-           and t.data_location != onnx.TensorProto.EXTERNAL]
+           if t.data_type in _APART_TYPES and t.HasField("raw_data")
+           and t.ByteSize() >= APART_BYTES and t.data_location != onnx.TensorProto.EXTERNAL]
     if not big:
         return model, [], []
     out = _copy_fields(model, onnx.ModelProto(), skip="graph")
