@@ -10,7 +10,7 @@ holds them. :func:`main` builds VGG-8 (``benchmarks/models.py``) and the MNIST e
 each at p = 1 %, and prints the medians of several runs in ``ideal`` mode (the image's own
 device) and ``tile`` mode (``neurosim``).
 
-Usage: ``python benchmarks/setup_time.py [--runs N] [--models vgg8,mnist] [--modes ideal,tile]
+Usage: ``python benchmarks/setup_time.py [--runs N] [--models vgg8,mnist] [--modes ideal,tile,pair]
 [--no-verify] [--json FILE]``; mode ``pair`` is tile mode on ``neurosim`` read with one ADC per
 column pair (``adc = pair``), ``tile`` the preset's own per-column reading.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import dataclasses
 import json
 import os
 import pstats
@@ -38,7 +37,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from rcompile import runtime  # noqa: E402
 from rcompile.data import Dataset  # noqa: E402
-from rcompile.device import PRESETS, Hardware  # noqa: E402
+from rcompile.device import Hardware  # noqa: E402
 from rcompile.runtime import execute, weights  # noqa: E402
 
 SUBSTAGES: dict[str, tuple[str, str]] = {
@@ -175,9 +174,9 @@ def workloads(directory: str) -> dict[str, tuple[Any, Any, Dataset]]:
     return out
 
 
-def _pair(hw: Hardware) -> Hardware:
-    """``hw`` read with one ADC per column pair."""
-    return dataclasses.replace(hw, converters=dataclasses.replace(hw.converters, adc="pair"))
+MODES = {"ideal": "", "tile": "column", "pair": "pair"}
+"""``--modes`` values: the image's own device, or tile mode on ``neurosim`` read per column or
+per column pair (the reading of :func:`benchmarks.run.tile_devices`)."""
 
 
 def main() -> int:
@@ -188,6 +187,10 @@ def main() -> int:
     ap.add_argument("--no-verify", action="store_true", help="the stages only, no verify call")
     ap.add_argument("--json", help="also write every run's figures to this JSON file")
     args = ap.parse_args()
+    modes = args.modes.split(",")
+    if set(modes) - MODES.keys():
+        ap.error(f"--modes {args.modes}: expected some of {', '.join(MODES)}")
+    from benchmarks import run as bench
     result: dict[str, Any] = {}
     a, b, c = os.getloadavg()
     print(f"verify set-up breakdown, medians of {args.runs} runs; load average {a:.2f} {b:.2f} "
@@ -196,12 +199,12 @@ def main() -> int:
         loads = workloads(tmp)
         for name in args.models.split(","):
             img, fm, data = loads[name]
-            for picked in args.modes.split(","):
-                hw = {"tile": PRESETS["neurosim"], "pair": _pair(PRESETS["neurosim"])}.get(picked)
+            for picked in modes:
+                hw = None if picked == "ideal" else bench.tile_devices()[MODES[picked]]
                 mode = "ideal" if hw is None else "tile"
                 runs = [setup_breakdown(img, fm, data, hw, mode, verify=not args.no_verify)
                         for _ in range(args.runs)]
-                label = "ideal" if hw is None else f"tile {hw.converters.adc}"
+                label = "ideal" if hw is None else f"tile {MODES[picked]}"
                 result[f"{name} {label}"] = runs
                 print(f"\n{name} {label} ({'neurosim' if hw else 'ideal device'}), "
                       f"{data.n} samples")

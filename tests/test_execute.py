@@ -82,7 +82,6 @@ def test_third_party_graphs_compute_the_same(name: str) -> None:
     _same_outputs(model, feed, optimize=True)
 
 
-
 def test_types_numpy_lacks_stay_in_the_model() -> None:
     """A large bfloat16 initializer stays inside the model, a float16 one is handed over; both
     compute as the whole model does."""

@@ -296,7 +296,8 @@ def session(model: onnx.ModelProto, source: str, optimize: bool = True) -> ort.I
     )
     opts.log_severity_level = 4  # fatal only
     try:
-        graph, names, values = _apart(free_dims(model))
+        light, names, values = _apart(model)  # before free_dims, which may copy the model
+        graph = free_dims(light)
         if names:
             opts.add_external_initializers(names, values)
         sess = ort.InferenceSession(
@@ -304,7 +305,7 @@ def session(model: onnx.ModelProto, source: str, optimize: bool = True) -> ort.I
         )
     except Exception as e:
         raise BadModel(f"{source}: onnxruntime cannot load it ({_first_line(e)})") from e
-    sess._rcompile_initializers = values  # type: ignore[attr-defined]  # the session reads them
+    sess._rcompile_initializers = values  # type: ignore[attr-defined]  # alive with the session
     return sess
 
 
@@ -327,30 +328,31 @@ def _apart(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[ort
     onnxruntime puts the values in place of the references before it optimises the graph, so
     the session computes exactly what it would with the whole model; but a tile-mode graph of
     VGG-8 holds 200 MB of weights, which serialising, parsing and copying cost seconds. The
-    values are read-only views of the model's own bytes, which the session must outlive (it
-    keeps them, :func:`session`)."""
-    big = [k for k, t in enumerate(model.graph.initializer)
-           if t.data_type in _APART_TYPES and t.HasField("raw_data")
-           and t.ByteSize() >= APART_BYTES and t.data_location != onnx.TensorProto.EXTERNAL]
-    if not big:
+    values are read-only arrays over one copy of each tensor's bytes; :func:`session` keeps
+    them with the session."""
+    inits = model.graph.initializer
+    if not any(map(_handed_over, inits)):
         return model, [], []
     out = _copy_fields(model, onnx.ModelProto(), skip="graph")
     _copy_fields(model.graph, out.graph, skip="initializer")
-    og, keep = out.graph, set(big)
     names, values = [], []
-    for k, t in enumerate(model.graph.initializer):
-        if k not in keep:
-            og.initializer.append(t)
+    for t in inits:
+        if not _handed_over(t):
+            out.graph.initializer.append(t)
             continue
-        ref = og.initializer.add()
-        ref.name, ref.data_type = t.name, t.data_type
-        ref.dims.extend(t.dims)
-        ref.data_location = onnx.TensorProto.EXTERNAL
+        ref = out.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims,
+                                        data_location=onnx.TensorProto.EXTERNAL)
         ref.external_data.add(key="location", value="rcompile-in-memory")
         arr = np.frombuffer(t.raw_data, onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
         names.append(t.name)
         values.append(ort.OrtValue.ortvalue_from_numpy(arr.reshape(tuple(t.dims))))
     return out, names, values
+
+
+def _handed_over(t: onnx.TensorProto) -> bool:
+    """Whether :func:`_apart` hands ``t`` to onnxruntime as an array."""
+    return (t.data_type in _APART_TYPES and t.HasField("raw_data")
+            and t.ByteSize() >= APART_BYTES and t.data_location != onnx.TensorProto.EXTERNAL)
 
 
 def _copy_fields(src: Any, dst: Any, skip: str) -> Any:
@@ -359,12 +361,12 @@ def _copy_fields(src: Any, dst: Any, skip: str) -> Any:
     for f, v in src.ListFields():
         if f.name == skip:
             continue
-        if f.message_type is None and not hasattr(v, "extend"):  # a scalar
-            setattr(dst, f.name, v)
-        elif hasattr(v, "extend"):  # a repeated field (protobuf's label API is deprecated)
+        if hasattr(v, "extend"):  # a repeated field (protobuf's label API is deprecated)
             getattr(dst, f.name).extend(v)
-        else:
+        elif f.message_type is not None:
             getattr(dst, f.name).CopyFrom(v)
+        else:
+            setattr(dst, f.name, v)
     return dst
 
 
