@@ -316,9 +316,10 @@ APART_BYTES = 1 << 16
 
 _APART_TYPES = frozenset(
     getattr(onnx.TensorProto, n) for n in ("FLOAT", "DOUBLE", "FLOAT16", "INT8", "UINT8", "INT16",
-                                           "UINT16", "INT32", "UINT32", "INT64", "UINT64", "BOOL"))
-"""Element types NumPy and onnxruntime share a layout for (bfloat16, float8 and 4-bit types stay
-in the model)."""
+                                           "UINT16", "BOOL"))
+"""Element types handed over: those NumPy and onnxruntime share a layout for (bfloat16, float8
+and 4-bit types stay in the model), less 32- and 64-bit integers, the types of shapes, starts
+and indices, whose values onnxruntime's shape inference reads from the model itself."""
 
 
 def _apart(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str], list[ort.OrtValue]]:
